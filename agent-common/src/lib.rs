@@ -1,0 +1,255 @@
+//! Types shared by the kernel programs (`agent-ebpf`) and the daemon (`agent-userspace`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding, because the same bytes are written by
+//! one side and read by the other through BPF maps and the ring buffer.
+#![no_std]
+
+/// The actions a policy governs. The discriminant indexes counters and lives in map keys.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Exec = 0,
+    FileWrite = 1,
+    FileRead = 2,
+    Connect = 3,
+}
+
+impl Action {
+    pub const COUNT: usize = 4;
+    pub const ALL: [Action; Action::COUNT] = [
+        Action::Exec,
+        Action::FileWrite,
+        Action::FileRead,
+        Action::Connect,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
+    }
+
+    /// The name used in metrics and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Exec => "exec",
+            Action::FileWrite => "file_write",
+            Action::FileRead => "file_read",
+            Action::Connect => "connect",
+        }
+    }
+}
+
+/// What the kernel did with one action.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow = 0,
+    Deny = 1,
+    /// The policy is in audit mode and would have denied: the action was allowed.
+    Audit = 2,
+}
+
+impl Verdict {
+    pub const COUNT: usize = 3;
+    pub const ALL: [Verdict; Verdict::COUNT] = [Verdict::Allow, Verdict::Deny, Verdict::Audit];
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Audit => "audit",
+        }
+    }
+}
+
+/// Most labels the maps hold at once. Label indexes are never reused while the daemon runs, so
+/// counters stay attached to their label across reloads.
+pub const MAX_LABELS: u32 = 1024;
+
+/// Index of a decision counter in the `DECISIONS` per-CPU array.
+pub const fn decision_index(label: u32, action: Action, verdict: Verdict) -> u32 {
+    (label * Action::COUNT as u32 + action as u32) * Verdict::COUNT as u32 + verdict as u32
+}
+
+pub const DECISION_SLOTS: u32 = MAX_LABELS * (Action::COUNT * Verdict::COUNT) as u32;
+
+/// `mode` of a label's policy.
+pub const MODE_ENFORCE: u8 = 0;
+pub const MODE_AUDIT: u8 = 1;
+
+/// Bits of a rule lookup result (the value of a path or network trie entry, and a label's
+/// per-action default). An entry carries the union of its own rule and every shorter rule that
+/// also matches, so one longest-prefix lookup answers "did any deny match? any allow?".
+pub const RULE_ALLOW: u8 = 1;
+pub const RULE_DENY: u8 = 2;
+
+/// Key of the `LABELS` hash map: a label's cgroup (its cgroup v2 id, i.e. the directory's
+/// inode number) in one policy generation. Keying by generation lets a reload write the new
+/// policy beside the old one and switch every label with one write to `CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LabelKey {
+    pub cgroup_id: u64,
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LabelInfo {
+    /// Stable index of the label: counters and events refer to it.
+    pub label: u32,
+    /// Rule set of the label's policy in this generation: the first bytes of every trie key.
+    pub ruleset: u16,
+    /// `MODE_ENFORCE` or `MODE_AUDIT`.
+    pub mode: u8,
+    pub _pad: u8,
+    /// Per action: `RULE_ALLOW` or `RULE_DENY` when no rule matches.
+    pub defaults: [u8; Action::COUNT],
+    /// Per action: whether the policy has any rule at all, so the hook can skip resolving
+    /// the path when only the default can apply.
+    pub has_rules: [u8; Action::COUNT],
+}
+
+/// Global switches, in a one-element array map so the daemon can flip them at run time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The generation of `LABELS` and trie entries in force.
+    pub generation: u32,
+    /// Send allow decisions to the ring buffer too (`--events-allow`).
+    pub events_allow: u32,
+}
+
+/// LPM tries accept at most 256 bytes of key data (`LPM_DATA_SIZE_MAX` in kernel/bpf/lpm_trie.c).
+pub const PATH_KEY_DATA: usize = 256;
+/// The trie key data starts with the rule set (big-endian u16), the action and a zero byte.
+pub const PATH_KEY_HEADER: usize = 4;
+/// Longest path a rule can name, keeping one byte for the NUL that marks an exact path.
+pub const MAX_RULE_PATH: usize = PATH_KEY_DATA - PATH_KEY_HEADER - 1;
+
+/// Key of the `PATH_RULES` LPM trie. `prefix_len` counts bits of `data`.
+///
+/// A rule for the exact path `/a/b` is stored as header + `/a/b\0`; a rule for the tree
+/// `/a/**` as header + `/a/`. A lookup key holds the header and the NUL-terminated resolved
+/// path, so an exact rule only matches the path itself and a tree rule everything beneath.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathKey {
+    pub prefix_len: u32,
+    pub data: [u8; PATH_KEY_DATA],
+}
+
+/// Fill in a trie key header.
+pub fn path_key_header(ruleset: u16, action: Action) -> [u8; PATH_KEY_HEADER] {
+    let rs = ruleset.to_be_bytes();
+    [rs[0], rs[1], action as u8, 0]
+}
+
+/// Network trie key data: rule set (big-endian u16), port (big-endian u16, 0 = any port),
+/// family (4 or 6), a zero byte, then the address (IPv4 in the first 4 bytes).
+pub const NET_KEY_HEADER: usize = 6;
+pub const NET_KEY_DATA: usize = 24;
+pub const NET_FAMILY_V4: u8 = 4;
+pub const NET_FAMILY_V6: u8 = 6;
+
+/// Key of the `NET_RULES` LPM trie. A rule `10.0.0.0/8:443` has `prefix_len` 48 + 8; the kernel
+/// looks a connection up twice, with its port and with port 0, and combines the two results.
+/// IPv4-mapped IPv6 addresses are looked up as IPv4 (family 4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetKey {
+    pub prefix_len: u32,
+    pub data: [u8; NET_KEY_DATA],
+}
+
+/// Fill in a network trie key header.
+pub fn net_key_header(ruleset: u16, port: u16, family: u8) -> [u8; NET_KEY_HEADER] {
+    let rs = ruleset.to_be_bytes();
+    let p = port.to_be_bytes();
+    [rs[0], rs[1], p[0], p[1], family, 0]
+}
+
+/// Room for a path resolved by `bpf_d_path`. Paths longer than the trie key still match tree
+/// rules on their first bytes; the kernel refuses to resolve paths longer than this.
+pub const PATH_BUF: usize = 4096;
+
+/// Byte length of an event's target path.
+pub const EVENT_PATH: usize = 256;
+pub const COMM_LEN: usize = 16;
+
+/// One decision, sent from the kernel to the daemon over the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    pub time_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub label: u32,
+    pub action: u8,
+    pub verdict: u8,
+    /// Address family of a connect target (`AF_INET`/`AF_INET6`), 0 for paths.
+    pub family: u8,
+    pub _pad: u8,
+    /// Port of a connect target, host byte order.
+    pub port: u16,
+    pub _pad2: [u8; 6],
+    /// IPv4 (first 4 bytes) or IPv6 address of a connect target.
+    pub addr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+    /// NUL-terminated resolved path of an exec or file target (truncated to fit).
+    pub path: [u8; EVENT_PATH],
+}
+
+/// Kernel-side error counters, indexed by these slots.
+pub const ERR_PATH: u32 = 0;
+pub const ERR_SCRATCH: u32 = 1;
+pub const ERR_SLOTS: u32 = 4;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain-old-data: repr(C), only integer fields, padding made explicit.
+    unsafe impl aya::Pod for LabelKey {}
+    unsafe impl aya::Pod for LabelInfo {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for PathKey {}
+    unsafe impl aya::Pod for NetKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn decision_indexes_are_dense_and_unique() {
+        let mut seen = std::collections::BTreeSet::new();
+        for l in 0..MAX_LABELS {
+            for a in Action::ALL {
+                for v in Verdict::ALL {
+                    assert!(seen.insert(decision_index(l, a, v)));
+                }
+            }
+        }
+        assert_eq!(seen.len() as u32, DECISION_SLOTS);
+        assert_eq!(*seen.iter().next_back().unwrap(), DECISION_SLOTS - 1);
+    }
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<LabelKey>(), 16);
+        assert_eq!(core::mem::size_of::<LabelInfo>(), 16);
+        assert_eq!(core::mem::size_of::<PathKey>(), 4 + PATH_KEY_DATA);
+        assert_eq!(
+            core::mem::size_of::<Event>(),
+            8 + 8 + 5 * 4 + 4 + 2 + 6 + 16 + COMM_LEN + EVENT_PATH
+        );
+    }
+}

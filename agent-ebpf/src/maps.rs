@@ -1,0 +1,57 @@
+//! Every map the programs share with the daemon. The daemon finds them by these names.
+
+use agent_common::{
+    Action, Config, DECISION_SLOTS, ERR_SLOTS, LabelInfo, LabelKey, MAX_LABELS, NET_KEY_DATA,
+    PATH_BUF, PATH_KEY_DATA, PATH_KEY_HEADER,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Label cgroup (per generation) → the label and its policy. Two generations live side by side
+/// during a reload.
+#[map]
+pub static LABELS: HashMap<LabelKey, LabelInfo> = HashMap::with_max_entries(2 * MAX_LABELS, 0);
+
+/// Path rules of every rule set, keyed as `agent_common::PathKey` describes. The daemon sizes
+/// it at load time.
+#[map]
+pub static PATH_RULES: LpmTrie<[u8; PATH_KEY_DATA], u8> = LpmTrie::with_max_entries(1, 0);
+
+/// Network rules of every rule set, keyed as `agent_common::NetKey` describes.
+#[map]
+pub static NET_RULES: LpmTrie<[u8; NET_KEY_DATA], u8> = LpmTrie::with_max_entries(1, 0);
+
+/// Decisions per (label, action, verdict): the source of `actgate_decisions_total`.
+#[map]
+pub static DECISIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECISION_SLOTS, 0);
+
+/// Events that found the ring buffer full, per action.
+#[map]
+pub static EVENTS_DROPPED: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(Action::COUNT as u32, 0);
+
+/// Internal errors, per `agent_common::ERR_*` slot. An error never denies.
+#[map]
+pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_SLOTS, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// A trie lookup key followed by room for the rest of a resolved path. `bpf_d_path` writes the
+/// path into `path`, right behind the key header, so the first `PATH_KEY_DATA` bytes after
+/// `prefix_len` form a complete `PATH_RULES` key without copying. It lives in a per-CPU map
+/// because it is far larger than the 512-byte eBPF stack.
+#[repr(C)]
+pub struct Scratch {
+    pub prefix_len: u32,
+    pub header: [u8; PATH_KEY_HEADER],
+    pub path: [u8; PATH_BUF],
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,559 @@
+//! Turning a validated policy into the entries of the kernel's LPM tries.
+//!
+//! The kernel does one longest-prefix lookup per path (two per connection: with the port and
+//! with port 0) and reads back `RULE_ALLOW | RULE_DENY` flags. A shorter rule that matches is
+//! hidden by the longest match, so every entry carries the union of its own flags and those
+//! of all its ancestors (entries whose key is a prefix of it).
+
+use std::collections::BTreeMap;
+
+use agent_common::{
+    Action, NET_FAMILY_V4, NET_FAMILY_V6, NET_KEY_DATA, NET_KEY_HEADER, NetKey, PATH_KEY_DATA,
+    PATH_KEY_HEADER, PathKey, RULE_ALLOW, RULE_DENY, net_key_header, path_key_header,
+};
+use ipnet::IpNet;
+
+use crate::model::{Fallback, NetPattern, PathPattern, Policy, Rules};
+
+/// Path trie entries of a policy's exec, file-write and file-read rules, under `ruleset`.
+///
+/// Assumes a validated policy: a pattern too long for a key (which the parser rejects) is
+/// left out.
+pub fn compile_paths(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
+    let mut out = Vec::new();
+    for (action, rules) in [
+        (Action::Exec, &policy.exec),
+        (Action::FileWrite, &policy.file_write),
+        (Action::FileRead, &policy.file_read),
+    ] {
+        let header = path_key_header(ruleset, action);
+        // Lexicographic order puts every key after all of its prefixes.
+        let mut own: BTreeMap<Vec<u8>, u8> = BTreeMap::new();
+        for (pattern, flag) in flagged(rules) {
+            let bytes = path_bytes(pattern);
+            if PATH_KEY_HEADER + bytes.len() <= PATH_KEY_DATA {
+                *own.entry(bytes).or_default() |= flag;
+            }
+        }
+        // Keys sharing a prefix are contiguous in that order, so the prefixes of the current
+        // key are exactly what is left on the stack after popping non-prefixes.
+        let mut stack: Vec<(&[u8], u8)> = Vec::new();
+        for (bytes, flags) in &own {
+            while stack.last().is_some_and(|(top, _)| !bytes.starts_with(top)) {
+                stack.pop();
+            }
+            let combined = flags | stack.last().map_or(0, |(_, f)| *f);
+            stack.push((bytes, combined));
+
+            let mut data = [0u8; PATH_KEY_DATA];
+            data[..PATH_KEY_HEADER].copy_from_slice(&header);
+            data[PATH_KEY_HEADER..PATH_KEY_HEADER + bytes.len()].copy_from_slice(bytes);
+            let prefix_len = 8 * (PATH_KEY_HEADER + bytes.len()) as u32;
+            out.push((PathKey { prefix_len, data }, combined));
+        }
+    }
+    out
+}
+
+/// The key bytes of a pattern after the header: `path\0` for an exact path (the NUL stops it
+/// matching longer paths), `dir/` for a tree (matching everything beneath, not `dir` itself).
+fn path_bytes(pattern: &PathPattern) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    match pattern {
+        PathPattern::Exact(p) => {
+            bytes.extend_from_slice(p.as_bytes());
+            bytes.push(0);
+        }
+        PathPattern::Tree(d) => {
+            bytes.extend_from_slice(d.as_bytes());
+            bytes.push(b'/');
+        }
+    }
+    bytes
+}
+
+/// Every pattern of `rules` with the flag it sets.
+fn flagged<P>(rules: &Rules<P>) -> impl Iterator<Item = (&P, u8)> {
+    let allow = rules.allow.iter().map(|p| (p, RULE_ALLOW));
+    let deny = rules.deny.iter().map(|p| (p, RULE_DENY));
+    allow.chain(deny)
+}
+
+/// A network rule reduced to what orders and nests it: port and family namespace, then the
+/// address left-aligned in 128 bits so prefixes compare the same way for both families.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct NetSlot {
+    port: u16,
+    family: u8,
+    addr: u128,
+    len: u8,
+}
+
+impl NetSlot {
+    fn new(pattern: &NetPattern) -> Self {
+        let (family, addr) = match pattern.net {
+            IpNet::V4(n) => (NET_FAMILY_V4, u128::from(u32::from(n.network())) << 96),
+            IpNet::V6(n) => (NET_FAMILY_V6, u128::from(n.network())),
+        };
+        NetSlot {
+            port: pattern.port.unwrap_or(0),
+            family,
+            addr,
+            len: pattern.net.prefix_len(),
+        }
+    }
+
+    /// Whether the kernel's lookup reaching `other` also passes through `self`.
+    fn is_ancestor_of(&self, other: &NetSlot) -> bool {
+        let mask = match self.len {
+            0 => 0,
+            n => u128::MAX << (128 - u32::from(n)),
+        };
+        self.port == other.port
+            && self.family == other.family
+            && self.len <= other.len
+            && other.addr & mask == self.addr
+    }
+
+    fn key(&self, ruleset: u16) -> NetKey {
+        let mut data = [0u8; NET_KEY_DATA];
+        data[..NET_KEY_HEADER].copy_from_slice(&net_key_header(ruleset, self.port, self.family));
+        let addr = self.addr.to_be_bytes();
+        let width = if self.family == NET_FAMILY_V4 { 4 } else { 16 };
+        data[NET_KEY_HEADER..NET_KEY_HEADER + width].copy_from_slice(&addr[..width]);
+        NetKey {
+            prefix_len: 8 * NET_KEY_HEADER as u32 + u32::from(self.len),
+            data,
+        }
+    }
+}
+
+/// Network trie entries of a policy's connect rules, under `ruleset`.
+pub fn compile_net(policy: &Policy, ruleset: u16) -> Vec<(NetKey, u8)> {
+    let mut own: BTreeMap<NetSlot, u8> = BTreeMap::new();
+    for (pattern, flag) in flagged(&policy.connect) {
+        *own.entry(NetSlot::new(pattern)).or_default() |= flag;
+    }
+    // Sorted by (port, family, address, length), ancestors come first and each subtree is
+    // contiguous, as for paths.
+    let mut stack: Vec<(NetSlot, u8)> = Vec::new();
+    let mut out = Vec::with_capacity(own.len());
+    for (slot, flags) in own {
+        while stack
+            .last()
+            .is_some_and(|(top, _)| !top.is_ancestor_of(&slot))
+        {
+            stack.pop();
+        }
+        let combined = flags | stack.last().map_or(0, |(_, f)| *f);
+        stack.push((slot, combined));
+        out.push((slot.key(ruleset), combined));
+    }
+    out
+}
+
+/// Per action (indexed by `Action as usize`): `RULE_ALLOW` or `RULE_DENY` when no rule matches.
+pub fn defaults(policy: &Policy) -> [u8; Action::COUNT] {
+    let flag = |d: Fallback| match d {
+        Fallback::Allow => RULE_ALLOW,
+        Fallback::Deny => RULE_DENY,
+    };
+    let mut out = [RULE_ALLOW; Action::COUNT];
+    out[Action::Exec as usize] = flag(policy.exec.default);
+    out[Action::FileWrite as usize] = flag(policy.file_write.default);
+    out[Action::FileRead as usize] = flag(policy.file_read.default);
+    out[Action::Connect as usize] = flag(policy.connect.default);
+    out
+}
+
+/// Per action: 1 if the policy has any allow or deny rule for it, else 0.
+pub fn has_rules(policy: &Policy) -> [u8; Action::COUNT] {
+    let mut out = [0; Action::COUNT];
+    out[Action::Exec as usize] = u8::from(!policy.exec.is_empty());
+    out[Action::FileWrite as usize] = u8::from(!policy.file_write.is_empty());
+    out[Action::FileRead as usize] = u8::from(!policy.file_read.is_empty());
+    out[Action::Connect as usize] = u8::from(!policy.connect.is_empty());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Mode;
+    use agent_common::Verdict;
+    use proptest::prelude::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    fn policy() -> Policy {
+        Policy {
+            name: "p".into(),
+            labels: vec!["l".into()],
+            mode: Mode::Enforce,
+            exec: Rules::default(),
+            file_write: Rules::default(),
+            file_read: Rules::default(),
+            connect: Rules::default(),
+            file: "t.yaml".into(),
+            line: 1,
+        }
+    }
+
+    fn path_rules(policy: &Policy, action: Action) -> &Rules<PathPattern> {
+        match action {
+            Action::Exec => &policy.exec,
+            Action::FileWrite => &policy.file_write,
+            _ => &policy.file_read,
+        }
+    }
+
+    fn verdict(policy: &Policy, deny: bool, allow: bool, default: Fallback) -> Verdict {
+        let denied = deny || (!allow && default == Fallback::Deny);
+        match (denied, policy.mode) {
+            (false, _) => Verdict::Allow,
+            (true, Mode::Enforce) => Verdict::Deny,
+            (true, Mode::Audit) => Verdict::Audit,
+        }
+    }
+
+    /// The semantics as documented, with no tries involved.
+    fn decide(policy: &Policy, action: Action, path: &str) -> Verdict {
+        let rules = path_rules(policy, action);
+        let matches = |p: &PathPattern| match p {
+            PathPattern::Exact(e) => path == e,
+            PathPattern::Tree(d) => path.starts_with(&format!("{d}/")),
+        };
+        verdict(
+            policy,
+            rules.deny.iter().any(matches),
+            rules.allow.iter().any(matches),
+            rules.default,
+        )
+    }
+
+    fn decide_net(policy: &Policy, addr: IpAddr, port: u16) -> Verdict {
+        let addr = unmapped(addr);
+        let matches = |p: &NetPattern| p.net.contains(&addr) && p.port.is_none_or(|q| q == port);
+        let rules = &policy.connect;
+        verdict(
+            policy,
+            rules.deny.iter().any(matches),
+            rules.allow.iter().any(matches),
+            rules.default,
+        )
+    }
+
+    fn unmapped(addr: IpAddr) -> IpAddr {
+        match addr {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        }
+    }
+
+    fn bits_equal(a: &[u8], b: &[u8], bits: usize) -> bool {
+        let full = bits / 8;
+        if a[..full] != b[..full] {
+            return false;
+        }
+        let rest = bits % 8;
+        rest == 0 || (a[full] ^ b[full]) >> (8 - rest) == 0
+    }
+
+    /// A longest-prefix-match trie lookup, done the slow way.
+    fn lpm<'a>(entries: impl Iterator<Item = (u32, &'a [u8], u8)>, key: &[u8], bits: usize) -> u8 {
+        entries
+            .filter(|(len, data, _)| *len as usize <= bits && bits_equal(data, key, *len as usize))
+            .max_by_key(|(len, _, _)| *len)
+            .map_or(0, |(_, _, flags)| flags)
+    }
+
+    fn kernel_verdict(policy: &Policy, flags: u8, action: Action) -> Verdict {
+        let default = defaults(policy)[action as usize];
+        verdict(
+            policy,
+            flags & RULE_DENY != 0,
+            flags & RULE_ALLOW != 0,
+            if default == RULE_DENY {
+                Fallback::Deny
+            } else {
+                Fallback::Allow
+            },
+        )
+    }
+
+    /// What the kernel decides from the compiled entries: one lookup of header + path + NUL,
+    /// truncated to the key size.
+    fn kernel(
+        entries: &[(PathKey, u8)],
+        policy: &Policy,
+        ruleset: u16,
+        action: Action,
+        path: &str,
+    ) -> Verdict {
+        let mut key = path_key_header(ruleset, action).to_vec();
+        key.extend_from_slice(path.as_bytes());
+        key.push(0);
+        key.truncate(PATH_KEY_DATA);
+        let flags = if has_rules(policy)[action as usize] == 0 {
+            0
+        } else {
+            lpm(
+                entries.iter().map(|(k, f)| (k.prefix_len, &k.data[..], *f)),
+                &key,
+                key.len() * 8,
+            )
+        };
+        kernel_verdict(policy, flags, action)
+    }
+
+    fn kernel_net(
+        entries: &[(NetKey, u8)],
+        policy: &Policy,
+        ruleset: u16,
+        addr: IpAddr,
+        port: u16,
+    ) -> Verdict {
+        let lookup = |port: u16| {
+            let mut key = [0u8; NET_KEY_DATA];
+            let (family, bytes, width) = match unmapped(addr) {
+                IpAddr::V4(a) => (NET_FAMILY_V4, a.octets().to_vec(), 32),
+                IpAddr::V6(a) => (NET_FAMILY_V6, a.octets().to_vec(), 128),
+            };
+            key[..NET_KEY_HEADER].copy_from_slice(&net_key_header(ruleset, port, family));
+            key[NET_KEY_HEADER..NET_KEY_HEADER + bytes.len()].copy_from_slice(&bytes);
+            lpm(
+                entries.iter().map(|(k, f)| (k.prefix_len, &k.data[..], *f)),
+                &key,
+                NET_KEY_HEADER * 8 + width,
+            )
+        };
+        kernel_verdict(policy, lookup(port) | lookup(0), Action::Connect)
+    }
+
+    fn fallback() -> impl Strategy<Value = Fallback> {
+        prop_oneof![Just(Fallback::Allow), Just(Fallback::Deny)]
+    }
+
+    /// Paths over a tiny alphabet, so rules and queries overlap often.
+    fn small_path() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![Just("a"), Just("b"), Just("ab"), Just(".x")],
+            0..4,
+        )
+        .prop_map(|parts| match parts.is_empty() {
+            true => "/".to_owned(),
+            false => parts.iter().map(|p| format!("/{p}")).collect(),
+        })
+    }
+
+    fn path_pattern() -> impl Strategy<Value = PathPattern> {
+        (small_path(), any::<bool>()).prop_map(|(p, tree)| match (tree, p.as_str()) {
+            (true, "/") => PathPattern::Tree(String::new()),
+            (true, _) => PathPattern::Tree(p),
+            (false, _) => PathPattern::Exact(p),
+        })
+    }
+
+    fn path_rules_strategy() -> impl Strategy<Value = Rules<PathPattern>> {
+        (
+            fallback(),
+            proptest::collection::vec(path_pattern(), 0..6),
+            proptest::collection::vec(path_pattern(), 0..6),
+        )
+            .prop_map(|(default, allow, deny)| Rules {
+                default,
+                allow,
+                deny,
+            })
+    }
+
+    fn small_addr() -> impl Strategy<Value = IpAddr> {
+        (any::<bool>(), proptest::collection::vec(0u8..4, 16)).prop_map(|(v6, b)| {
+            if v6 {
+                let mut o = [0u8; 16];
+                o[0] = 0x20;
+                o[1] = b[0] * 64;
+                o[2..].copy_from_slice(&b[2..]);
+                IpAddr::V6(Ipv6Addr::from(o))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(10 + b[0] * 64, b[1] * 64, b[2], b[3]))
+            }
+        })
+    }
+
+    fn port() -> impl Strategy<Value = u16> {
+        prop_oneof![Just(80u16), Just(443), Just(8080)]
+    }
+
+    fn net_pattern() -> impl Strategy<Value = NetPattern> {
+        (small_addr(), 0u8..=128, proptest::option::of(port())).prop_map(|(addr, len, port)| {
+            let len = len.min(if addr.is_ipv4() { 32 } else { 128 });
+            let net = IpNet::new(addr, len)
+                .unwrap_or_else(|_| IpNet::from(addr))
+                .trunc();
+            NetPattern { net, port }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn compiled_paths_decide_like_the_reference(
+            exec in path_rules_strategy(),
+            file_write in path_rules_strategy(),
+            file_read in path_rules_strategy(),
+            audit in any::<bool>(),
+            ruleset in any::<u16>(),
+            queries in proptest::collection::vec(small_path(), 1..20),
+        ) {
+            let mut p = policy();
+            p.mode = if audit { Mode::Audit } else { Mode::Enforce };
+            p.exec = exec;
+            p.file_write = file_write;
+            p.file_read = file_read;
+            let entries = compile_paths(&p, ruleset);
+            for action in [Action::Exec, Action::FileWrite, Action::FileRead] {
+                for q in &queries {
+                    prop_assert_eq!(kernel(&entries, &p, ruleset, action, q), decide(&p, action, q), "{:?} {}", action, q);
+                }
+            }
+        }
+
+        #[test]
+        fn compiled_networks_decide_like_the_reference(
+            default in fallback(),
+            allow in proptest::collection::vec(net_pattern(), 0..8),
+            deny in proptest::collection::vec(net_pattern(), 0..8),
+            ruleset in any::<u16>(),
+            queries in proptest::collection::vec((small_addr(), port()), 1..20),
+        ) {
+            let mut p = policy();
+            p.connect = Rules { default, allow, deny };
+            let entries = compile_net(&p, ruleset);
+            for (addr, port) in queries {
+                prop_assert_eq!(kernel_net(&entries, &p, ruleset, addr, port), decide_net(&p, addr, port), "{} {}", addr, port);
+            }
+        }
+    }
+
+    fn exact(p: &str) -> PathPattern {
+        PathPattern::Exact(p.into())
+    }
+
+    fn tree(p: &str) -> PathPattern {
+        PathPattern::Tree(p.into())
+    }
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        let mut p = policy();
+        p.exec.deny = vec![exact("/usr/bin/nc"), tree("")];
+        p.exec.allow = vec![exact("/usr/bin/nc")];
+        let entries = compile_paths(&p, 0x0102);
+        assert_eq!(entries.len(), 2);
+        let (root, flags) = &entries[0];
+        assert_eq!(root.prefix_len, 8 * 5);
+        assert_eq!(&root.data[..6], &[1, 2, Action::Exec as u8, 0, b'/', 0]);
+        assert_eq!(*flags, RULE_DENY);
+        let (nc, flags) = &entries[1];
+        assert_eq!(nc.prefix_len as usize, 8 * (4 + "/usr/bin/nc".len() + 1));
+        assert_eq!(&nc.data[4..16], b"/usr/bin/nc\0");
+        assert!(nc.data[16..].iter().all(|&b| b == 0));
+        assert_eq!(*flags, RULE_ALLOW | RULE_DENY);
+    }
+
+    #[test]
+    fn net_keys_follow_the_documented_layout() {
+        let mut p = policy();
+        p.connect.allow = vec![crate::parse_net("10.0.0.0/8:443").unwrap()];
+        p.connect.deny = vec![crate::parse_net("[2001:db8::/32]:443").unwrap()];
+        let entries = compile_net(&p, 7);
+        assert_eq!(entries.len(), 2);
+        let (v4, f4) = &entries[0];
+        assert_eq!(v4.prefix_len, 48 + 8);
+        assert_eq!(
+            &v4.data[..10],
+            &[0, 7, 1, 187, NET_FAMILY_V4, 0, 10, 0, 0, 0]
+        );
+        assert_eq!(*f4, RULE_ALLOW);
+        let (v6, f6) = &entries[1];
+        assert_eq!(v6.prefix_len, 48 + 32);
+        assert_eq!(
+            &v6.data[..10],
+            &[0, 7, 1, 187, NET_FAMILY_V6, 0, 0x20, 0x01, 0x0d, 0xb8]
+        );
+        assert_eq!(*f6, RULE_DENY);
+    }
+
+    #[test]
+    fn long_paths_match_trees_on_their_first_bytes() {
+        let mut p = policy();
+        let dir = format!("/{}", "d".repeat(agent_common::MAX_RULE_PATH - 1));
+        let long_exact = format!("/{}", "e".repeat(agent_common::MAX_RULE_PATH - 1));
+        p.file_read.default = Fallback::Deny;
+        p.file_read.allow = vec![tree(&dir), exact(&long_exact), tree("/e")];
+        p.file_read.deny = vec![exact(
+            &format!("{long_exact}x")[..agent_common::MAX_RULE_PATH],
+        )];
+        let entries = compile_paths(&p, 1);
+        for q in [
+            format!("{dir}/file"),
+            format!("{dir}/{}", "x".repeat(600)),
+            long_exact.clone(),
+            format!("{long_exact}x"),
+            format!("{long_exact}/y"),
+            dir.clone(),
+            "/e".to_owned(),
+        ] {
+            assert_eq!(
+                kernel(&entries, &p, 1, Action::FileRead, &q),
+                decide(&p, Action::FileRead, &q),
+                "{q}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_and_has_rules_per_action() {
+        let mut p = policy();
+        p.file_write.default = Fallback::Deny;
+        p.connect.default = Fallback::Deny;
+        p.file_read.deny = vec![exact("/etc/shadow")];
+        assert_eq!(defaults(&p), [RULE_ALLOW, RULE_DENY, RULE_ALLOW, RULE_DENY]);
+        assert_eq!(has_rules(&p), [0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn ten_thousand_rules_compile_correctly() {
+        let mut p = policy();
+        p.file_write.default = Fallback::Deny;
+        p.file_write.allow = (0..5_000).map(|i| tree(&format!("/w/{i}"))).collect();
+        p.file_write.deny = (0..5_000)
+            .map(|i| exact(&format!("/w/{i}/secret")))
+            .collect();
+        p.connect.allow = (0..10_000u32)
+            .map(|i| NetPattern {
+                net: IpNet::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i << 8))), 24).unwrap(),
+                port: Some(443),
+            })
+            .collect();
+        p.connect.deny = vec![crate::parse_net("10.0.0.0/8:443").unwrap()];
+        let entries = compile_paths(&p, 3);
+        assert_eq!(entries.len(), 10_000);
+        for q in [
+            "/w/17/secret",
+            "/w/17/other",
+            "/w/17",
+            "/x",
+            "/w/4999/secret/x",
+        ] {
+            assert_eq!(
+                kernel(&entries, &p, 3, Action::FileWrite, q),
+                decide(&p, Action::FileWrite, q),
+                "{q}"
+            );
+        }
+        let net = compile_net(&p, 3);
+        assert_eq!(net.len(), 10_001);
+        // The /8 deny is an ancestor of every /24 allow, so each carries both flags.
+        assert!(net.iter().all(|(_, f)| f & RULE_DENY != 0));
+    }
+}

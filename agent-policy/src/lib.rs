@@ -1,0 +1,16 @@
+//! actgate's policy model: parse and validate `policies/*.yaml`, and compile policies into the
+//! entries of the kernel's rule maps.
+#![forbid(unsafe_code)]
+
+pub mod compile;
+pub mod diagnostic;
+pub mod model;
+pub mod parse;
+pub mod pattern;
+mod yaml;
+
+pub use compile::{compile_net, compile_paths, defaults, has_rules};
+pub use diagnostic::Diagnostic;
+pub use model::{Fallback, Mode, NetPattern, PathPattern, Policy, PolicySet, Rules};
+pub use parse::{load_path, parse_str};
+pub use pattern::{PatternError, parse_net, parse_path};

@@ -1,0 +1,138 @@
+//! Validated policies: what the parser produces and the compiler consumes.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
+/// Whether a policy's denials are enforced or only reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Never deny; a decision that would have denied is reported as "audit".
+    Audit,
+}
+
+/// What an action gets when no rule matches. Not called `Default` so it does not shadow the
+/// prelude trait for everyone who glob-imports this crate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Fallback {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// A validated path pattern.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathPattern {
+    /// Exactly this path.
+    Exact(String),
+    /// Everything beneath this directory (not the directory itself). Holds the directory
+    /// without the trailing `/**`; `""` stands for `/**`, i.e. every path.
+    Tree(String),
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathPattern::Exact(p) => f.write_str(p),
+            PathPattern::Tree(d) => write!(f, "{d}/**"),
+        }
+    }
+}
+
+/// A validated network pattern: an address or CIDR (host bits clear, IPv4-mapped IPv6 turned
+/// into IPv4) and an optional port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetPattern {
+    pub net: IpNet,
+    /// `None` matches every port.
+    pub port: Option<u16>,
+}
+
+impl fmt::Display for NetPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A single address prints without its prefix, as people write it.
+        let host = self.net.prefix_len() == self.net.max_prefix_len();
+        match (self.net, self.port, host) {
+            (IpNet::V4(n), None, true) => write!(f, "{}", n.addr()),
+            (IpNet::V4(n), None, false) => write!(f, "{n}"),
+            (IpNet::V4(n), Some(p), true) => write!(f, "{}:{p}", n.addr()),
+            (IpNet::V4(n), Some(p), false) => write!(f, "{n}:{p}"),
+            (IpNet::V6(n), None, true) => write!(f, "{}", n.addr()),
+            (IpNet::V6(n), None, false) => write!(f, "{n}"),
+            (IpNet::V6(n), Some(p), true) => write!(f, "[{}]:{p}", n.addr()),
+            (IpNet::V6(n), Some(p), false) => write!(f, "[{n}]:{p}"),
+        }
+    }
+}
+
+/// The rules of one action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rules<P> {
+    pub default: Fallback,
+    pub allow: Vec<P>,
+    pub deny: Vec<P>,
+}
+
+// Hand-written so `P` need not implement `Default`.
+impl<P> Default for Rules<P> {
+    fn default() -> Self {
+        Rules {
+            default: Fallback::Allow,
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
+}
+
+impl<P> Rules<P> {
+    /// Number of patterns, allow and deny together.
+    pub fn len(&self) -> usize {
+        self.allow.len() + self.deny.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+}
+
+/// One validated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub mode: Mode,
+    pub exec: Rules<PathPattern>,
+    pub file_write: Rules<PathPattern>,
+    pub file_read: Rules<PathPattern>,
+    pub connect: Rules<NetPattern>,
+    /// Where the policy was defined, for messages.
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl Policy {
+    /// Number of patterns over all actions.
+    pub fn rule_count(&self) -> usize {
+        self.exec.len() + self.file_write.len() + self.file_read.len() + self.connect.len()
+    }
+}
+
+/// Every policy of a directory, checked together (unique names and labels, limits).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicySet {
+    pub policies: Vec<Policy>,
+}
+
+impl PolicySet {
+    /// Number of patterns over all policies and actions.
+    pub fn rule_count(&self) -> usize {
+        self.policies.iter().map(Policy::rule_count).sum()
+    }
+
+    pub fn label_count(&self) -> usize {
+        self.policies.iter().map(|p| p.labels.len()).sum()
+    }
+}

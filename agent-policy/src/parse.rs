@@ -1,0 +1,552 @@
+//! Loading policy files and validating them, collecting every problem rather than the first.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use agent_common::MAX_LABELS;
+
+use crate::diagnostic::{Diagnostic, Pos};
+use crate::model::{Fallback, Mode, Policy, PolicySet, Rules};
+use crate::pattern::{PatternError, parse_net, parse_path};
+use crate::yaml::{Node, Value, parse_documents};
+
+/// Most policies a set may hold: each needs its own rule set number in the kernel keys.
+pub const MAX_POLICIES: usize = 16384;
+pub const MAX_NAME_LEN: usize = 128;
+/// Labels become cgroup directory names.
+pub const MAX_LABEL_LEN: usize = 64;
+
+const POLICY_KEYS: &[&str] = &["name", "labels", "mode", "exec", "files", "network"];
+const FILES_KEYS: &[&str] = &["write", "read"];
+const NETWORK_KEYS: &[&str] = &["connect"];
+const RULES_KEYS: &[&str] = &["default", "allow", "deny"];
+
+/// Load a policy file, or every `*.yaml`/`*.yml` file directly in a directory, and check the
+/// policies together. Any problem anywhere fails the whole load, so a typo never leaves a
+/// workload running under a partial policy.
+pub fn load_path(path: &Path) -> Result<PolicySet, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let files = match list_files(path) {
+        Ok(files) => files,
+        Err(d) => return Err(vec![d]),
+    };
+    let mut parsed = Vec::new();
+    for file in &files {
+        match std::fs::read(file) {
+            Ok(bytes) => match std::str::from_utf8(&bytes) {
+                Ok(text) => parsed.extend(parse_file(file, text, &mut diags)),
+                Err(e) => diags.push(not_utf8(file, &bytes, &e)),
+            },
+            Err(e) => diags.push(Diagnostic::new(
+                file,
+                Pos::START,
+                format!("cannot read policy file: {e}"),
+            )),
+        }
+    }
+    if parsed.is_empty() && diags.is_empty() {
+        let message = if path.is_dir() {
+            "no policies found: the directory has no *.yaml or *.yml file with a policy"
+        } else {
+            "no policies found in this file"
+        };
+        diags.push(Diagnostic::new(path, Pos::START, message));
+    }
+    let policies = check_set(parsed, &mut diags);
+    if diags.is_empty() {
+        Ok(PolicySet { policies })
+    } else {
+        Err(dedup(diags))
+    }
+}
+
+/// Parse and validate the policies of one file's text. Returns the valid policies and every
+/// problem found (including duplicate names and labels within the file).
+pub fn parse_str(file: &Path, text: &str) -> (Vec<Policy>, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let parsed = parse_file(file, text, &mut diags);
+    let policies = check_set(parsed, &mut diags);
+    (policies, dedup(diags))
+}
+
+fn list_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Diagnostic::new(path, Pos::START, format!("cannot read policy path: {e}")))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(path)
+        .map_err(|e| Diagnostic::new(path, Pos::START, format!("cannot list directory: {e}")))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| {
+            Diagnostic::new(path, Pos::START, format!("cannot list directory: {e}"))
+        })?;
+        let file = entry.path();
+        let yaml = matches!(
+            file.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        // `is_file` follows symlinks, and skips dangling ones such as editor lock files.
+        if yaml && file.is_file() {
+            files.push(file);
+        }
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
+fn not_utf8(file: &Path, bytes: &[u8], e: &std::str::Utf8Error) -> Diagnostic {
+    let valid = bytes.get(..e.valid_up_to()).unwrap_or_default();
+    let text = std::str::from_utf8(valid).unwrap_or_default();
+    let line = text.matches('\n').count() + 1;
+    let column = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let byte = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
+    Diagnostic::new(
+        file,
+        Pos { line, column },
+        format!("file is not valid UTF-8 (byte 0x{byte:02x})"),
+    )
+}
+
+/// Order problems by file (in reading order) and position, and report each once: alias
+/// expansion can repeat one problem many times.
+fn dedup(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<(usize, Diagnostic)> = Vec::new();
+    for d in diags {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
+        let index = match files.iter().position(|f| *f == d.file) {
+            Some(i) => i,
+            None => {
+                files.push(d.file.clone());
+                files.len() - 1
+            }
+        };
+        out.push((index, d));
+    }
+    out.sort_by_key(|(file, d)| (*file, d.line, d.column));
+    out.into_iter().map(|(_, d)| d).collect()
+}
+
+/// One document of a file: the policy if it is valid, plus what set-wide checks need even
+/// when it is not (so a broken policy still claims its name and labels).
+struct Parsed {
+    policy: Option<Policy>,
+    file: PathBuf,
+    pos: Pos,
+    name: Option<(String, Pos)>,
+    labels: Vec<(String, Pos)>,
+}
+
+fn parse_file(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Parsed> {
+    let documents = parse_documents(text);
+    let mut checker = Checker {
+        file,
+        diags,
+        partial: false,
+    };
+    let mut parsed: Vec<Parsed> = documents
+        .complete
+        .iter()
+        .map(|doc| checker.policy(doc))
+        .collect();
+    if let Some(doc) = &documents.partial {
+        checker.partial = true;
+        parsed.push(checker.policy(doc));
+    }
+    if let Some(e) = documents.error {
+        diags.push(Diagnostic::new(file, e.pos, e.message));
+    }
+    parsed
+}
+
+/// Checks across policies: unique names, each label in one policy, limits.
+fn check_set(parsed: Vec<Parsed>, diags: &mut Vec<Diagnostic>) -> Vec<Policy> {
+    let mut names: HashMap<String, (PathBuf, Pos)> = HashMap::new();
+    let mut labels: HashMap<String, (String, PathBuf, Pos)> = HashMap::new();
+    let mut policies = Vec::new();
+    for (index, p) in parsed.into_iter().enumerate() {
+        let before = diags.len();
+        if index == MAX_POLICIES {
+            diags.push(Diagnostic::new(
+                &p.file,
+                p.pos,
+                format!("too many policies: at most {MAX_POLICIES} are supported"),
+            ));
+        }
+        // A policy whose name is invalid still owns its labels, but cannot be named.
+        let owner = p
+            .name
+            .as_ref()
+            .map_or_else(|| "a policy".to_owned(), |(n, _)| format!("policy `{n}`"));
+        if let Some((name, pos)) = &p.name {
+            if let Some((file, first)) = names.get(name) {
+                diags.push(Diagnostic::new(
+                    &p.file,
+                    *pos,
+                    format!(
+                        "duplicate policy name `{name}`; first defined at {}:{first}",
+                        file.display()
+                    ),
+                ));
+            } else {
+                names.insert(name.clone(), (p.file.clone(), *pos));
+            }
+        }
+        for (label, pos) in &p.labels {
+            if let Some((other, file, first)) = labels.get(label) {
+                diags.push(Diagnostic::new(
+                    &p.file,
+                    *pos,
+                    format!(
+                        "label `{label}` is already used by {other} at {}:{first}",
+                        file.display()
+                    ),
+                ));
+                continue;
+            }
+            labels.insert(label.clone(), (owner.clone(), p.file.clone(), *pos));
+            if labels.len() == MAX_LABELS as usize + 1 {
+                diags.push(Diagnostic::new(
+                    &p.file,
+                    *pos,
+                    format!("too many labels: at most {MAX_LABELS} across all policies"),
+                ));
+            }
+        }
+        if diags.len() == before
+            && let Some(policy) = p.policy
+        {
+            policies.push(policy);
+        }
+    }
+    policies
+}
+
+/// Validates one document's tree, recording problems as it goes.
+struct Checker<'a> {
+    file: &'a Path,
+    diags: &'a mut Vec<Diagnostic>,
+    /// Checking a document cut short by a syntax error: absent keys may come after it.
+    partial: bool,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        self.diags.push(Diagnostic::new(self.file, pos, message));
+    }
+
+    /// Report a problem with the shape of `node`, unless a syntax error cut it short.
+    fn shape_error(&mut self, node: &Node, message: impl Into<String>) {
+        if !node.incomplete {
+            self.error(node.pos, message);
+        }
+    }
+
+    fn policy(&mut self, doc: &Node) -> Parsed {
+        let before = self.diags.len();
+        let mut parsed = Parsed {
+            policy: None,
+            file: self.file.to_path_buf(),
+            pos: doc.pos,
+            name: None,
+            labels: Vec::new(),
+        };
+        let Some(fields) = self.fields(doc, "a policy", POLICY_KEYS) else {
+            return parsed;
+        };
+        let mut mode = Mode::Enforce;
+        let mut exec = Rules::default();
+        let mut file_write = Rules::default();
+        let mut file_read = Rules::default();
+        let mut connect = Rules::default();
+        for (key, _, value) in &fields {
+            match *key {
+                "name" => parsed.name = self.name(value),
+                "labels" => parsed.labels = self.labels(value),
+                "mode" => {
+                    if let Some(m) = self.choice(
+                        value,
+                        "mode",
+                        &[("enforce", Mode::Enforce), ("audit", Mode::Audit)],
+                    ) {
+                        mode = m;
+                    }
+                }
+                "exec" => exec = self.path_rules(value, "exec"),
+                "files" => {
+                    if let Some(files) = self.fields(value, "`files`", FILES_KEYS) {
+                        for (key, _, value) in &files {
+                            match *key {
+                                "write" => file_write = self.path_rules(value, "files.write"),
+                                "read" => file_read = self.path_rules(value, "files.read"),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                "network" => {
+                    if let Some(network) = self.fields(value, "`network`", NETWORK_KEYS) {
+                        for (_, _, value) in &network {
+                            connect =
+                                self.rules(value, "network.connect", "network patterns", parse_net);
+                        }
+                    }
+                }
+                // `fields` only returns the keys it was given.
+                _ => {}
+            }
+        }
+        for required in ["name", "labels"] {
+            if !self.partial && !fields.iter().any(|(k, _, _)| *k == required) {
+                self.error(
+                    doc.pos,
+                    format!("missing required key `{required}` in policy"),
+                );
+            }
+        }
+        if self.partial || self.diags.len() != before {
+            return parsed;
+        }
+        if let (Some((name, _)), false) = (&parsed.name, parsed.labels.is_empty()) {
+            parsed.policy = Some(Policy {
+                name: name.clone(),
+                labels: parsed.labels.iter().map(|(l, _)| l.clone()).collect(),
+                mode,
+                exec,
+                file_write,
+                file_read,
+                connect,
+                file: self.file.to_path_buf(),
+                line: doc.pos.line,
+            });
+        }
+        parsed
+    }
+
+    /// The entries of a mapping with known keys, each key once, in source order. Reports
+    /// non-mappings, non-string keys, unknown and duplicate keys.
+    fn fields<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+        allowed: &[&'static str],
+    ) -> Option<Vec<(&'static str, Pos, &'n Rc<Node>)>> {
+        let Value::Map(entries) = &node.value else {
+            self.shape_error(
+                node,
+                format!(
+                    "expected {what} (a mapping with keys {}), found {}",
+                    allowed.join(", "),
+                    node.kind()
+                ),
+            );
+            return None;
+        };
+        let mut fields: Vec<(&'static str, Pos, &'n Rc<Node>)> = Vec::new();
+        for (key, value) in entries {
+            let Value::Str(k) = &key.value else {
+                self.error(
+                    key.pos,
+                    format!("expected a string key in {what}, found {}", key.kind()),
+                );
+                continue;
+            };
+            let Some(known) = allowed.iter().find(|a| **a == k.as_str()) else {
+                self.error(
+                    key.pos,
+                    format!(
+                        "unknown key `{k}` in {what}; allowed keys: {}",
+                        allowed.join(", ")
+                    ),
+                );
+                continue;
+            };
+            if let Some((_, first, _)) = fields.iter().find(|(f, _, _)| f == known) {
+                let first = *first;
+                self.error(
+                    key.pos,
+                    format!("duplicate key `{k}` in {what}; first at {first}"),
+                );
+                continue;
+            }
+            fields.push((known, key.pos, value));
+        }
+        Some(fields)
+    }
+
+    fn string<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n str> {
+        match &node.value {
+            Value::Str(s) => Some(s),
+            _ => {
+                self.shape_error(node, format!("expected {what}, found {}", node.kind()));
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, node: &Node, key: &str, options: &[(&str, T)]) -> Option<T> {
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let text = self.string(node, &format!("`{key}`: {}", names.join(" or ")))?;
+        let found = options.iter().find(|(n, _)| *n == text).map(|(_, v)| *v);
+        if found.is_none() {
+            self.error(
+                node.pos,
+                format!("invalid `{key}` `{text}`: expected {}", names.join(" or ")),
+            );
+        }
+        found
+    }
+
+    fn name(&mut self, node: &Node) -> Option<(String, Pos)> {
+        let text = self.string(node, "a policy name")?;
+        match identifier_problem(text, MAX_NAME_LEN) {
+            Some(problem) => {
+                self.error(node.pos, format!("invalid policy name `{text}`: {problem}"));
+                None
+            }
+            None => Some((text.to_owned(), node.pos)),
+        }
+    }
+
+    fn labels(&mut self, node: &Node) -> Vec<(String, Pos)> {
+        let Value::Seq(items) = &node.value else {
+            self.shape_error(
+                node,
+                format!("expected a list of labels, found {}", node.kind()),
+            );
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.shape_error(node, "`labels` must name at least one label");
+        }
+        let mut labels: Vec<(String, Pos)> = Vec::new();
+        // A hash map, because the list can be as long as the input makes it.
+        let mut seen: HashMap<&str, Pos> = HashMap::new();
+        for item in items {
+            let Some(text) = self.string(item, "a label") else {
+                continue;
+            };
+            if let Some(problem) = identifier_problem(text, MAX_LABEL_LEN) {
+                self.error(item.pos, format!("invalid label `{text}`: {problem}"));
+            } else if let Some(first) = seen.get(text).copied() {
+                self.error(
+                    item.pos,
+                    format!("label `{text}` listed twice; first at {first}"),
+                );
+            } else {
+                seen.insert(text, item.pos);
+                labels.push((text.to_owned(), item.pos));
+            }
+        }
+        labels
+    }
+
+    fn path_rules(&mut self, node: &Node, section: &str) -> Rules<crate::model::PathPattern> {
+        self.rules(node, section, "path patterns", parse_path)
+    }
+
+    fn rules<P>(
+        &mut self,
+        node: &Node,
+        section: &str,
+        items: &str,
+        parse: fn(&str) -> Result<P, PatternError>,
+    ) -> Rules<P> {
+        let mut rules = Rules::default();
+        let Some(fields) = self.fields(node, &format!("`{section}`"), RULES_KEYS) else {
+            return rules;
+        };
+        for (key, _, value) in fields {
+            match key {
+                "default" => {
+                    let options = [("allow", Fallback::Allow), ("deny", Fallback::Deny)];
+                    if let Some(d) = self.choice(value, &format!("{section}.default"), &options) {
+                        rules.default = d;
+                    }
+                }
+                "allow" => rules.allow = self.patterns(value, section, key, items, parse),
+                "deny" => rules.deny = self.patterns(value, section, key, items, parse),
+                _ => {}
+            }
+        }
+        rules
+    }
+
+    fn patterns<P>(
+        &mut self,
+        node: &Node,
+        section: &str,
+        key: &str,
+        items: &str,
+        parse: fn(&str) -> Result<P, PatternError>,
+    ) -> Vec<P> {
+        let Value::Seq(list) = &node.value else {
+            self.shape_error(
+                node,
+                format!(
+                    "expected a list of {items} for `{section}.{key}`, found {}",
+                    node.kind()
+                ),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in list {
+            let Value::Str(text) = &item.value else {
+                // An unquoted `[v6]:port` parses as a YAML list or mapping.
+                let hint = if section.starts_with("network")
+                    && matches!(item.value, Value::Seq(_) | Value::Map(_))
+                {
+                    " (quote bracketed IPv6 patterns, as in \"[2001:db8::/32]:443\")"
+                } else {
+                    ""
+                };
+                self.shape_error(
+                    item,
+                    format!(
+                        "expected one of the {items} of `{section}.{key}`, found {}{hint}",
+                        item.kind()
+                    ),
+                );
+                continue;
+            };
+            match parse(text) {
+                Ok(p) => out.push(p),
+                Err(e) => self.error(item.pos, e.to_string()),
+            }
+        }
+        out
+    }
+}
+
+/// Why `text` is not a valid policy name or label, if it is not. Labels name cgroup
+/// directories, so they must be a single safe path component.
+fn identifier_problem(text: &str, max: usize) -> Option<String> {
+    if text.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if text.len() > max {
+        return Some(format!(
+            "{} characters long; at most {max} are allowed",
+            text.chars().count()
+        ));
+    }
+    if text == "." || text == ".." {
+        return Some("`.` and `..` are not allowed".into());
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Some(format!(
+            "character {c:?} not allowed; use letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    None
+}

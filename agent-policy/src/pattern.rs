@@ -1,0 +1,419 @@
+//! Parsing of the path and network patterns that rules are made of.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use agent_common::MAX_RULE_PATH;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use thiserror::Error;
+
+use crate::model::{NetPattern, PathPattern};
+
+/// Why a pattern was rejected. The text is shown to policy authors as is.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum PatternError {
+    #[error("empty path pattern")]
+    EmptyPath,
+    #[error("relative path `{0}`: path patterns must be absolute (start with `/`)")]
+    Relative(String),
+    #[error("path pattern contains a NUL byte")]
+    Nul,
+    #[error(
+        "unsupported wildcard in `{0}`: a pattern is an exact path or a directory followed by `/**`"
+    )]
+    Wildcard(String),
+    #[error("empty component (`//`) in `{0}`")]
+    EmptyComponent(String),
+    #[error(
+        "trailing `/` in `{0}`: write `{1}` for the path itself or `{1}/**` for everything beneath it"
+    )]
+    TrailingSlash(String, String),
+    #[error("`{1}` component in `{0}`: paths must be normalized")]
+    DotComponent(String, &'static str),
+    #[error("path `{0}` is {1} bytes long; an exact path can have at most {MAX_RULE_PATH} bytes")]
+    ExactTooLong(String, usize),
+    #[error(
+        "directory `{0}` of a `/**` pattern is {1} bytes long; it can have at most {max} bytes",
+        max = MAX_RULE_PATH
+    )]
+    TreeTooLong(String, usize),
+    #[error("empty network pattern")]
+    EmptyNet,
+    #[error("invalid IP address `{0}`")]
+    BadAddr(String),
+    #[error("invalid prefix length `{0}`: expected 0..={1}")]
+    BadPrefix(String, u8),
+    #[error("invalid port `{0}`: expected 1..=65535")]
+    BadPort(String),
+    #[error("`{0}`: brackets are only for IPv6 addresses, as in `[2001:db8::/32]:443`")]
+    BracketsNotV6(String),
+    #[error("`{0}`: missing `]`")]
+    UnclosedBracket(String),
+    #[error("`{0}`: expected `:port` after `]`")]
+    AfterBracket(String),
+    #[error("`{0}`: host bits set; did you mean {1}?")]
+    HostBits(String, String),
+}
+
+/// Parse a path pattern: an absolute exact path, or a directory followed by `/**`.
+pub fn parse_path(text: &str) -> Result<PathPattern, PatternError> {
+    if text.is_empty() {
+        return Err(PatternError::EmptyPath);
+    }
+    if text.contains('\0') {
+        return Err(PatternError::Nul);
+    }
+    if !text.starts_with('/') {
+        return Err(PatternError::Relative(text.to_owned()));
+    }
+    if text == "/**" {
+        return Ok(PathPattern::Tree(String::new()));
+    }
+    if let Some(dir) = text.strip_suffix("/**") {
+        check_components(text, dir)?;
+        // The kernel key holds the directory and its trailing slash.
+        if dir.len() + 1 > MAX_RULE_PATH + 1 {
+            return Err(PatternError::TreeTooLong(dir.to_owned(), dir.len()));
+        }
+        return Ok(PathPattern::Tree(dir.to_owned()));
+    }
+    if text != "/" {
+        check_components(text, text)?;
+    }
+    if text.len() > MAX_RULE_PATH {
+        return Err(PatternError::ExactTooLong(text.to_owned(), text.len()));
+    }
+    Ok(PathPattern::Exact(text.to_owned()))
+}
+
+/// Check the components of `path` (absolute, not the root), reporting against `whole`.
+fn check_components(whole: &str, path: &str) -> Result<(), PatternError> {
+    if path.contains(['*', '?', '[', '{']) {
+        return Err(PatternError::Wildcard(whole.to_owned()));
+    }
+    if let Some(trimmed) = path.strip_suffix('/') {
+        let trimmed = trimmed.trim_end_matches('/');
+        let shown = if trimmed.is_empty() { "/" } else { trimmed };
+        return Err(PatternError::TrailingSlash(
+            whole.to_owned(),
+            shown.to_owned(),
+        ));
+    }
+    // The first split item is the empty string before the leading `/`.
+    for component in path.split('/').skip(1) {
+        match component {
+            "" => return Err(PatternError::EmptyComponent(whole.to_owned())),
+            "." | ".." => {
+                let dots = if component == "." { "." } else { ".." };
+                return Err(PatternError::DotComponent(whole.to_owned(), dots));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parse a network pattern: `addr`, `addr/len`, `v4[/len]:port`, `[v6[/len]]:port`.
+pub fn parse_net(text: &str) -> Result<NetPattern, PatternError> {
+    if text.is_empty() {
+        return Err(PatternError::EmptyNet);
+    }
+    let (cidr, port) = if let Some(rest) = text.strip_prefix('[') {
+        let Some((inner, after)) = rest.split_once(']') else {
+            return Err(PatternError::UnclosedBracket(text.to_owned()));
+        };
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(p) => Some(parse_port(p)?),
+                None => return Err(PatternError::AfterBracket(text.to_owned())),
+            },
+        };
+        let (addr, _) = split_prefix(inner);
+        if addr.parse::<Ipv6Addr>().is_err() {
+            if addr.parse::<Ipv4Addr>().is_ok() {
+                return Err(PatternError::BracketsNotV6(text.to_owned()));
+            }
+            return Err(PatternError::BadAddr(addr.to_owned()));
+        }
+        (inner, port)
+    } else if text.matches(':').count() == 1 {
+        // Only IPv4 can carry a port without brackets; one colon in IPv6 is never valid.
+        let (cidr, port) = text.split_at(text.find(':').unwrap_or(text.len()));
+        (cidr, Some(parse_port(&port[1..])?))
+    } else {
+        (text, None)
+    };
+
+    let (addr_text, prefix_text) = split_prefix(cidr);
+    let addr: IpAddr = addr_text
+        .parse()
+        .map_err(|_| PatternError::BadAddr(addr_text.to_owned()))?;
+    let max = match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
+    let prefix = match prefix_text {
+        None => max,
+        Some(p) => parse_number(p, u32::from(max))
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| PatternError::BadPrefix(p.to_owned(), max))?,
+    };
+    let net = match addr {
+        IpAddr::V4(a) => IpNet::V4(
+            Ipv4Net::new(a, prefix)
+                .map_err(|_| PatternError::BadPrefix(prefix.to_string(), max))?,
+        ),
+        IpAddr::V6(a) => IpNet::V6(
+            Ipv6Net::new(a, prefix)
+                .map_err(|_| PatternError::BadPrefix(prefix.to_string(), max))?,
+        ),
+    };
+    let truncated = net.trunc();
+    if truncated != net {
+        let suggestion = NetPattern {
+            net: unmap(truncated),
+            port,
+        };
+        return Err(PatternError::HostBits(
+            text.to_owned(),
+            suggestion.to_string(),
+        ));
+    }
+    Ok(NetPattern {
+        net: unmap(net),
+        port,
+    })
+}
+
+/// The kernel looks IPv4-mapped IPv6 destinations up as IPv4, so rules naming them must be
+/// stored as IPv4 to ever match.
+fn unmap(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(v4) => match Ipv4Net::new(v4, n.prefix_len() - 96) {
+                Ok(v4net) => IpNet::V4(v4net),
+                Err(_) => net,
+            },
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+fn split_prefix(cidr: &str) -> (&str, Option<&str>) {
+    match cidr.split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (cidr, None),
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, PatternError> {
+    parse_number(text, 65535)
+        .filter(|&p| p != 0)
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| PatternError::BadPort(text.to_owned()))
+}
+
+/// A decimal number of plain ASCII digits (no sign, unlike `str::parse`), at most `max`.
+fn parse_number(text: &str, max: u32) -> Option<u32> {
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u32>().ok().filter(|&n| n <= max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn path(s: &str) -> PathPattern {
+        parse_path(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn net(s: &str) -> String {
+        parse_net(s)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+            .to_string()
+    }
+
+    #[test]
+    fn accepts_exact_and_tree_paths() {
+        assert_eq!(path("/"), PathPattern::Exact("/".into()));
+        assert_eq!(path("/**"), PathPattern::Tree(String::new()));
+        assert_eq!(
+            path("/usr/bin/nc"),
+            PathPattern::Exact("/usr/bin/nc".into())
+        );
+        assert_eq!(
+            path("/opt/tools/**"),
+            PathPattern::Tree("/opt/tools".into())
+        );
+        assert_eq!(path("/a b/c.d-e"), PathPattern::Exact("/a b/c.d-e".into()));
+    }
+
+    #[test]
+    fn rejects_bad_paths() {
+        for bad in [
+            "",
+            "usr/bin",
+            "./x",
+            "**",
+            "/usr/*",
+            "/usr/b?n",
+            "/usr/[ab]",
+            "/usr/{a,b}",
+            "/usr/**/bin",
+            "/usr**",
+            "/**/",
+            "/usr/",
+            "//",
+            "/a//b",
+            "/a/./b",
+            "/a/..",
+            "/a/../b",
+            "/..",
+            "/.",
+            "/a\0b",
+            "/a/**/**",
+            "/**/**",
+            "//**",
+        ] {
+            assert!(parse_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn path_length_limits() {
+        let exact = format!("/{}", "a".repeat(MAX_RULE_PATH - 1));
+        assert!(parse_path(&exact).is_ok());
+        let err = parse_path(&format!("{exact}b")).unwrap_err().to_string();
+        assert!(err.contains(&MAX_RULE_PATH.to_string()), "{err}");
+        // The tree key is `dir/`, so the directory may be one byte longer than an exact path.
+        let dir = format!("/{}", "a".repeat(MAX_RULE_PATH - 1));
+        assert!(parse_path(&format!("{dir}/**")).is_ok());
+        let err = parse_path(&format!("{dir}b/**")).unwrap_err().to_string();
+        assert!(err.contains(&MAX_RULE_PATH.to_string()), "{err}");
+    }
+
+    #[test]
+    fn accepts_network_forms() {
+        assert_eq!(net("1.2.3.4"), "1.2.3.4");
+        assert_eq!(net("1.2.3.4/32"), "1.2.3.4");
+        assert_eq!(net("10.0.0.0/8"), "10.0.0.0/8");
+        assert_eq!(net("10.0.0.0/8:443"), "10.0.0.0/8:443");
+        assert_eq!(net("1.2.3.4:80"), "1.2.3.4:80");
+        assert_eq!(net("::1"), "::1");
+        assert_eq!(net("::1/128"), "::1");
+        assert_eq!(net("[2001:db8::/32]:443"), "[2001:db8::/32]:443");
+        assert_eq!(net("[::1]:8080"), "[::1]:8080");
+        assert_eq!(net("[::1]"), "::1");
+        assert_eq!(net("0.0.0.0/0"), "0.0.0.0/0");
+        assert_eq!(net("::/0"), "::/0");
+        assert_eq!(net("::ffff:10.1.2.3"), "10.1.2.3");
+        assert_eq!(net("::ffff:10.0.0.0/104"), "10.0.0.0/8");
+        assert_eq!(net("[::ffff:10.0.0.0/104]:443"), "10.0.0.0/8:443");
+        assert_eq!(net("::ffff:0:0/96"), "0.0.0.0/0");
+        assert_eq!(net("1.2.3.4:65535"), "1.2.3.4:65535");
+    }
+
+    #[test]
+    fn rejects_bad_networks() {
+        for bad in [
+            "",
+            "1.2.3",
+            "1.2.3.4/33",
+            "1.2.3.4:0",
+            "1.2.3.4:65536",
+            "1.2.3.4:",
+            "1.2.3.4/",
+            "1.2.3.4/+8",
+            "1.2.3.4:+80",
+            "01.2.3.4",
+            "::1:80x",
+            "[1.2.3.4]:80",
+            "[::1",
+            "[::1]80",
+            "[::1]:",
+            "::1/129",
+            "example.com",
+            "example.com:443",
+            "fe80::1%eth0",
+            " 1.2.3.4",
+            "1.2.3.4/8/8",
+            "[::1]:0",
+            "::1/-1",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn host_bits_suggest_the_network() {
+        let err = parse_net("10.1.2.3/8").unwrap_err().to_string();
+        assert!(
+            err.contains("host bits set; did you mean 10.0.0.0/8?"),
+            "{err}"
+        );
+        let err = parse_net("[2001:db8::1/32]:443").unwrap_err().to_string();
+        assert!(err.contains("did you mean [2001:db8::/32]:443?"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn path_parser_never_panics(s in "\\PC*") {
+            let _ = parse_path(&s);
+        }
+
+        #[test]
+        fn path_parser_never_panics_on_pathish(s in "[/a.*?\\[{}\0]{0,40}") {
+            if let Ok(p) = parse_path(&s) {
+                prop_assert_eq!(p.to_string(), s);
+            }
+        }
+
+        #[test]
+        fn net_parser_never_panics(s in "\\PC*") {
+            let _ = parse_net(&s);
+        }
+
+        #[test]
+        fn net_parser_never_panics_on_netish(s in "[0-9a-f:./\\[\\]]{0,40}") {
+            if let Ok(p) = parse_net(&s) {
+                prop_assert_eq!(parse_net(&p.to_string()), Ok(p));
+            }
+        }
+
+        #[test]
+        fn valid_paths_round_trip(
+            parts in proptest::collection::vec("[a-zA-Z0-9._ -]{1,12}", 0..8),
+            tree in any::<bool>(),
+        ) {
+            prop_assume!(parts.iter().all(|p| p != "." && p != ".."));
+            let dir = parts.iter().map(|p| format!("/{p}")).collect::<String>();
+            let text = match (tree, dir.is_empty()) {
+                (true, _) => format!("{dir}/**"),
+                (false, true) => "/".to_owned(),
+                (false, false) => dir.clone(),
+            };
+            let parsed = parse_path(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(parsed.to_string(), text);
+        }
+
+        #[test]
+        fn valid_networks_round_trip(
+            v4 in any::<u32>(), v6 in any::<u128>(), len in 0u8..=128, port in any::<u16>(),
+            use_v6 in any::<bool>(), with_port in any::<bool>(),
+        ) {
+            let net = if use_v6 {
+                IpNet::V6(Ipv6Net::new(Ipv6Addr::from(v6), len).unwrap_or_default().trunc())
+            } else {
+                IpNet::V4(Ipv4Net::new(Ipv4Addr::from(v4), len % 33).unwrap_or_default().trunc())
+            };
+            let port = (with_port && port != 0).then_some(port);
+            let pattern = NetPattern { net: unmap(net), port };
+            let text = pattern.to_string();
+            prop_assert_eq!(parse_net(&text), Ok(pattern), "{}", text);
+        }
+    }
+}

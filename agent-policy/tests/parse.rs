@@ -1,0 +1,469 @@
+//! Parsing and validation through the public API: accepted forms, and for every kind of
+//! problem, that it is reported at the right line and column.
+
+use std::path::{Path, PathBuf};
+
+use agent_policy::{Fallback, Mode, NetPattern, PathPattern, load_path, parse_str};
+
+fn parse(text: &str) -> (Vec<agent_policy::Policy>, Vec<String>) {
+    let (policies, diags) = parse_str(Path::new("p.yaml"), text);
+    let diags = diags
+        .iter()
+        .map(|d| {
+            assert_eq!(d.file, Path::new("p.yaml"));
+            format!("{}:{}: {}", d.line, d.column, d.message)
+        })
+        .collect();
+    (policies, diags)
+}
+
+/// Asserts the text yields exactly these problems, each given as `line:col` and a piece
+/// of its message.
+#[track_caller]
+fn expect(text: &str, expected: &[(&str, &str)]) {
+    let (policies, diags) = parse(text);
+    assert_eq!(diags.len(), expected.len(), "got {diags:#?}");
+    for (d, (at, piece)) in diags.iter().zip(expected) {
+        assert!(d.starts_with(&format!("{at}: ")), "expected at {at}: {d}");
+        assert!(d.contains(piece), "expected {piece:?} in {d}");
+    }
+    // Only the policies without problems come back.
+    assert!(expected.is_empty() || policies.len() < text.matches("name:").count().max(1));
+}
+
+const FULL: &str = r#"
+name: coding-agent
+labels: [coding-agent]
+mode: enforce
+exec:
+  default: allow
+  allow: []
+  deny: [/usr/bin/nc, /opt/tools/**]
+files:
+  write:
+    default: deny
+    allow: [/workspace/**, /tmp/**, /dev/null]
+    deny: [/workspace/.git/hooks/**]
+  read:
+    default: allow
+    deny: [/etc/shadow, /root/.ssh/**]
+network:
+  connect:
+    default: deny
+    allow: ["127.0.0.0/8", "10.20.0.0/16:443", "[2001:db8::/32]:443", "::1/128"]
+    deny: ["169.254.169.254/32"]
+"#;
+
+#[test]
+fn parses_the_documented_example() {
+    let (policies, diags) = parse(FULL);
+    assert!(diags.is_empty(), "{diags:#?}");
+    let [p] = policies.as_slice() else {
+        panic!("{policies:?}")
+    };
+    assert_eq!(p.name, "coding-agent");
+    assert_eq!(p.labels, ["coding-agent"]);
+    assert_eq!(p.mode, Mode::Enforce);
+    assert_eq!(p.line, 2);
+    assert_eq!(p.exec.default, Fallback::Allow);
+    assert_eq!(
+        p.exec.deny,
+        [
+            PathPattern::Exact("/usr/bin/nc".into()),
+            PathPattern::Tree("/opt/tools".into())
+        ]
+    );
+    assert_eq!(p.file_write.default, Fallback::Deny);
+    assert_eq!(p.file_write.allow.len(), 3);
+    assert_eq!(p.file_read.deny.len(), 2);
+    assert_eq!(p.connect.default, Fallback::Deny);
+    let allow: Vec<String> = p.connect.allow.iter().map(NetPattern::to_string).collect();
+    assert_eq!(
+        allow,
+        [
+            "127.0.0.0/8",
+            "10.20.0.0/16:443",
+            "[2001:db8::/32]:443",
+            "::1"
+        ]
+    );
+}
+
+#[test]
+fn sections_are_optional() {
+    let (policies, diags) = parse("name: a\nlabels: [a]\n");
+    assert!(diags.is_empty(), "{diags:?}");
+    let p = &policies[0];
+    assert_eq!(p.mode, Mode::Enforce);
+    assert_eq!(p.exec, Default::default());
+    assert_eq!(p.connect.default, Fallback::Allow);
+    let (policies, diags) =
+        parse("name: a\nlabels: [a]\nmode: audit\nfiles:\n  read:\n    allow: [/x]\nnetwork: {}\n");
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(policies[0].mode, Mode::Audit);
+    assert_eq!(policies[0].file_read.allow.len(), 1);
+}
+
+#[test]
+fn several_documents_and_empty_ones() {
+    let text =
+        "---\n# nothing\n---\nname: a\nlabels: [a]\n---\n---\nname: b\nlabels: [b, c]\n...\n";
+    let (policies, diags) = parse(text);
+    assert!(diags.is_empty(), "{diags:?}");
+    let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(policies[1].line, 8);
+    assert_eq!(parse("").0.len(), 0);
+    assert_eq!(parse("# only a comment\n").1.len(), 0);
+}
+
+#[test]
+fn unknown_keys_name_the_allowed_ones() {
+    expect(
+        "name: a\nlabels: [a]\nexecs: {}\nfiles:\n  writes: {}\nnetwork:\n  connect:\n    defualt: deny\n",
+        &[
+            (
+                "3:1",
+                "unknown key `execs` in a policy; allowed keys: name, labels, mode, exec, files, network",
+            ),
+            (
+                "5:3",
+                "unknown key `writes` in `files`; allowed keys: write, read",
+            ),
+            (
+                "8:5",
+                "unknown key `defualt` in `network.connect`; allowed keys: default, allow, deny",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn wrong_types() {
+    expect(
+        "name: [a]\nlabels: a\nexec: []\nfiles:\n  write:\n    allow: /x\n    deny:\n      - {a: b}\nnetwork: 1\n",
+        &[
+            ("1:7", "expected a policy name, found a list"),
+            ("2:9", "expected a list of labels, found a string"),
+            (
+                "3:7",
+                "expected `exec` (a mapping with keys default, allow, deny), found a list",
+            ),
+            (
+                "6:12",
+                "expected a list of path patterns for `files.write.allow`, found a string",
+            ),
+            ("8:9", "found a mapping"),
+            (
+                "9:10",
+                "expected `network` (a mapping with keys connect), found a string",
+            ),
+        ],
+    );
+    expect(
+        "name: a\nlabels: [a]\nexec:\n  allow:\n",
+        &[(
+            "4:8",
+            "expected a list of path patterns for `exec.allow`, found nothing",
+        )],
+    );
+}
+
+#[test]
+fn bad_enumerations() {
+    expect(
+        "name: a\nlabels: [a]\nmode: Enforce\nexec:\n  default: permit\n",
+        &[
+            ("3:7", "invalid `mode` `Enforce`: expected enforce or audit"),
+            (
+                "5:12",
+                "invalid `exec.default` `permit`: expected allow or deny",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn bad_patterns_point_at_the_item() {
+    expect(
+        concat!(
+            "name: a\nlabels: [a]\n",
+            "exec:\n  deny: [usr/bin/nc, /usr/*/nc, '/a/../b', /a//b, /a/, /a/**/b]\n",
+            "network:\n  connect:\n    allow:\n",
+            "      - 10.1.2.3/8\n",
+            "      - \"1.2.3.4:0\"\n",
+            "      - 300.1.1.1\n",
+            "      - ::1/129\n",
+            "      - [2001:db8::/32]:443\n",
+        ),
+        &[
+            ("4:10", "relative path `usr/bin/nc`"),
+            ("4:22", "unsupported wildcard in `/usr/*/nc`"),
+            ("4:33", "`..` component"),
+            ("4:44", "empty component"),
+            ("4:51", "trailing `/`"),
+            ("4:56", "unsupported wildcard"),
+            (
+                "8:9",
+                "`10.1.2.3/8`: host bits set; did you mean 10.0.0.0/8?",
+            ),
+            ("9:9", "invalid port `0`"),
+            ("10:9", "invalid IP address `300.1.1.1`"),
+            ("11:9", "invalid prefix length `129`"),
+            ("12:9", "quote bracketed IPv6 patterns"),
+            ("12:24", "YAML syntax error"),
+        ],
+    );
+}
+
+#[test]
+fn long_paths_say_the_limit() {
+    let long = format!("/{}", "a".repeat(300));
+    let (_, diags) = parse(&format!(
+        "name: a\nlabels: [a]\nexec:\n  deny: [{long}, {long}/**]\n"
+    ));
+    assert_eq!(diags.len(), 2, "{diags:?}");
+    let limit = agent_common::MAX_RULE_PATH.to_string();
+    assert!(diags.iter().all(|d| d.contains(&limit)), "{diags:?}");
+}
+
+#[test]
+fn names_and_labels() {
+    expect(
+        "name: 'a b'\nlabels: [ok, '..', x/y, '', ok]\n",
+        &[
+            ("1:7", "invalid policy name `a b`"),
+            ("2:14", "invalid label `..`"),
+            ("2:20", "invalid label `x/y`"),
+            ("2:25", "invalid label ``"),
+            ("2:29", "label `ok` listed twice; first at 2:10"),
+        ],
+    );
+    expect("name: a\nlabels: []\n", &[("2:9", "at least one label")]);
+    let long = "l".repeat(65);
+    expect(
+        &format!("name: a\nlabels: [{long}]\n"),
+        &[("2:10", "at most 64")],
+    );
+    expect(
+        &format!("name: {}\nlabels: [a]\n", "n".repeat(129)),
+        &[("1:7", "at most 128")],
+    );
+}
+
+#[test]
+fn missing_and_duplicate_keys() {
+    expect(
+        "mode: audit\n",
+        &[
+            ("1:1", "missing required key `name`"),
+            ("1:1", "missing required key `labels`"),
+        ],
+    );
+    expect(
+        "name: a\nlabels: [a]\nexec: {}\nexec: {}\n",
+        &[("4:1", "duplicate key `exec` in a policy; first at 3:1")],
+    );
+}
+
+#[test]
+fn duplicates_within_a_file() {
+    expect(
+        "name: a\nlabels: [x]\n---\nname: a\nlabels: [y]\n---\nname: c\nlabels: [z, x]\n",
+        &[
+            (
+                "4:7",
+                "duplicate policy name `a`; first defined at p.yaml:1:7",
+            ),
+            (
+                "8:13",
+                "label `x` is already used by policy `a` at p.yaml:2:10",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn syntax_errors_keep_earlier_problems() {
+    expect(
+        "name: a\nlabels: [a]\n---\nname: b\nlabels: [b]\nbogus: 1\nexec: [\n",
+        &[
+            ("6:1", "unknown key `bogus`"),
+            ("7:7", "YAML syntax error: unclosed bracket"),
+        ],
+    );
+    let (_, diags) = parse("name: a\nlabels: [a\n");
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert!(diags[0].contains("YAML syntax error"), "{diags:?}");
+    let (_, diags) = parse("name: a\n\tlabels: [a]\n");
+    assert!(
+        diags.iter().any(|d| d.contains("YAML syntax error")),
+        "{diags:?}"
+    );
+}
+
+#[test]
+fn aliases_expand_and_bombs_are_refused() {
+    let (policies, diags) =
+        parse("name: a\nlabels: &l [a]\nexec:\n  deny: &d [/x]\nfiles:\n  read:\n    deny: *d\n");
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(
+        policies[0].file_read.deny,
+        [PathPattern::Exact("/x".into())]
+    );
+    let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 0..9 {
+        let prev = if i == 0 {
+            "a".to_owned()
+        } else {
+            format!("a{}", i - 1)
+        };
+        bomb.push_str(&format!("b{i}: &a{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+    }
+    let (_, diags) = parse(&bomb);
+    assert!(diags.iter().any(|d| d.contains("too large")), "{diags:?}");
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agent-policy-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn load_path_checks_across_files() {
+    let dir = temp_dir("across");
+    std::fs::write(dir.join("b.yml"), "name: one\nlabels: [shared]\n").unwrap();
+    std::fs::write(dir.join("a.yaml"), "name: zero\nlabels: [mine]\n").unwrap();
+    std::fs::write(dir.join("c.yaml"), "name: one\nlabels: [other, shared]\n").unwrap();
+    std::fs::write(dir.join("ignored.txt"), "not yaml").unwrap();
+    std::fs::create_dir(dir.join("sub.yaml")).unwrap();
+    let diags = load_path(&dir).unwrap_err();
+    let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    let b = dir.join("b.yml");
+    let c = dir.join("c.yaml");
+    assert_eq!(
+        text,
+        [
+            format!(
+                "{}:1:7: duplicate policy name `one`; first defined at {}:1:7",
+                c.display(),
+                b.display()
+            ),
+            format!(
+                "{}:2:17: label `shared` is already used by policy `one` at {}:2:10",
+                c.display(),
+                b.display()
+            ),
+        ]
+    );
+
+    std::fs::remove_file(&c).unwrap();
+    let set = load_path(&dir).unwrap();
+    let names: Vec<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["zero", "one"]);
+    assert_eq!(set.label_count(), 2);
+    assert_eq!(set.rule_count(), 0);
+    assert_eq!(set.policies[1].file, b);
+
+    // A single file works too.
+    assert_eq!(load_path(&b).unwrap().policies.len(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn load_path_whole_file_problems() {
+    let dir = temp_dir("empty");
+    let diags = load_path(&dir).unwrap_err();
+    assert_eq!(diags.len(), 1);
+    assert_eq!(
+        (diags[0].file.as_path(), diags[0].line, diags[0].column),
+        (dir.as_path(), 1, 1)
+    );
+    assert!(
+        diags[0].message.contains("no policies found"),
+        "{}",
+        diags[0]
+    );
+
+    std::fs::write(dir.join("empty.yaml"), "---\n# nothing yet\n").unwrap();
+    let diags = load_path(&dir).unwrap_err();
+    assert!(
+        diags[0].message.contains("no policies found"),
+        "{}",
+        diags[0]
+    );
+
+    std::fs::write(dir.join("bad.yaml"), b"name: a\nlabels: [\xff]\n").unwrap();
+    let diags = load_path(&dir).unwrap_err();
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert_eq!((diags[0].line, diags[0].column), (2, 10));
+    assert!(diags[0].message.contains("UTF-8"), "{}", diags[0]);
+
+    let missing = dir.join("missing");
+    let diags = load_path(&missing).unwrap_err();
+    assert_eq!(diags[0].file, missing);
+    assert!(diags[0].message.contains("cannot read"), "{}", diags[0]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn label_limit() {
+    let labels: Vec<String> = (0..=agent_common::MAX_LABELS)
+        .map(|i| format!("l{i}"))
+        .collect();
+    let text = format!("name: a\nlabels: [{}]\n", labels.join(", "));
+    let (policies, diags) = parse(&text);
+    assert!(policies.is_empty());
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert!(
+        diags[0].contains("too many labels: at most 1024"),
+        "{diags:?}"
+    );
+}
+
+#[test]
+fn policy_limit() {
+    let max = agent_policy::parse::MAX_POLICIES;
+    let text: String = (0..=max)
+        .map(|i| format!("---\nname: p{i}\nlabels: [l{i}]\n"))
+        .collect();
+    let (_, diags) = parse(&text);
+    let line = 3 * max + 2;
+    assert!(
+        diags
+            .iter()
+            .any(|d| *d == format!("{line}:1: too many policies: at most {max} are supported")),
+        "{:?}",
+        &diags
+    );
+    // Each policy needs a label, so the label limit trips too.
+    assert!(
+        diags.iter().any(|d| d.contains("too many labels")),
+        "{diags:?}"
+    );
+}
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let set = match load_path(&dir) {
+        Ok(set) => set,
+        Err(diags) => panic!(
+            "{}",
+            diags.iter().map(|d| format!("{d}\n")).collect::<String>()
+        ),
+    };
+    let names: Vec<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["coding-agent", "research-agent", "research-summarizer"]
+    );
+    assert_eq!(set.policies[1].mode, Mode::Audit);
+    for (i, p) in set.policies.iter().enumerate() {
+        let ruleset = i as u16;
+        assert!(!agent_policy::compile_paths(p, ruleset).is_empty());
+        assert!(!agent_policy::compile_net(p, ruleset).is_empty());
+    }
+}

@@ -1,0 +1,87 @@
+//! Loading the kernel programs: preflight checks, kernel offsets, attach.
+
+use std::{fs, path::Path};
+
+use anyhow::{Context, Result, bail};
+use aya::{Btf, Ebpf, EbpfLoader, programs::Lsm};
+use tracing::info;
+
+use crate::{btf, cgroup::LabelRoot};
+
+/// The object built by build.rs from agent-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// Every LSM program in the object, by the hook it attaches to.
+pub const HOOKS: &[&str] = &["bprm_check_security"];
+
+/// Map sizes that the daemon chooses at load time.
+pub struct Sizes {
+    pub path_rules: u32,
+    pub net_rules: u32,
+}
+
+/// Fails with a fix when BPF LSM can't work on this kernel.
+pub fn preflight() -> Result<()> {
+    let lsm_path = Path::new("/sys/kernel/security/lsm");
+    let lsms = fs::read_to_string(lsm_path).with_context(|| {
+        format!(
+            "reading {}: securityfs is not mounted or the kernel has no LSM support; \
+             mount it with `mount -t securityfs none /sys/kernel/security`",
+            lsm_path.display()
+        )
+    })?;
+    if !lsms.trim().split(',').any(|l| l == "bpf") {
+        bail!(
+            "BPF LSM is not active (active LSMs: {}). Add `bpf` to the kernel's LSM list: boot \
+             with `lsm={},bpf` on the kernel command line (the kernel needs CONFIG_BPF_LSM=y), \
+             then start actgate again",
+            lsms.trim(),
+            lsms.trim()
+        );
+    }
+    Ok(())
+}
+
+/// Loads the object with this kernel's offsets and attaches every hook.
+pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<Ebpf> {
+    let vmlinux = Path::new("/sys/kernel/btf/vmlinux");
+    let offsets = btf::kernel_offsets(
+        &btf::Btf::from_file(vmlinux).context("reading kernel struct offsets from BTF")?,
+    )
+    .context("the kernel's BTF lacks a struct member actgate needs")?;
+    let level = u64::from(root.label_level);
+    let fake = u64::from(fake_allow_all);
+
+    let mut loader = EbpfLoader::new();
+    for (name, value) in &offsets {
+        loader.override_global(name, value, true);
+    }
+    loader
+        .override_global("LABEL_LEVEL", &level, true)
+        .override_global("FAKE_ALLOW_ALL", &fake, true)
+        .map_max_entries("PATH_RULES", sizes.path_rules)
+        .map_max_entries("NET_RULES", sizes.net_rules);
+    let mut ebpf = loader
+        .load(OBJECT)
+        .context("loading actgate's eBPF object into the kernel")?;
+
+    let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux")?;
+    for hook in HOOKS {
+        let prog: &mut Lsm = ebpf
+            .program_mut(hook)
+            .with_context(|| format!("program {hook} is missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {hook} is not an LSM program"))?;
+        prog.load(hook, &btf).with_context(|| {
+            format!(
+                "the kernel refused LSM program {hook} (verifier or lockdown); run as root on a \
+                 kernel with BPF LSM, without lockdown=confidentiality"
+            )
+        })?;
+        prog.attach()
+            .with_context(|| format!("attaching LSM program {hook}"))?;
+        info!(hook, "attached");
+    }
+    info!(offsets = ?offsets, label_level = level, "kernel programs loaded");
+    Ok(ebpf)
+}

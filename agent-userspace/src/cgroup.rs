@@ -1,0 +1,158 @@
+//! Labels are cgroup v2 subtrees: `<cgroup2 mount>/actgate/<label>/`.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Name of actgate's own cgroup beneath the cgroup v2 root.
+const ROOT_NAME: &str = "actgate";
+
+/// Where label cgroups live, and how deep they sit in the cgroup v2 hierarchy.
+#[derive(Clone, Debug)]
+pub struct LabelRoot {
+    /// `<cgroup2 mount>/actgate`.
+    pub dir: PathBuf,
+    /// Level of a label's cgroup below the hierarchy's root, as
+    /// `bpf_get_current_ancestor_cgroup_id` counts it (the root is level 0).
+    pub label_level: u32,
+}
+
+impl LabelRoot {
+    /// Finds the cgroup v2 mount; hosts may run v1 and v2 side by side (hybrid), so the mount
+    /// point is read from /proc/self/mountinfo, never assumed.
+    pub fn discover() -> Result<Self> {
+        let info = fs::read_to_string("/proc/self/mountinfo")
+            .context("reading /proc/self/mountinfo to find the cgroup v2 mount")?;
+        let (mount, root) = cgroup2_mount(&info).context(
+            "no cgroup v2 file system is mounted; mount one (mount -t cgroup2 none /sys/fs/cgroup)",
+        )?;
+        // A mount of a sub-tree (inside a cgroup namespace) sits deeper than level 0.
+        let mount_level = Path::new(&root).components().count().saturating_sub(1) as u32;
+        Ok(Self {
+            dir: PathBuf::from(mount).join(ROOT_NAME),
+            label_level: mount_level + 2,
+        })
+    }
+
+    pub fn label_dir(&self, label: &str) -> PathBuf {
+        self.dir.join(label)
+    }
+
+    /// Creates the label's cgroup if needed and returns its cgroup id (its inode number).
+    pub fn ensure_label(&self, label: &str) -> Result<u64> {
+        let dir = self.label_dir(label);
+        fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "creating the cgroup for label {label:?} at {}",
+                dir.display()
+            )
+        })?;
+        Ok(fs::metadata(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .ino())
+    }
+}
+
+/// The mount point and hierarchy root of the first cgroup2 entry of a mountinfo text.
+fn cgroup2_mount(mountinfo: &str) -> Option<(String, String)> {
+    mountinfo.lines().find_map(|line| {
+        // "36 35 98:0 /root /mnt rw,noatime master:1 - cgroup2 none rw"
+        let (before, after) = line.split_once(" - ")?;
+        if after.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mut fields = before.split_whitespace();
+        let root = fields.nth(3)?;
+        let mount = fields.next()?;
+        Some((unescape(mount), unescape(root)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Moves the calling process into a cgroup.
+pub fn enter(dir: &Path) -> Result<()> {
+    let procs = dir.join("cgroup.procs");
+    fs::write(&procs, "0").with_context(|| format!("moving into cgroup {}", dir.display()))?;
+    Ok(())
+}
+
+/// Number of processes in a cgroup and every cgroup beneath it.
+pub fn process_count(dir: &Path) -> usize {
+    let own = fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+    let children: usize = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| process_count(&e.path()))
+        .sum();
+    own + children
+}
+
+/// The cgroup v2 path of the current process, relative to the hierarchy root ("0::/x/y").
+pub fn current_path() -> Result<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    match text.lines().find_map(|l| l.strip_prefix("0::")) {
+        Some(p) => Ok(p.to_string()),
+        None => bail!("this process has no cgroup v2 membership"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_a_hybrid_host() {
+        let info = "25 30 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                    26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
+                    27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(
+            cgroup2_mount(info),
+            Some(("/sys/fs/cgroup/unified".into(), "/".into()))
+        );
+    }
+
+    #[test]
+    fn finds_cgroup2_with_escaped_mount_point() {
+        let info = "26 25 0:23 /a\\040b /mnt/c\\040g rw - cgroup2 none rw\n";
+        assert_eq!(
+            cgroup2_mount(info),
+            Some(("/mnt/c g".into(), "/a b".into()))
+        );
+    }
+
+    #[test]
+    fn no_cgroup2_is_none() {
+        assert_eq!(
+            cgroup2_mount("27 25 0:24 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw\n"),
+            None
+        );
+    }
+}

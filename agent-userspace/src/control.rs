@@ -1,0 +1,136 @@
+//! The daemon's root-only Unix socket: `actgate exec` asks it whether a label is enforced,
+//! `actgate status` asks for the state. One JSON request line, one JSON response line.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::{fs::PermissionsExt, net::UnixStream},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
+    net::UnixListener,
+};
+
+use crate::{counters::Counters, state::State, status};
+
+pub const DEFAULT_SOCKET: &str = "/run/actgate/actgate.sock";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Is `label` enforced right now, and where is its cgroup?
+    Label {
+        label: String,
+    },
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LabelReply {
+    pub cgroup: PathBuf,
+    pub policy: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Label(LabelReply),
+    Status(status::Status),
+    Error(String),
+}
+
+fn answer(req: Request, state: &State, counters: &Counters) -> Reply {
+    match req {
+        Request::Label { label } => {
+            if !state.is_ready() {
+                return Reply::Error("the daemon is not enforcing yet (not ready)".into());
+            }
+            match state.label_by_name(&label) {
+                Some(l) => Reply::Label(LabelReply {
+                    cgroup: state.root.label_dir(&l.name),
+                    policy: l.policy,
+                }),
+                None => Reply::Error(format!(
+                    "no loaded policy names label {label:?}; add it to a policy's `labels` and reload"
+                )),
+            }
+        }
+        Request::Status => Reply::Status(status::collect(state, counters)),
+    }
+}
+
+/// Creates the socket (mode 0600 in a 0700 directory) and serves it in the background.
+pub fn serve(path: &Path, state: Arc<State>, counters: Arc<Counters>) -> Result<()> {
+    if UnixStream::connect(path).is_ok() {
+        bail!(
+            "another actgate daemon is listening on {}; stop it first or pass another --socket",
+            path.display()
+        );
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to root", dir.display()))?;
+    }
+    let _ = fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to root", path.display()))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (state, counters) = (state.clone(), counters.clone());
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                if AsyncBufReader::new(read)
+                    .read_line(&mut line)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let reply = match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => tokio::task::spawn_blocking(move || answer(req, &state, &counters))
+                        .await
+                        .unwrap_or_else(|e| Reply::Error(e.to_string())),
+                    Err(e) => Reply::Error(format!("bad request: {e}")),
+                };
+                if let Ok(mut text) = serde_json::to_string(&reply) {
+                    text.push('\n');
+                    let _ = write.write_all(text.as_bytes()).await;
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Sends one request to the daemon (blocking; used by the CLI commands).
+pub fn request(path: &Path, req: &Request) -> Result<Reply> {
+    let mut stream = UnixStream::connect(path).with_context(|| {
+        format!(
+            "no actgate daemon is reachable at {}; start it with `actgate run --policies DIR` \
+             (or pass its --socket)",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut text = serde_json::to_string(req)?;
+    text.push('\n');
+    stream.write_all(text.as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .context("reading the daemon's reply")?;
+    serde_json::from_str(&line).map_err(|e| anyhow!("the daemon's reply is not valid: {e}"))
+}

@@ -1,0 +1,71 @@
+//! Reading the kernel's per-CPU counters. These, not the event stream, are the source of every
+//! count actgate reports: events can be dropped, counters can't.
+
+use std::sync::Mutex;
+
+use agent_common::{Action, ERR_SLOTS, Verdict, decision_index};
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray},
+};
+
+pub struct Counters {
+    decisions: Mutex<PerCpuArray<MapData, u64>>,
+    dropped: Mutex<PerCpuArray<MapData, u64>>,
+    errors: Mutex<PerCpuArray<MapData, u64>>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<Mutex<PerCpuArray<MapData, u64>>> {
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} is missing from the eBPF object"))?;
+    Ok(Mutex::new(PerCpuArray::try_from(map).with_context(
+        || format!("map {name} has an unexpected type"),
+    )?))
+}
+
+/// Sum of one slot over every CPU; a read error counts as zero rather than failing a scrape.
+fn sum(map: &Mutex<PerCpuArray<MapData, u64>>, index: u32) -> u64 {
+    let map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.get(&index, 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counters")
+    }
+}
+
+/// Decisions of one label: `[action][verdict]`.
+pub type LabelDecisions = [[u64; Verdict::COUNT]; Action::COUNT];
+
+impl Counters {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            decisions: take(ebpf, "DECISIONS")?,
+            dropped: take(ebpf, "EVENTS_DROPPED")?,
+            errors: take(ebpf, "ERRORS")?,
+        })
+    }
+
+    pub fn decisions(&self, label: u32) -> LabelDecisions {
+        let mut out = [[0; Verdict::COUNT]; Action::COUNT];
+        for a in Action::ALL {
+            for v in Verdict::ALL {
+                out[a as usize][v as usize] = sum(&self.decisions, decision_index(label, a, v));
+            }
+        }
+        out
+    }
+
+    pub fn dropped(&self, action: Action) -> u64 {
+        sum(&self.dropped, action as u32)
+    }
+
+    pub fn errors(&self) -> u64 {
+        (0..ERR_SLOTS).map(|i| sum(&self.errors, i)).sum()
+    }
+}

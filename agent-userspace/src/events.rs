@@ -1,0 +1,202 @@
+//! Events: ring buffer records → one JSON line each, appended to `--events FILE` (or stdout).
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    net::{Ipv4Addr, Ipv6Addr},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use agent_common::{Action, Event, Verdict};
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
+use serde::Serialize;
+use tokio::io::{Interest, unix::AsyncFd};
+use tracing::warn;
+
+use crate::state::State;
+
+/// One event as written to the events file.
+#[derive(Debug, Serialize)]
+pub struct EventLine {
+    pub time: String,
+    pub label: String,
+    pub policy: String,
+    pub action: &'static str,
+    pub verdict: &'static str,
+    pub target: String,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub cgroup: String,
+}
+
+fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// `ip:port` for connections (`[v6]:port`), the resolved path otherwise.
+fn target(e: &Event) -> String {
+    match e.family {
+        4 => {
+            let [a, b, c, d, ..] = e.addr;
+            format!("{}:{}", Ipv4Addr::new(a, b, c, d), e.port)
+        }
+        6 => format!("[{}]:{}", Ipv6Addr::from(e.addr), e.port),
+        _ => c_str(&e.path),
+    }
+}
+
+/// Wall-clock time of CLOCK_MONOTONIC zero, to turn `bpf_ktime_get_ns` into RFC 3339.
+fn boot_time() -> SystemTime {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let since_boot = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    SystemTime::now() - since_boot
+}
+
+fn to_line(e: &Event, state: &State, boot: SystemTime) -> EventLine {
+    let label = state.label(e.label);
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", e.tgid))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        })
+        .unwrap_or_default();
+    EventLine {
+        time: humantime::format_rfc3339_nanos(boot + Duration::from_nanos(e.time_ns)).to_string(),
+        label: label.as_ref().map(|l| l.name.clone()).unwrap_or_default(),
+        policy: label.map(|l| l.policy).unwrap_or_default(),
+        action: Action::from_u8(e.action).map_or("unknown", Action::as_str),
+        verdict: Verdict::from_u8(e.verdict).map_or("unknown", Verdict::as_str),
+        target: target(e),
+        pid: e.tgid,
+        ppid: e.ppid,
+        uid: e.uid,
+        comm: c_str(&e.comm),
+        exe: std::fs::read_link(format!("/proc/{}/exe", e.tgid))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        cgroup,
+    }
+}
+
+/// Where event lines go. A file is opened for append and written a whole line at a time; it is
+/// reopened when moved away (log rotation) or when `reopen` is set (SIGHUP).
+pub enum Sink {
+    Stdout,
+    File {
+        path: PathBuf,
+        file: File,
+        reopen: Arc<AtomicBool>,
+    },
+}
+
+fn open_append(path: &PathBuf) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the events file {}", path.display()))
+}
+
+impl Sink {
+    pub fn open(spec: &str, reopen: Arc<AtomicBool>) -> Result<Self> {
+        if spec == "-" {
+            return Ok(Sink::Stdout);
+        }
+        let path = PathBuf::from(spec);
+        Ok(Sink::File {
+            file: open_append(&path)?,
+            path,
+            reopen,
+        })
+    }
+
+    pub fn write_line(&mut self, line: &str) -> io::Result<()> {
+        match self {
+            Sink::Stdout => {
+                let mut out = io::stdout().lock();
+                writeln!(out, "{line}")?;
+                out.flush()
+            }
+            Sink::File { path, file, reopen } => {
+                let moved = match (std::fs::metadata(&*path), file.metadata()) {
+                    (Ok(on_disk), Ok(open)) => {
+                        on_disk.ino() != open.ino() || on_disk.dev() != open.dev()
+                    }
+                    _ => true,
+                };
+                if moved || reopen.swap(false, Ordering::SeqCst) {
+                    *file = OpenOptions::new().create(true).append(true).open(&*path)?;
+                }
+                let mut text = String::with_capacity(line.len() + 1);
+                text.push_str(line);
+                text.push('\n');
+                file.write_all(text.as_bytes())?;
+                file.flush()
+            }
+        }
+    }
+}
+
+/// Drains the ring buffer for as long as the daemon runs.
+pub fn spawn(ebpf: &mut Ebpf, state: Arc<State>, mut sink: Option<Sink>) -> Result<()> {
+    let map = ebpf
+        .take_map("EVENTS")
+        .context("map EVENTS is missing from the eBPF object")?;
+    let ring = RingBuf::<MapData>::try_from(map).context("map EVENTS is not a ring buffer")?;
+    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long as
+    // the AsyncFd that owns the ring buffer lives.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the EVENTS ring buffer: {e}"))?;
+    let boot = boot_time();
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                warn!("the events ring buffer can no longer be read");
+                return;
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                if item.len() < size_of::<Event>() {
+                    continue;
+                }
+                // SAFETY: the kernel wrote a whole `Event`; read_unaligned copes with the
+                // ring buffer's 8-byte alignment of records.
+                let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+                drop(item);
+                let line = to_line(&e, &state, boot);
+                if let Some(sink) = sink.as_mut() {
+                    match serde_json::to_string(&line) {
+                        Ok(text) => {
+                            if let Err(err) = sink.write_line(&text) {
+                                warn!(error = %err, "writing an event failed");
+                            }
+                        }
+                        Err(err) => warn!(error = %err, "encoding an event failed"),
+                    }
+                }
+            }
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! actgate: governs what labelled AI-agent workloads may do, with BPF LSM programs that
+//! decide in the kernel.
+//!
+//! A policy travels: `agent_policy` parses and compiles it → `maps` writes it into the kernel
+//! → the agent-ebpf programs decide → `counters`/`events` report → `metrics`/`status` show.
+
+mod bpf;
+mod btf;
+mod cgroup;
+mod control;
+mod counters;
+mod daemon;
+mod events;
+mod http;
+mod launch;
+mod maps;
+mod metrics;
+mod state;
+mod status;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "actgate",
+    version,
+    about = "Governs what AI-agent workloads may do, in the kernel"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a policy file or directory; print every problem as file:line:column.
+    Check {
+        /// A policy file or a directory of *.yaml files.
+        path: PathBuf,
+    },
+    /// Run the daemon: load the BPF LSM programs and enforce the policies.
+    Run {
+        /// Directory of policy files.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Address for /metrics, /readyz and /healthz.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_addr: SocketAddr,
+        /// Append deny and audit events as JSON lines to FILE (`-` for stdout).
+        #[arg(long, value_name = "FILE")]
+        events: Option<String>,
+        /// Also send allow decisions to the events file.
+        #[arg(long)]
+        events_allow: bool,
+        /// The control socket that `actgate exec` and `actgate status` use.
+        #[arg(long, default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Capacity of the path rule map (entries over all policies).
+        #[arg(long, default_value_t = 1 << 20)]
+        max_path_rules: u32,
+        /// Capacity of the network rule map (entries over all policies).
+        #[arg(long, default_value_t = 1 << 18)]
+        max_net_rules: u32,
+        /// TEST ONLY: make every hook allow everything, so the start-up self-test must fail.
+        #[arg(long, hide = true)]
+        test_fake_allow_all: bool,
+    },
+    /// Run CMD under a label; refuses unless a running daemon enforces that label.
+    Exec {
+        /// The label (a `labels:` entry of a loaded policy).
+        #[arg(long)]
+        label: String,
+        /// The daemon's control socket.
+        #[arg(long, default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Show the running daemon's policies, labels, verification and counters.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's control socket.
+        #[arg(long, default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ACTGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match agent_policy::load_path(path) {
+        Ok(set) => {
+            println!(
+                "{}: ok: {} policies, {} labels, {} rules",
+                path.display(),
+                set.policies.len(),
+                set.label_count(),
+                set.rule_count()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            eprintln!("{}: {} problem(s)", path.display(), problems.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
+        Command::Check { path } => check(&path),
+        Command::Run {
+            policies,
+            metrics_addr,
+            events,
+            events_allow,
+            socket,
+            max_path_rules,
+            max_net_rules,
+            test_fake_allow_all,
+        } => {
+            let opts = daemon::Options {
+                policies,
+                metrics_addr,
+                events,
+                events_allow,
+                socket,
+                max_path_rules,
+                max_net_rules,
+                fake_allow_all: test_fake_allow_all,
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("actgate: starting the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(daemon::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("actgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Exec { label, socket, cmd } => {
+            let (code, err) = launch::exec(&socket, &label, &cmd);
+            eprintln!("actgate exec: {err:#}");
+            ExitCode::from(code as u8)
+        }
+        Command::Status { json, socket } => {
+            match control::request(&socket, &control::Request::Status) {
+                Ok(control::Reply::Status(s)) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                    } else {
+                        print!("{}", status::render(&s));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Ok(other) => {
+                    eprintln!("actgate status: unexpected reply: {other:?}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("actgate status: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! `/metrics`: OpenMetrics text from prometheus-client. Values are read on each scrape from
+//! the kernel's counters and the daemon's state, so there is no second copy to drift.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use agent_common::{Action, Verdict};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, text::encode},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::{cgroup, counters::Counters, state::State};
+
+#[derive(Debug)]
+struct ActgateCollector {
+    state: Arc<State>,
+    counters: Arc<Counters>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Collector for ActgateCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let labels = self.state.labels();
+
+        let mut m = enc.encode_descriptor(
+            "actgate_decisions",
+            "Decisions the kernel made for labelled processes, counted in the kernel",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (index, label) in &labels {
+            let d = self.counters.decisions(*index);
+            for a in Action::ALL {
+                for v in Verdict::ALL {
+                    let set: Labels = vec![
+                        ("label", label.name.clone()),
+                        ("action", a.as_str().into()),
+                        ("verdict", v.as_str().into()),
+                    ];
+                    ConstCounter::new(d[a as usize][v as usize]).encode(m.encode_family(&set)?)?;
+                }
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "actgate_events_dropped",
+            "Events lost because the ring buffer was full, counted in the kernel",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for a in Action::ALL {
+            let set: Labels = vec![("action", a.as_str().into())];
+            ConstCounter::new(self.counters.dropped(a)).encode(m.encode_family(&set)?)?;
+        }
+
+        ConstCounter::new(self.counters.errors()).encode(enc.encode_descriptor(
+            "actgate_kernel_errors",
+            "Hook calls that hit an internal error (e.g. an unresolvable path) and were allowed",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?)?;
+
+        ConstGauge::new(self.state.policies_loaded.load(Ordering::Relaxed) as i64).encode(
+            enc.encode_descriptor(
+                "actgate_policies_loaded",
+                "Policies in force",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?,
+        )?;
+
+        let mut m = enc.encode_descriptor(
+            "actgate_policy_reloads",
+            "Policy reloads by result",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (result, n) in [
+            ("success", &self.state.reloads_ok),
+            ("failure", &self.state.reloads_failed),
+        ] {
+            let set: Labels = vec![("result", result.into())];
+            ConstCounter::new(n.load(Ordering::Relaxed)).encode(m.encode_family(&set)?)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "actgate_labelled_processes",
+            "Processes running under each label (its cgroup subtree)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for label in labels.values() {
+            let n = cgroup::process_count(&self.state.root.label_dir(&label.name));
+            let set: Labels = vec![("label", label.name.clone())];
+            ConstGauge::new(n as i64).encode(m.encode_family(&set)?)?;
+        }
+
+        let verified = *self
+            .state
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut m = enc.encode_descriptor(
+            "actgate_enforcement_verified",
+            "1 when the start-up self-test saw this hook deny, 0 when it did not or has not run",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for a in Action::ALL {
+            let set: Labels = vec![("action", a.as_str().into())];
+            let v = i64::from(verified[a as usize] == Some(true));
+            ConstGauge::new(v).encode(m.encode_family(&set)?)?;
+        }
+
+        let set: Labels = vec![
+            ("version", env!("CARGO_PKG_VERSION").into()),
+            ("kernel", self.state.kernel.clone()),
+        ];
+        let mut m = enc.encode_descriptor(
+            "actgate_build_info",
+            "Version of actgate and release of the running kernel",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(1).encode(m.encode_family(&set)?)?;
+        Ok(())
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    pub fn new(state: Arc<State>, counters: Arc<Counters>) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ActgateCollector { state, counters }));
+        Self { registry }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String can't fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,79 @@
+//! What the daemon's tasks share: readiness, the labels in force, reload results.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use agent_common::Action;
+
+use crate::{cgroup::LabelRoot, maps::LabelState};
+
+#[derive(Debug)]
+pub struct State {
+    pub root: LabelRoot,
+    ready: AtomicBool,
+    /// Label index → what it resolves to now.
+    labels: RwLock<BTreeMap<u32, LabelState>>,
+    pub policies_loaded: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// Per action: the start-up proof that the hook denies (None before it ran).
+    pub verified: Mutex<[Option<bool>; Action::COUNT]>,
+    pub kernel: String,
+}
+
+impl State {
+    pub fn new(root: LabelRoot, kernel: String) -> Self {
+        Self {
+            root,
+            ready: AtomicBool::new(false),
+            labels: RwLock::new(BTreeMap::new()),
+            policies_loaded: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            verified: Mutex::new([None; Action::COUNT]),
+            kernel,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn set_labels(&self, labels: BTreeMap<u32, LabelState>) {
+        *self.labels.write().unwrap_or_else(|e| e.into_inner()) = labels;
+    }
+
+    pub fn labels(&self) -> BTreeMap<u32, LabelState> {
+        self.labels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn label(&self, index: u32) -> Option<LabelState> {
+        self.labels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&index)
+            .cloned()
+    }
+
+    /// The label named `name`, if a policy in force names it.
+    pub fn label_by_name(&self, name: &str) -> Option<LabelState> {
+        self.labels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|l| l.name == name)
+            .cloned()
+    }
+}

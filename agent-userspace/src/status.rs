@@ -1,0 +1,141 @@
+//! `actgate status`: what the running daemon enforces and what it has decided.
+
+use std::{collections::BTreeMap, sync::atomic::Ordering};
+
+use agent_common::{Action, Verdict};
+use agent_policy::Mode;
+use serde::{Deserialize, Serialize};
+
+use crate::{cgroup, counters::Counters, state::State};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LabelStatus {
+    pub label: String,
+    pub policy: String,
+    pub mode: String,
+    pub cgroup: String,
+    pub processes: usize,
+    /// action → verdict → count.
+    pub decisions: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub ready: bool,
+    pub kernel: String,
+    pub policies_loaded: u64,
+    pub labels: Vec<LabelStatus>,
+    /// action → "verified" | "failed" | "not run".
+    pub enforcement_verified: BTreeMap<String, String>,
+    pub events_dropped: BTreeMap<String, u64>,
+    pub kernel_errors: u64,
+}
+
+pub fn collect(state: &State, counters: &Counters) -> Status {
+    let verified = *state.verified.lock().unwrap_or_else(|e| e.into_inner());
+    Status {
+        ready: state.is_ready(),
+        kernel: state.kernel.clone(),
+        policies_loaded: state.policies_loaded.load(Ordering::Relaxed),
+        labels: state
+            .labels()
+            .into_iter()
+            .map(|(index, l)| {
+                let dir = state.root.label_dir(&l.name);
+                let d = counters.decisions(index);
+                LabelStatus {
+                    processes: cgroup::process_count(&dir),
+                    cgroup: dir.display().to_string(),
+                    mode: mode_name(l.mode).to_string(),
+                    decisions: Action::ALL
+                        .iter()
+                        .map(|a| {
+                            let per = Verdict::ALL
+                                .iter()
+                                .map(|v| (v.as_str().to_string(), d[*a as usize][*v as usize]))
+                                .collect();
+                            (a.as_str().to_string(), per)
+                        })
+                        .collect(),
+                    label: l.name,
+                    policy: l.policy,
+                }
+            })
+            .collect(),
+        enforcement_verified: Action::ALL
+            .iter()
+            .map(|a| {
+                let v = match verified[*a as usize] {
+                    Some(true) => "verified",
+                    Some(false) => "failed",
+                    None => "not run",
+                };
+                (a.as_str().to_string(), v.to_string())
+            })
+            .collect(),
+        events_dropped: Action::ALL
+            .iter()
+            .map(|a| (a.as_str().to_string(), counters.dropped(*a)))
+            .collect(),
+        kernel_errors: counters.errors(),
+    }
+}
+
+/// The readable table `actgate status` prints.
+pub fn render(s: &Status) -> String {
+    let mut out = format!(
+        "actgate: {} · kernel {} · {} policies\n",
+        if s.ready {
+            "ready, enforcing"
+        } else {
+            "NOT READY"
+        },
+        s.kernel,
+        s.policies_loaded
+    );
+    out += "enforcement verified:";
+    for (a, v) in &s.enforcement_verified {
+        out += &format!(" {a}={v}");
+    }
+    out += "\n\n";
+    out += &format!(
+        "{:<20} {:<20} {:<8} {:>6}  {}\n",
+        "LABEL", "POLICY", "MODE", "PROCS", "CGROUP"
+    );
+    for l in &s.labels {
+        out += &format!(
+            "{:<20} {:<20} {:<8} {:>6}  {}\n",
+            l.label, l.policy, l.mode, l.processes, l.cgroup
+        );
+    }
+    out += &format!(
+        "\n{:<20} {:<11} {:>10} {:>10} {:>10}\n",
+        "LABEL", "ACTION", "ALLOW", "DENY", "AUDIT"
+    );
+    for l in &s.labels {
+        for (a, per) in &l.decisions {
+            let n = |v: &str| per.get(v).copied().unwrap_or(0);
+            out += &format!(
+                "{:<20} {:<11} {:>10} {:>10} {:>10}\n",
+                l.label,
+                a,
+                n("allow"),
+                n("deny"),
+                n("audit")
+            );
+        }
+    }
+    let dropped: u64 = s.events_dropped.values().sum();
+    out += &format!(
+        "\nevents dropped: {dropped} · kernel errors: {}\n",
+        s.kernel_errors
+    );
+    out
+}
+
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::Audit => "audit",
+    }
+}

@@ -1,0 +1,63 @@
+//! Runs inside the test VMs (see xtask/src/vm.rs): the integration tests, the demo, and the
+//! small probes (`try …`) that a labelled process runs to report exactly which errno an action
+//! met.
+
+mod demo;
+mod harness;
+mod probe;
+mod tests;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the integration tests against the real daemon.
+    Tests {
+        #[arg(long)]
+        actgate: PathBuf,
+        /// Where to write PASS/FAIL/SKIP lines and the closing count.
+        #[arg(long)]
+        results: PathBuf,
+        /// Only tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// The scripted agent demo.
+    Demo {
+        #[arg(long)]
+        actgate: PathBuf,
+        #[arg(long)]
+        policies: PathBuf,
+    },
+    /// Attempt one action and print `OK` or the errno name (e.g. `EPERM`).
+    Try {
+        #[command(subcommand)]
+        action: probe::Action,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Cmd::Tests {
+            actgate,
+            results,
+            filter,
+        } => tests::run_all(&actgate, &results, filter.as_deref()),
+        Cmd::Demo { actgate, policies } => match demo::run(&actgate, &policies) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("demo failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Try { action } => probe::run(action),
+    }
+}

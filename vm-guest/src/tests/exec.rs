@@ -1,0 +1,278 @@
+//! Issue 2: exec enforcement end to end, plus the daemon's and `exec`'s contract.
+
+use std::os::unix::fs::symlink;
+
+use anyhow::Result;
+
+use crate::{
+    expect_eq,
+    harness::{self, Ctx, Daemon, NotPassed, Outcome, RAN, http_get},
+};
+
+const LABEL: &str = "vmtest";
+
+fn policy(ctx: &Ctx) -> String {
+    format!(
+        "name: vmtest-exec\nlabels: [{LABEL}]\nmode: enforce\nexec:\n  default: allow\n  deny: [{}, {}/**]\n",
+        ctx.path("bin/denied").display(),
+        ctx.path("denytree").display()
+    )
+}
+
+fn fixtures(ctx: &Ctx) -> Result<()> {
+    harness::install("/bin/true", &ctx.path("bin/allowed"))?;
+    harness::install("/bin/true", &ctx.path("bin/denied"))?;
+    harness::install("/bin/true", &ctx.path("denytree/sub/tool"))?;
+    symlink(ctx.path("bin/denied"), ctx.path("bin/link-to-denied"))?;
+    harness::write(&ctx.path("denytree/script.sh"), "#!/bin/sh\nexit 0\n")?;
+    std::fs::set_permissions(
+        ctx.path("denytree/script.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    harness::write(&ctx.path("policies/exec.yaml"), &policy(ctx))
+}
+
+fn p(ctx: &Ctx, rel: &str) -> String {
+    ctx.path(rel).display().to_string()
+}
+
+fn allowed_exec_runs(ctx: &Ctx) -> Outcome {
+    expect_eq!(
+        ctx.attempt(Some(LABEL), &["exec", &p(ctx, "bin/allowed")]),
+        RAN,
+        "allowed exec"
+    );
+    Ok(())
+}
+
+fn denied_path_is_eperm(ctx: &Ctx) -> Outcome {
+    expect_eq!(
+        ctx.attempt(Some(LABEL), &["exec", &p(ctx, "bin/denied")]),
+        "EPERM",
+        "denied exec"
+    );
+    Ok(())
+}
+
+fn denied_path_through_symlink_is_eperm(ctx: &Ctx) -> Outcome {
+    expect_eq!(
+        ctx.attempt(Some(LABEL), &["exec", &p(ctx, "bin/link-to-denied")]),
+        "EPERM",
+        "exec through a symlink"
+    );
+    Ok(())
+}
+
+fn denied_path_through_relative_path_is_eperm(ctx: &Ctx) -> Outcome {
+    let script = format!(
+        "cd {} && {} try exec ./denied",
+        p(ctx, "bin"),
+        ctx.guest.display()
+    );
+    expect_eq!(ctx.labelled_sh(LABEL, &script), "EPERM", "exec of ./denied");
+    let script = format!(
+        "cd {} && {} try exec ../bin/denied",
+        p(ctx, "denytree"),
+        ctx.guest.display()
+    );
+    expect_eq!(
+        ctx.labelled_sh(LABEL, &script),
+        "EPERM",
+        "exec of ../bin/denied"
+    );
+    Ok(())
+}
+
+fn file_in_denied_tree_is_eperm(ctx: &Ctx) -> Outcome {
+    expect_eq!(
+        ctx.attempt(Some(LABEL), &["exec", &p(ctx, "denytree/sub/tool")]),
+        "EPERM",
+        "exec inside a denied tree"
+    );
+    expect_eq!(
+        ctx.attempt(Some(LABEL), &["exec", &p(ctx, "denytree/script.sh")]),
+        "EPERM",
+        "script inside a denied tree"
+    );
+    Ok(())
+}
+
+fn grandchild_denied_exec_is_eperm(ctx: &Ctx) -> Outcome {
+    // `; true` keeps each shell from exec'ing its last command in place, so the probe really
+    // is a grandchild of the labelled shell.
+    let inner = format!(
+        "{} try exec {}; true",
+        ctx.guest.display(),
+        p(ctx, "bin/denied")
+    );
+    let script = format!("/bin/sh -c '{inner}'; true");
+    expect_eq!(ctx.labelled_sh(LABEL, &script), "EPERM", "grandchild exec");
+    Ok(())
+}
+
+fn unlabelled_process_runs_denied_files(ctx: &Ctx) -> Outcome {
+    for rel in [
+        "bin/denied",
+        "bin/link-to-denied",
+        "denytree/sub/tool",
+        "denytree/script.sh",
+    ] {
+        expect_eq!(
+            ctx.attempt(None, &["exec", &p(ctx, rel)]),
+            RAN,
+            "unlabelled exec of {rel}"
+        );
+    }
+    Ok(())
+}
+
+fn exec_with_unknown_label_is_refused(ctx: &Ctx) -> Outcome {
+    let marker = ctx.path("unknown-label-ran");
+    let out = ctx.labelled(
+        "no-such-label",
+        &["/usr/bin/touch", &marker.display().to_string()],
+    );
+    expect_eq!(
+        out.status.code(),
+        Some(125),
+        "exit code of exec with an unknown label"
+    );
+    expect_eq!(
+        marker.exists(),
+        false,
+        "the command ran although the label is unknown"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stderr.contains("no-such-label") {
+        return Err(NotPassed::Fail(format!(
+            "the refusal doesn't name the label: {stderr}"
+        )));
+    }
+    Ok(())
+}
+
+fn healthz_and_readyz_answer(_: &Ctx) -> Outcome {
+    expect_eq!(http_get("/healthz")?.0, 200, "/healthz");
+    expect_eq!(http_get("/readyz")?.0, 200, "/readyz");
+    Ok(())
+}
+
+fn exec_without_daemon_is_refused(ctx: &Ctx) -> Outcome {
+    let marker = ctx.path("no-daemon-ran");
+    let out = ctx.labelled(LABEL, &["/usr/bin/touch", &marker.display().to_string()]);
+    expect_eq!(
+        out.status.code(),
+        Some(125),
+        "exit code of exec with no daemon"
+    );
+    expect_eq!(
+        marker.exists(),
+        false,
+        "the command ran with no daemon enforcing"
+    );
+    Ok(())
+}
+
+fn check_reports_every_problem_with_position(ctx: &Ctx) -> Outcome {
+    let bad = ctx.path("bad/bad.yaml");
+    harness::write(
+        &bad,
+        "name: x\nlabels: [x]\nexec:\n  deny: [relative/path]\n  bogus: 1\n",
+    )?;
+    let out = std::process::Command::new(&ctx.actgate)
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .map_err(anyhow::Error::from)?;
+    expect_eq!(
+        out.status.code(),
+        Some(1),
+        "exit code of check on a bad file"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{}:", bad.display());
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
+    expect_eq!(lines.len(), 2, "problems reported ({text})");
+    let good = std::process::Command::new(&ctx.actgate)
+        .arg("check")
+        .arg(ctx.path("policies"))
+        .output()
+        .map_err(anyhow::Error::from)?;
+    expect_eq!(
+        good.status.code(),
+        Some(0),
+        "exit code of check on a good directory"
+    );
+    Ok(())
+}
+
+type Results = Vec<(&'static str, Outcome)>;
+
+/// Runs the exec tests against one daemon, then stops it and checks the exit.
+pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
+    let with_daemon: [crate::tests::Test; 8] = [
+        ("healthz_and_readyz_answer", healthz_and_readyz_answer),
+        ("labelled_allowed_exec_runs", allowed_exec_runs),
+        ("labelled_denied_exec_is_eperm", denied_path_is_eperm),
+        (
+            "labelled_denied_exec_through_symlink_is_eperm",
+            denied_path_through_symlink_is_eperm,
+        ),
+        (
+            "labelled_denied_exec_through_relative_path_is_eperm",
+            denied_path_through_relative_path_is_eperm,
+        ),
+        (
+            "labelled_exec_in_denied_tree_is_eperm",
+            file_in_denied_tree_is_eperm,
+        ),
+        (
+            "labelled_grandchild_denied_exec_is_eperm",
+            grandchild_denied_exec_is_eperm,
+        ),
+        (
+            "exec_with_unknown_label_is_refused",
+            exec_with_unknown_label_is_refused,
+        ),
+    ];
+    let mut results: Results = Vec::new();
+    if let Err(e) = fixtures(ctx) {
+        results.push(("exec_fixtures", Err(e.into())));
+        return results;
+    }
+    results.push((
+        "check_reports_every_problem_with_position",
+        check_reports_every_problem_with_position(ctx),
+    ));
+    let daemon = match Daemon::start(ctx, &ctx.path("policies"), &[]) {
+        Ok(d) => d,
+        Err(e) => {
+            let why = format!("{e:#}");
+            for (name, _) in with_daemon.iter().filter(|(n, _)| selected(n)) {
+                results.push((
+                    name,
+                    Err(NotPassed::Fail(format!("daemon did not start: {why}"))),
+                ));
+            }
+            return results;
+        }
+    };
+    for (name, test) in with_daemon.iter().filter(|(n, _)| selected(n)) {
+        results.push((name, test(ctx)));
+    }
+    // Unlabelled runs come while the daemon enforces, to show they are untouched.
+    results.push((
+        "unlabelled_process_runs_denied_files",
+        unlabelled_process_runs_denied_files(ctx),
+    ));
+    let stopped = daemon.stop().map_err(NotPassed::from).and_then(|status| {
+        expect_eq!(status.code(), Some(0), "daemon exit code after SIGTERM");
+        Ok(())
+    });
+    results.push(("sigterm_stops_the_daemon_with_exit_0", stopped));
+    results.push((
+        "exec_without_daemon_is_refused",
+        exec_without_daemon_is_refused(ctx),
+    ));
+    results
+}

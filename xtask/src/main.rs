@@ -1,0 +1,135 @@
+//! actgate's task runner: `cargo xtask setup|build|test|vm-test|demo`.
+//!
+//! Everything CI does goes through here, in Rust, so that the README's two commands
+//! (`cargo xtask demo`, `cargo xtask test`) are all a newcomer or CI needs.
+
+mod setup;
+mod vm;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent): nightly rust-src, bpf-linker,
+    /// QEMU, virtme-ng and the Debian kernels of the test matrix.
+    Setup,
+    /// Build actgate and the VM test runner.
+    Build,
+    /// Everything CI checks: fmt, clippy (eBPF crate too), unit tests, VM tests.
+    Test,
+    /// The integration tests, in a VM per kernel of the matrix.
+    VmTest {
+        /// Only kernels whose release starts with this (e.g. 6.12).
+        #[arg(long)]
+        kernel: Option<String>,
+    },
+    /// Boot a VM, start the daemon with policies/, and watch a scripted agent get governed.
+    Demo,
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command in the workspace root, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    println!("$ {shown}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Debug builds of `actgate` and `vm-guest`; the eBPF object is always built optimised.
+pub fn build() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--package",
+        "agent-userspace",
+        "--package",
+        "vm-guest",
+        "--bins",
+    ]))
+}
+
+fn lint_and_unit_tests() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate only builds for the BPF target, with nightly.
+    run(Command::new("rustup").args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "agent-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["test", "--workspace"]))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::setup(),
+        Task::Build => {
+            setup::setup()?;
+            build()
+        }
+        Task::Test => {
+            setup::setup()?;
+            lint_and_unit_tests()?;
+            build()?;
+            vm::test(None)
+        }
+        Task::VmTest { kernel } => {
+            setup::setup()?;
+            build()?;
+            vm::test(kernel.as_deref())
+        }
+        Task::Demo => {
+            setup::setup()?;
+            build()?;
+            vm::demo()
+        }
+    }
+}
