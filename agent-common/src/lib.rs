@@ -173,6 +173,20 @@ pub fn net_key_header(ruleset: u16, port: u16, family: u8) -> [u8; NET_KEY_HEADE
     [rs[0], rs[1], p[0], p[1], family, 0]
 }
 
+/// Key of the `INODE_RULES` hash map: a file denied by an exact path rule (or found with
+/// several hard links beneath a denied tree), identified by device and inode, so that another
+/// name for the same file (a hard link) meets the same rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InodeKey {
+    /// The kernel's `dev_t` of the file system (`MKDEV(major, minor)`: major << 20 | minor).
+    pub dev: u64,
+    pub ino: u64,
+    pub ruleset: u16,
+    pub action: u8,
+    pub _pad: [u8; 5],
+}
+
 /// Room for a path resolved by `bpf_d_path`. Paths longer than the trie key still match tree
 /// rules on their first bytes; the kernel refuses to resolve paths longer than this.
 pub const PATH_BUF: usize = 4096;
@@ -221,6 +235,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PathKey {}
     unsafe impl aya::Pod for NetKey {}
+    unsafe impl aya::Pod for InodeKey {}
 }
 
 #[cfg(test)]

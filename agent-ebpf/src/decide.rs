@@ -3,22 +3,22 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{
-    Action, COMM_LEN, Event, LabelInfo, MODE_AUDIT, PATH_KEY_DATA, RULE_ALLOW, RULE_DENY, Verdict,
-    decision_index, path_key_header,
+    Action, COMM_LEN, ERR_SCRATCH, Event, InodeKey, LabelInfo, MODE_AUDIT, NET_KEY_DATA,
+    NET_KEY_HEADER, PATH_KEY_DATA, RULE_ALLOW, RULE_DENY, Verdict, decision_index, net_key_header,
+    path_key_header,
 };
 use aya_ebpf::{
-    bindings::path,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        generated::{bpf_d_path, bpf_get_current_task},
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_task,
     },
     maps::{PerCpuArray, lpm_trie::Key},
 };
 
 use crate::{
-    kernel,
+    kernel::{self, get},
     maps::{self, Scratch},
+    path::Target,
 };
 
 const EPERM: i32 = 1;
@@ -44,11 +44,19 @@ pub fn verdict(flags: u8, default: u8, mode: u8) -> Verdict {
 /// The hook's return value for a verdict.
 #[inline(always)]
 pub fn errno(v: Verdict) -> i32 {
-    if v == Verdict::Deny && !fake_allow_all() {
+    if v == Verdict::Deny && get(&kernel::FAKE_ALLOW_ALL) == 0 {
         -EPERM
     } else {
         0
     }
+}
+
+/// The hook's return value for an internal error: it is counted and never blocks, because a
+/// denial-of-service is not a policy.
+#[inline(always)]
+pub fn on_error(slot: u32) -> i32 {
+    bump(&maps::ERRORS, slot);
+    0
 }
 
 #[inline(always)]
@@ -56,14 +64,9 @@ fn events_allow() -> bool {
     maps::CONFIG.get(0).map(|c| c.events_allow).unwrap_or(0) != 0
 }
 
-#[inline(always)]
-fn fake_allow_all() -> bool {
-    kernel::get(&kernel::FAKE_ALLOW_ALL) != 0
-}
-
 /// Adds one to a per-CPU counter. The add is atomic because BPF programs can be preempted by
 /// another task on the same CPU (they only disable migration), and a lost update would make
-/// the exported counts wrong. (`AtomicU64` has no `fetch_add` on the BPF target, the
+/// the exported counts wrong. (`AtomicU64` has no `fetch_add` on the BPF target; the
 /// intrinsic compiles to BPF_ATOMIC_ADD.)
 #[inline(always)]
 pub fn bump(counters: &PerCpuArray<u64>, index: u32) {
@@ -73,22 +76,72 @@ pub fn bump(counters: &PerCpuArray<u64>, index: u32) {
     }
 }
 
+/// Reads a kernel value through a pointer, 0 when the read fails.
+#[inline(always)]
+pub fn read<T: Default>(base: *const u8, offset: u64) -> T {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
+        .unwrap_or_default()
+}
+
+/// A file identified by inode, for rules that must also hold for its other names.
+#[derive(Clone, Copy)]
+pub struct Inode {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl Inode {
+    /// The inode of a `struct inode *`, but only when it has more than one name (or `always`):
+    /// a file with a single link can only be reached through the path judged anyway.
+    #[inline(always)]
+    pub fn of(inode: *const u8, always: bool) -> Option<Inode> {
+        if inode.is_null() {
+            return None;
+        }
+        let nlink: u32 = read(inode, get(&kernel::INODE_I_NLINK));
+        if nlink <= 1 && !always {
+            return None;
+        }
+        let sb: *const u8 = read::<usize>(inode, get(&kernel::INODE_I_SB)) as *const u8;
+        let dev: u32 = read(sb, get(&kernel::SUPER_BLOCK_S_DEV));
+        Some(Inode {
+            dev: u64::from(dev),
+            ino: read(inode, get(&kernel::INODE_I_INO)),
+        })
+    }
+
+    #[inline(always)]
+    fn flags(&self, ruleset: u16, action: Action) -> u8 {
+        let key = InodeKey {
+            dev: self.dev,
+            ino: self.ino,
+            ruleset,
+            action: action as u8,
+            _pad: [0; 5],
+        };
+        // SAFETY: the value is copied out at once.
+        unsafe { maps::INODE_RULES.get(&key) }.copied().unwrap_or(0)
+    }
+}
+
 /// The per-CPU scratch buffer.
 #[inline(always)]
-pub fn scratch() -> Option<&'static mut Scratch> {
+fn scratch() -> Option<&'static mut Scratch> {
     // SAFETY: per-CPU and the program doesn't migrate, so nobody else holds it meanwhile.
     maps::SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// Judges an action on a path for a labelled task: resolves the path only when a rule or an
-/// event needs it, looks the rules up once, counts and reports the verdict.
+/// Judges an action on a path (and, for hard links, on the file's inode) for a labelled task.
+/// The path is resolved only when a rule or an event needs it.
 #[inline(always)]
 pub fn path_action(
     info: &LabelInfo,
     cgroup_id: u64,
     action: Action,
-    target: *const path,
-) -> Result<i32, u32> {
+    target: Target,
+    inode: Option<Inode>,
+) -> Result<Verdict, u32> {
     let a = action as usize;
     let has_rules = info.has_rules.get(a).copied().unwrap_or(0) != 0;
     let default = info.defaults.get(a).copied().unwrap_or(0);
@@ -97,23 +150,11 @@ pub fn path_action(
         let v = verdict(0, default, info.mode);
         if v == Verdict::Allow && !events_allow() {
             bump(&maps::DECISIONS, decision_index(info.label, action, v));
-            return Ok(0);
+            return Ok(v);
         }
     }
-    let Some(s) = scratch() else {
-        return Err(agent_common::ERR_SCRATCH);
-    };
-    // SAFETY: `target` came from a BTF-typed hook argument; bpf_d_path checks it.
-    let len = unsafe {
-        bpf_d_path(
-            target as *mut path,
-            s.path.as_mut_ptr() as *mut _,
-            s.path.len() as u32,
-        )
-    };
-    if len <= 0 {
-        return Err(agent_common::ERR_PATH);
-    }
+    let s = scratch().ok_or(ERR_SCRATCH)?;
+    crate::path::resolve(s, target)?;
     let mut flags = 0;
     if has_rules {
         s.header = path_key_header(info.ruleset, action);
@@ -123,13 +164,64 @@ pub fn path_action(
         // SAFETY: `Scratch` starts with an LPM key: prefix_len, then PATH_KEY_DATA bytes.
         let key = unsafe { &*(s as *const Scratch as *const Key<[u8; PATH_KEY_DATA]>) };
         flags = maps::PATH_RULES.get(key).copied().unwrap_or(0);
+        if let Some(i) = inode {
+            flags |= i.flags(info.ruleset, action);
+        }
     }
     let v = verdict(flags, default, info.mode);
     record(info, cgroup_id, action, v, |e| {
         // SAFETY: reads our own map memory.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
     });
-    Ok(errno(v))
+    Ok(v)
+}
+
+/// Whether the file behind `inode` is denied for `action` by identity alone (used for the
+/// source of a hard link, whose path the hook doesn't give). Counted like any decision.
+#[inline(always)]
+pub fn inode_action(info: &LabelInfo, cgroup_id: u64, action: Action, inode: Inode) -> Verdict {
+    let flags = inode.flags(info.ruleset, action);
+    let v = if flags & RULE_DENY != 0 {
+        verdict(RULE_DENY, 0, info.mode)
+    } else {
+        Verdict::Allow
+    };
+    if v != Verdict::Allow {
+        record(info, cgroup_id, action, v, |e| e.path[0] = 0);
+    }
+    v
+}
+
+/// An IPv4 or IPv6 destination, the address in network order, IPv4 in the first 4 bytes.
+pub struct Dest {
+    pub family: u8,
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+/// Judges a connection to `d`: one trie lookup with the port, one with port 0 (rules without
+/// a port), combined.
+#[inline(always)]
+pub fn net_action(info: &LabelInfo, cgroup_id: u64, d: &Dest) -> Verdict {
+    let action = Action::Connect;
+    let a = action as usize;
+    let mut flags = 0;
+    if info.has_rules.get(a).copied().unwrap_or(0) != 0 {
+        for port in [d.port, 0] {
+            let mut data = [0u8; NET_KEY_DATA];
+            data[..NET_KEY_HEADER].copy_from_slice(&net_key_header(info.ruleset, port, d.family));
+            data[NET_KEY_HEADER..NET_KEY_HEADER + 16].copy_from_slice(&d.addr);
+            let key = Key::new((8 * NET_KEY_DATA) as u32, data);
+            flags |= maps::NET_RULES.get(&key).copied().unwrap_or(0);
+        }
+    }
+    let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
+    record(info, cgroup_id, action, v, |e| {
+        e.family = d.family;
+        e.port = d.port;
+        e.addr = d.addr;
+    });
+    v
 }
 
 /// Counts a decision and, for denials, audits and (if asked) allows, sends an event. A full
@@ -150,9 +242,10 @@ pub fn record(
         bump(&maps::EVENTS_DROPPED, action as u32);
         return;
     };
-    // SAFETY: the entry is ours until submitted; every field is written below or zeroed.
+    // SAFETY: the entry is ours until submitted; every field is written below.
     let e = unsafe { &mut *entry.as_mut_ptr() };
     let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helpers without pointer arguments.
     e.time_ns = unsafe { bpf_ktime_get_ns() };
     e.cgroup_id = cgroup_id;
     e.pid = pid_tgid as u32;
@@ -176,18 +269,43 @@ pub fn record(
 /// The tgid of the current task's parent, through BTF offsets the daemon passed in.
 #[inline(always)]
 fn parent_tgid() -> u32 {
-    // SAFETY: bpf_probe_read_kernel checks every read.
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let parent: *const u8 = match bpf_probe_read_kernel(
-            task.add(kernel::get(&kernel::TASK_STRUCT_REAL_PARENT) as usize) as *const *const u8,
-        ) {
-            Ok(p) => p,
-            Err(_) => return 0,
-        };
-        bpf_probe_read_kernel(
-            parent.add(kernel::get(&kernel::TASK_STRUCT_TGID) as usize) as *const u32
-        )
-        .unwrap_or(0)
+    // SAFETY: a helper without arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let parent = read::<usize>(task, get(&kernel::TASK_STRUCT_REAL_PARENT)) as *const u8;
+    read(parent, get(&kernel::TASK_STRUCT_TGID))
+}
+
+/// The frame of every hook: an earlier LSM's denial stands (the verdict of the previous
+/// program is the argument after the hook's own `nargs`), unlabelled tasks pass untouched, and
+/// `judge` decides for labelled ones.
+#[inline(always)]
+pub fn hook(
+    ctx: &aya_ebpf::programs::LsmContext,
+    nargs: usize,
+    judge: impl FnOnce(&LabelInfo, u64) -> Result<Verdict, u32>,
+) -> i32 {
+    let previous: i32 = ctx.arg(nargs);
+    if previous != 0 {
+        return previous;
+    }
+    let Some((info, cgroup_id)) = crate::label::current() else {
+        return 0;
+    };
+    match judge(&info, cgroup_id) {
+        Ok(v) => errno(v),
+        Err(slot) => on_error(slot),
+    }
+}
+
+/// The worse of two verdicts (deny over audit over allow), so a hook that judges several
+/// things refuses when any of them is refused.
+#[inline(always)]
+pub fn worst(a: Verdict, b: Verdict) -> Verdict {
+    if a == Verdict::Deny || b == Verdict::Deny {
+        Verdict::Deny
+    } else if a == Verdict::Audit || b == Verdict::Audit {
+        Verdict::Audit
+    } else {
+        Verdict::Allow
     }
 }

@@ -11,6 +11,40 @@ pub static FILE_F_PATH: u64 = 0;
 pub static TASK_STRUCT_REAL_PARENT: u64 = 0;
 #[unsafe(no_mangle)]
 pub static TASK_STRUCT_TGID: u64 = 0;
+#[unsafe(no_mangle)]
+pub static FILE_F_MODE: u64 = 0;
+#[unsafe(no_mangle)]
+pub static FILE_F_INODE: u64 = 0;
+#[unsafe(no_mangle)]
+pub static DENTRY_D_NAME: u64 = 0;
+#[unsafe(no_mangle)]
+pub static DENTRY_D_INODE: u64 = 0;
+#[unsafe(no_mangle)]
+pub static QSTR_NAME: u64 = 0;
+#[unsafe(no_mangle)]
+pub static INODE_I_NLINK: u64 = 0;
+#[unsafe(no_mangle)]
+pub static INODE_I_SB: u64 = 0;
+#[unsafe(no_mangle)]
+pub static INODE_I_INO: u64 = 0;
+#[unsafe(no_mangle)]
+pub static SUPER_BLOCK_S_DEV: u64 = 0;
+#[unsafe(no_mangle)]
+pub static DENTRY_D_PARENT: u64 = 0;
+#[unsafe(no_mangle)]
+pub static QSTR_LEN: u64 = 0;
+#[unsafe(no_mangle)]
+pub static MOUNT_MNT: u64 = 0;
+#[unsafe(no_mangle)]
+pub static MOUNT_MNT_PARENT: u64 = 0;
+#[unsafe(no_mangle)]
+pub static MOUNT_MNT_MOUNTPOINT: u64 = 0;
+#[unsafe(no_mangle)]
+pub static VFSMOUNT_MNT_ROOT: u64 = 0;
+#[unsafe(no_mangle)]
+pub static MSGHDR_MSG_NAME: u64 = 0;
+#[unsafe(no_mangle)]
+pub static MSGHDR_MSG_NAMELEN: u64 = 0;
 
 /// Depth of the label cgroups (`<cgroup2>/actgate/<label>`) below the cgroup v2 root.
 #[unsafe(no_mangle)]

@@ -11,9 +11,12 @@
 
 mod decide;
 mod exec;
+mod file;
 mod kernel;
 mod label;
 mod maps;
+mod net;
+mod path;
 
 #[cfg(not(test))]
 #[panic_handler]

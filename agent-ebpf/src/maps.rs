@@ -1,8 +1,8 @@
 //! Every map the programs share with the daemon. The daemon finds them by these names.
 
 use agent_common::{
-    Action, Config, DECISION_SLOTS, ERR_SLOTS, LabelInfo, LabelKey, MAX_LABELS, NET_KEY_DATA,
-    PATH_BUF, PATH_KEY_DATA, PATH_KEY_HEADER,
+    Action, Config, DECISION_SLOTS, ERR_SLOTS, InodeKey, LabelInfo, LabelKey, MAX_LABELS,
+    NET_KEY_DATA, PATH_BUF, PATH_KEY_DATA, PATH_KEY_HEADER,
 };
 use aya_ebpf::{
     macros::map,
@@ -25,6 +25,10 @@ pub static PATH_RULES: LpmTrie<[u8; PATH_KEY_DATA], u8> = LpmTrie::with_max_entr
 /// Network rules of every rule set, keyed as `agent_common::NetKey` describes.
 #[map]
 pub static NET_RULES: LpmTrie<[u8; NET_KEY_DATA], u8> = LpmTrie::with_max_entries(1, 0);
+
+/// Files denied by identity as well as by path (see `agent_common::InodeKey`).
+#[map]
+pub static INODE_RULES: HashMap<InodeKey, u8> = HashMap::with_max_entries(1, 0);
 
 /// Decisions per (label, action, verdict): the source of `actgate_decisions_total`.
 #[map]
@@ -55,3 +59,13 @@ pub struct Scratch {
 
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where `path::walk` assembles a path right to left before copying it into `Scratch`.
+#[repr(C)]
+pub struct WalkBuf {
+    pub pos: u64,
+    pub buf: [u8; 2 * PATH_BUF],
+}
+
+#[map]
+pub static WALK: PerCpuArray<WalkBuf> = PerCpuArray::with_max_entries(1, 0);

@@ -12,12 +12,28 @@ use crate::{btf, cgroup::LabelRoot};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 /// Every LSM program in the object, by the hook it attaches to.
-pub const HOOKS: &[&str] = &["bprm_check_security"];
+pub const HOOKS: &[&str] = &[
+    "bprm_check_security",
+    "file_open",
+    "path_truncate",
+    "path_chmod",
+    "path_chown",
+    "path_unlink",
+    "path_rmdir",
+    "path_mkdir",
+    "path_symlink",
+    "path_mknod",
+    "path_link",
+    "path_rename",
+    "socket_connect",
+    "socket_sendmsg",
+];
 
 /// Map sizes that the daemon chooses at load time.
 pub struct Sizes {
     pub path_rules: u32,
     pub net_rules: u32,
+    pub inode_rules: u32,
 }
 
 /// Fails with a fix when BPF LSM can't work on this kernel.
@@ -60,7 +76,8 @@ pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<Ebp
         .override_global("LABEL_LEVEL", &level, true)
         .override_global("FAKE_ALLOW_ALL", &fake, true)
         .map_max_entries("PATH_RULES", sizes.path_rules)
-        .map_max_entries("NET_RULES", sizes.net_rules);
+        .map_max_entries("NET_RULES", sizes.net_rules)
+        .map_max_entries("INODE_RULES", sizes.inode_rules);
     let mut ebpf = loader
         .load(OBJECT)
         .context("loading actgate's eBPF object into the kernel")?;

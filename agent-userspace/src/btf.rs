@@ -161,11 +161,28 @@ impl Btf {
 
 /// The offsets the eBPF programs read; names match the globals in agent-ebpf/src/kernel.rs.
 pub fn kernel_offsets(btf: &Btf) -> Result<Vec<(&'static str, u64)>, BtfError> {
-    const NEEDED: [(&str, &str, &str); 4] = [
+    const NEEDED: [(&str, &str, &str); 21] = [
+        ("DENTRY_D_PARENT", "dentry", "d_parent"),
+        ("QSTR_LEN", "qstr", "len"),
+        ("MOUNT_MNT", "mount", "mnt"),
+        ("MOUNT_MNT_PARENT", "mount", "mnt_parent"),
+        ("MOUNT_MNT_MOUNTPOINT", "mount", "mnt_mountpoint"),
+        ("VFSMOUNT_MNT_ROOT", "vfsmount", "mnt_root"),
         ("LINUX_BINPRM_FILE", "linux_binprm", "file"),
         ("FILE_F_PATH", "file", "f_path"),
+        ("FILE_F_MODE", "file", "f_mode"),
+        ("FILE_F_INODE", "file", "f_inode"),
         ("TASK_STRUCT_REAL_PARENT", "task_struct", "real_parent"),
         ("TASK_STRUCT_TGID", "task_struct", "tgid"),
+        ("DENTRY_D_NAME", "dentry", "d_name"),
+        ("DENTRY_D_INODE", "dentry", "d_inode"),
+        ("QSTR_NAME", "qstr", "name"),
+        ("INODE_I_NLINK", "inode", "i_nlink"),
+        ("INODE_I_SB", "inode", "i_sb"),
+        ("INODE_I_INO", "inode", "i_ino"),
+        ("SUPER_BLOCK_S_DEV", "super_block", "s_dev"),
+        ("MSGHDR_MSG_NAME", "msghdr", "msg_name"),
+        ("MSGHDR_MSG_NAMELEN", "msghdr", "msg_namelen"),
     ];
     NEEDED
         .iter()
@@ -258,6 +275,6 @@ mod tests {
         }
         let btf = Btf::from_file(path).unwrap();
         let offs = kernel_offsets(&btf).unwrap();
-        assert_eq!(offs.len(), 4);
+        assert_eq!(offs.len(), 21);
     }
 }

@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
 use crate::{
-    bpf, cgroup::LabelRoot, control, counters::Counters, events, http, maps::RuleMaps,
+    bpf, cgroup::LabelRoot, control, counters::Counters, events, http, inodes, maps::RuleMaps,
     metrics::Metrics, state::State,
 };
 
@@ -59,6 +59,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let sizes = bpf::Sizes {
         path_rules: opts.max_path_rules,
         net_rules: opts.max_net_rules,
+        inode_rules: inodes::MAX_ENTRIES,
     };
     let mut ebpf = bpf::load(&root, &sizes, opts.fake_allow_all)?;
     let mut rules = RuleMaps::new(&mut ebpf, opts.events_allow)?;

@@ -12,6 +12,7 @@ mod counters;
 mod daemon;
 mod events;
 mod http;
+mod inodes;
 mod launch;
 mod maps;
 mod metrics;

@@ -8,7 +8,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use agent_common::{
-    Config, LabelInfo, LabelKey, MAX_LABELS, MODE_AUDIT, MODE_ENFORCE, NET_KEY_DATA, PATH_KEY_DATA,
+    Config, InodeKey, LabelInfo, LabelKey, MAX_LABELS, MODE_AUDIT, MODE_ENFORCE, NET_KEY_DATA,
+    PATH_KEY_DATA, RULE_DENY,
 };
 use agent_policy::{Mode, PolicySet, compile};
 use anyhow::{Context, Result, bail};
@@ -20,7 +21,7 @@ use aya::{
     },
 };
 
-use crate::cgroup::LabelRoot;
+use crate::{cgroup::LabelRoot, inodes};
 
 /// Rule set numbers of generation 1 start here; generation 0 uses 0..RULESET_SPLIT.
 const RULESET_SPLIT: u16 = 1 << 15;
@@ -38,6 +39,7 @@ pub struct LabelState {
 struct Written {
     labels: Vec<LabelKey>,
     paths: Vec<Key<[u8; PATH_KEY_DATA]>>,
+    inodes: Vec<InodeKey>,
     nets: Vec<Key<[u8; NET_KEY_DATA]>>,
 }
 
@@ -46,6 +48,7 @@ pub struct RuleMaps {
     labels: HashMap<MapData, LabelKey, LabelInfo>,
     paths: LpmTrie<MapData, [u8; PATH_KEY_DATA], u8>,
     nets: LpmTrie<MapData, [u8; NET_KEY_DATA], u8>,
+    inodes: HashMap<MapData, InodeKey, u8>,
     current: Config,
     written: Written,
     /// Label name → stable index. Indexes are never reused, so a label keeps its counters.
@@ -69,6 +72,7 @@ impl RuleMaps {
             labels: take(ebpf, "LABELS")?,
             paths: take(ebpf, "PATH_RULES")?,
             nets: take(ebpf, "NET_RULES")?,
+            inodes: take(ebpf, "INODE_RULES")?,
             current: Config {
                 generation: 1,
                 events_allow: u32::from(events_allow),
@@ -158,6 +162,15 @@ impl RuleMaps {
                 })?;
                 written.nets.push(key);
             }
+            for key in inodes::denied_inodes(policy, ruleset) {
+                self.inodes.insert(key, RULE_DENY, 0).with_context(|| {
+                    format!(
+                        "adding a denied file of policy {:?}: the INODE_RULES map is full",
+                        policy.name
+                    )
+                })?;
+                written.inodes.push(key);
+            }
             for name in &policy.labels {
                 let cgroup_id = root.ensure_label(name)?;
                 let label = self.index_of(name)?;
@@ -205,6 +218,9 @@ impl RuleMaps {
         }
         for k in w.nets {
             let _ = self.nets.remove(&k);
+        }
+        for k in w.inodes {
+            let _ = self.inodes.remove(&k);
         }
     }
 }

@@ -1,0 +1,170 @@
+//! files.write and files.read: `file_open` for opens, the `path_*` hooks
+//! (CONFIG_SECURITY_PATH) for every other change to the file system. Each hook is given the
+//! kernel's resolved path (or directory plus entry name), never the caller's string.
+
+use agent_common::{Action, Verdict};
+use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
+
+use crate::{
+    decide::{self, Inode, path_action, read, worst},
+    kernel::{self, get},
+    path::Target,
+};
+
+const FMODE_READ: u32 = 0x1;
+const FMODE_WRITE: u32 = 0x2;
+/// Opens the kernel makes to execute a file; `exec` rules judge those.
+const FMODE_EXEC: u32 = 0x20;
+const RENAME_EXCHANGE: u32 = 1 << 1;
+
+/// The inode behind a `struct dentry *`.
+#[inline(always)]
+fn dentry_inode(dentry: *const u8) -> *const u8 {
+    read::<usize>(dentry, get(&kernel::DENTRY_D_INODE)) as *const u8
+}
+
+/// The inode a `struct path` ({ vfsmount *mnt; dentry *dentry; }) names.
+#[inline(always)]
+fn path_inode(p: *const u8) -> *const u8 {
+    dentry_inode(read::<usize>(p, 8) as *const u8)
+}
+
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    decide::hook(&ctx, 1, |info, cgroup_id| {
+        let file: *const u8 = ctx.arg(0);
+        let mode: u32 = read(file, get(&kernel::FILE_F_MODE));
+        if mode & FMODE_EXEC != 0 {
+            return Ok(Verdict::Allow);
+        }
+        // Direct pointer arithmetic on the BTF-typed `file` keeps `&file->f_path` typed for
+        // bpf_d_path.
+        let target =
+            Target::Resolved(file.wrapping_add(get(&kernel::FILE_F_PATH) as usize) as *const path);
+        let inode = Inode::of(
+            read::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8,
+            false,
+        );
+        let mut v = Verdict::Allow;
+        if mode & FMODE_WRITE != 0 {
+            v = path_action(info, cgroup_id, Action::FileWrite, target, inode)?;
+        }
+        if mode & FMODE_READ != 0 && v != Verdict::Deny {
+            v = worst(
+                v,
+                path_action(info, cgroup_id, Action::FileRead, target, inode)?,
+            );
+        }
+        Ok(v)
+    })
+}
+
+#[lsm(hook = "path_truncate")]
+pub fn path_truncate(ctx: LsmContext) -> i32 {
+    decide::hook(&ctx, 1, |info, cgroup_id| {
+        let p: *const path = ctx.arg(0);
+        let inode = Inode::of(path_inode(p as *const u8), false);
+        path_action(info, cgroup_id, Action::FileWrite, Target::at(p), inode)
+    })
+}
+
+#[lsm(hook = "path_chmod")]
+pub fn path_chmod(ctx: LsmContext) -> i32 {
+    decide::hook(&ctx, 2, |info, cgroup_id| {
+        let p: *const path = ctx.arg(0);
+        let inode = Inode::of(path_inode(p as *const u8), false);
+        path_action(info, cgroup_id, Action::FileWrite, Target::at(p), inode)
+    })
+}
+
+#[lsm(hook = "path_chown")]
+pub fn path_chown(ctx: LsmContext) -> i32 {
+    decide::hook(&ctx, 3, |info, cgroup_id| {
+        let p: *const path = ctx.arg(0);
+        let inode = Inode::of(path_inode(p as *const u8), false);
+        path_action(info, cgroup_id, Action::FileWrite, Target::at(p), inode)
+    })
+}
+
+/// A hook whose first two arguments are (directory, entry) and that writes that entry.
+macro_rules! entry_write_hook {
+    ($name:ident, $hook:literal, $nargs:literal) => {
+        #[lsm(hook = $hook)]
+        pub fn $name(ctx: LsmContext) -> i32 {
+            decide::hook(&ctx, $nargs, |info, cgroup_id| {
+                let target = Target::Walk(ctx.arg(0), ctx.arg(1));
+                path_action(info, cgroup_id, Action::FileWrite, target, None)
+            })
+        }
+    };
+}
+
+entry_write_hook!(path_unlink, "path_unlink", 2);
+entry_write_hook!(path_rmdir, "path_rmdir", 2);
+entry_write_hook!(path_mkdir, "path_mkdir", 3);
+entry_write_hook!(path_symlink, "path_symlink", 3);
+
+/// mknod, mkfifo, and every O_CREAT open that creates a file (may_o_create in fs/namei.c), so
+/// a denied create leaves no empty file behind.
+#[lsm(hook = "path_mknod")]
+pub fn path_mknod(ctx: LsmContext) -> i32 {
+    decide::hook(&ctx, 4, |info, cgroup_id| {
+        let target = Target::Walk(ctx.arg(0), ctx.arg(1));
+        path_action(info, cgroup_id, Action::FileWrite, target, None)
+    })
+}
+
+/// A hard link adds a name to an existing file: the new name must be writable, and the file
+/// must not be one that is denied by identity (the hook doesn't give the source's path).
+#[lsm(hook = "path_link")]
+pub fn path_link(ctx: LsmContext) -> i32 {
+    decide::hook(&ctx, 3, |info, cgroup_id| {
+        let old: *const u8 = ctx.arg(0);
+        let target = Target::Walk(ctx.arg(1), ctx.arg(2));
+        let mut v = path_action(info, cgroup_id, Action::FileWrite, target, None)?;
+        if v != Verdict::Deny {
+            if let Some(inode) = Inode::of(dentry_inode(old), true) {
+                v = worst(
+                    v,
+                    decide::inode_action(info, cgroup_id, Action::FileWrite, inode),
+                );
+                if v != Verdict::Deny {
+                    v = worst(
+                        v,
+                        decide::inode_action(info, cgroup_id, Action::FileRead, inode),
+                    );
+                }
+            }
+        }
+        Ok(v)
+    })
+}
+
+/// A rename writes both names. The source must also be readable: moving a file out of a
+/// read-denied tree would otherwise make it readable under its new name.
+#[lsm(hook = "path_rename")]
+pub fn path_rename(ctx: LsmContext) -> i32 {
+    decide::hook(&ctx, 5, |info, cgroup_id| {
+        let from = Target::Walk(ctx.arg(0), ctx.arg(1));
+        let to = Target::Walk(ctx.arg(2), ctx.arg(3));
+        let flags: u32 = ctx.arg(4);
+        let mut v = path_action(info, cgroup_id, Action::FileWrite, from, None)?;
+        if v != Verdict::Deny {
+            v = worst(
+                v,
+                path_action(info, cgroup_id, Action::FileRead, from, None)?,
+            );
+        }
+        if v != Verdict::Deny {
+            v = worst(
+                v,
+                path_action(info, cgroup_id, Action::FileWrite, to, None)?,
+            );
+        }
+        // An exchange moves the target's file to the source's name as well.
+        if v != Verdict::Deny && flags & RENAME_EXCHANGE != 0 {
+            v = worst(v, path_action(info, cgroup_id, Action::FileRead, to, None)?);
+        }
+        Ok(v)
+    })
+}

@@ -1,0 +1,73 @@
+//! network.connect: `socket_connect` for connect(2), `socket_sendmsg` for sendto/sendmsg with
+//! an explicit destination (UDP without connect, TCP Fast Open). Only IPv4 and IPv6 are
+//! network actions; AF_UNIX and other local families pass.
+
+use agent_common::{NET_FAMILY_V4, NET_FAMILY_V6, Verdict};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+
+use crate::{
+    decide::{self, Dest, read},
+    kernel::{self, get},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Reads a `sockaddr` the kernel already copied from user space. IPv4-mapped IPv6 addresses
+/// (::ffff:a.b.c.d) come back as IPv4, so the IPv4 rules judge them.
+#[inline(always)]
+fn destination(addr: *const u8, len: i32) -> Option<Dest> {
+    if addr.is_null() || len < 2 {
+        return None;
+    }
+    // sockaddr_in6 is 28 bytes; sockaddr_in fits in its first 16. UAPI, so stable.
+    let raw: [u8; 28] = read(addr, 0);
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let port = u16::from_be_bytes([raw[2], raw[3]]);
+    let mut d = Dest {
+        family: NET_FAMILY_V4,
+        port,
+        addr: [0; 16],
+    };
+    match family {
+        AF_INET if len >= 16 => d.addr[..4].copy_from_slice(&raw[4..8]),
+        AF_INET6 if len >= 24 => {
+            let a = &raw[8..24];
+            if a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff {
+                d.addr[..4].copy_from_slice(&a[12..16]);
+            } else {
+                d.family = NET_FAMILY_V6;
+                d.addr.copy_from_slice(a);
+            }
+        }
+        _ => return None,
+    }
+    Some(d)
+}
+
+#[lsm(hook = "socket_connect")]
+pub fn socket_connect(ctx: LsmContext) -> i32 {
+    decide::hook(&ctx, 3, |info, cgroup_id| {
+        let addr: *const u8 = ctx.arg(1);
+        let len: i32 = ctx.arg(2);
+        Ok(match destination(addr, len) {
+            Some(d) => decide::net_action(info, cgroup_id, &d),
+            None => Verdict::Allow,
+        })
+    })
+}
+
+#[lsm(hook = "socket_sendmsg")]
+pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
+    decide::hook(&ctx, 3, |info, cgroup_id| {
+        let msg: *const u8 = ctx.arg(1);
+        // msg_name points at the kernel's copy of the address, NULL on a connected socket
+        // (judged at connect time).
+        let name = read::<usize>(msg, get(&kernel::MSGHDR_MSG_NAME)) as *const u8;
+        let len: i32 = read(msg, get(&kernel::MSGHDR_MSG_NAMELEN));
+        Ok(match destination(name, len) {
+            Some(d) => decide::net_action(info, cgroup_id, &d),
+            None => Verdict::Allow,
+        })
+    })
+}
