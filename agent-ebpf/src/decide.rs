@@ -132,31 +132,59 @@ fn scratch() -> Option<&'static mut Scratch> {
     maps::SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// Judges an action on a path (and, for hard links, on the file's inode) for a labelled task.
-/// The path is resolved only when a rule or an event needs it.
+/// Judges `actions` on one path (and, for hard links, on the file's inode) for a labelled
+/// task, stopping at the first denial. The path is resolved once, and only when a rule or an
+/// event needs it.
 #[inline(always)]
-pub fn path_action(
+pub fn path_actions(
     info: &LabelInfo,
     cgroup_id: u64,
-    action: Action,
     target: Target,
     inode: Option<Inode>,
+    actions: &[Action],
 ) -> Result<Verdict, u32> {
-    let a = action as usize;
-    let has_rules = info.has_rules.get(a).copied().unwrap_or(0) != 0;
-    let default = info.defaults.get(a).copied().unwrap_or(0);
-    if !has_rules {
-        // Only the default can apply: skip resolving the path unless an event needs it.
-        let v = verdict(0, default, info.mode);
-        if v == Verdict::Allow && !events_allow() {
-            bump(&maps::DECISIONS, decision_index(info.label, action, v));
-            return Ok(v);
+    let mut need_path = false;
+    for action in actions {
+        let a = *action as usize;
+        let has_rules = info.has_rules.get(a).copied().unwrap_or(0) != 0;
+        let default = info.defaults.get(a).copied().unwrap_or(0);
+        need_path |= has_rules || verdict(0, default, info.mode) != Verdict::Allow;
+    }
+    if !need_path && !events_allow() {
+        // Only allowing defaults can apply: count them without resolving the path.
+        for action in actions {
+            bump(
+                &maps::DECISIONS,
+                decision_index(info.label, *action, Verdict::Allow),
+            );
         }
+        return Ok(Verdict::Allow);
     }
     let s = scratch().ok_or(ERR_SCRATCH)?;
     crate::path::resolve(s, target)?;
+    let mut result = Verdict::Allow;
+    for action in actions {
+        let v = judge_resolved(info, cgroup_id, *action, s, inode);
+        result = worst(result, v);
+        if v == Verdict::Deny {
+            break;
+        }
+    }
+    Ok(result)
+}
+
+/// One action on the path already resolved in `s`: one trie lookup, plus the inode's rules.
+#[inline(always)]
+fn judge_resolved(
+    info: &LabelInfo,
+    cgroup_id: u64,
+    action: Action,
+    s: &mut Scratch,
+    inode: Option<Inode>,
+) -> Verdict {
+    let a = action as usize;
     let mut flags = 0;
-    if has_rules {
+    if info.has_rules.get(a).copied().unwrap_or(0) != 0 {
         s.header = path_key_header(info.ruleset, action);
         // The key's own length: the trie compares each rule's prefix against it. Bytes
         // bpf_d_path leaves after the NUL never matter, because no rule has a NUL before its end.
@@ -168,12 +196,12 @@ pub fn path_action(
             flags |= i.flags(info.ruleset, action);
         }
     }
-    let v = verdict(flags, default, info.mode);
+    let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
     record(info, cgroup_id, action, v, |e| {
         // SAFETY: reads our own map memory.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
     });
-    Ok(v)
+    v
 }
 
 /// Whether the file behind `inode` is denied for `action` by identity alone (used for the

@@ -28,12 +28,12 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
             read::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8,
             false,
         );
-        decide::path_action(
+        decide::path_actions(
             info,
             cgroup_id,
-            Action::Exec,
             Target::Resolved(target),
             inode,
+            &[Action::Exec],
         )
     })
 }

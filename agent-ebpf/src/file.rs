@@ -6,7 +6,7 @@ use agent_common::{Action, Verdict};
 use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
 
 use crate::{
-    decide::{self, Inode, path_action, read, worst},
+    decide::{self, Inode, path_actions, read, worst},
     kernel::{self, get},
     path::Target,
 };
@@ -45,17 +45,13 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             read::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8,
             false,
         );
-        let mut v = Verdict::Allow;
-        if mode & FMODE_WRITE != 0 {
-            v = path_action(info, cgroup_id, Action::FileWrite, target, inode)?;
-        }
-        if mode & FMODE_READ != 0 && v != Verdict::Deny {
-            v = worst(
-                v,
-                path_action(info, cgroup_id, Action::FileRead, target, inode)?,
-            );
-        }
-        Ok(v)
+        let actions: &[Action] = match (mode & FMODE_WRITE != 0, mode & FMODE_READ != 0) {
+            (true, true) => &[Action::FileWrite, Action::FileRead],
+            (true, false) => &[Action::FileWrite],
+            (false, true) => &[Action::FileRead],
+            (false, false) => return Ok(Verdict::Allow),
+        };
+        path_actions(info, cgroup_id, target, inode, actions)
     })
 }
 
@@ -64,7 +60,7 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
     decide::hook(&ctx, 1, |info, cgroup_id| {
         let p: *const path = ctx.arg(0);
         let inode = Inode::of(path_inode(p as *const u8), false);
-        path_action(info, cgroup_id, Action::FileWrite, Target::at(p), inode)
+        path_actions(info, cgroup_id, Target::at(p), inode, &[Action::FileWrite])
     })
 }
 
@@ -73,7 +69,7 @@ pub fn path_chmod(ctx: LsmContext) -> i32 {
     decide::hook(&ctx, 2, |info, cgroup_id| {
         let p: *const path = ctx.arg(0);
         let inode = Inode::of(path_inode(p as *const u8), false);
-        path_action(info, cgroup_id, Action::FileWrite, Target::at(p), inode)
+        path_actions(info, cgroup_id, Target::at(p), inode, &[Action::FileWrite])
     })
 }
 
@@ -82,7 +78,7 @@ pub fn path_chown(ctx: LsmContext) -> i32 {
     decide::hook(&ctx, 3, |info, cgroup_id| {
         let p: *const path = ctx.arg(0);
         let inode = Inode::of(path_inode(p as *const u8), false);
-        path_action(info, cgroup_id, Action::FileWrite, Target::at(p), inode)
+        path_actions(info, cgroup_id, Target::at(p), inode, &[Action::FileWrite])
     })
 }
 
@@ -93,7 +89,7 @@ macro_rules! entry_write_hook {
         pub fn $name(ctx: LsmContext) -> i32 {
             decide::hook(&ctx, $nargs, |info, cgroup_id| {
                 let target = Target::Walk(ctx.arg(0), ctx.arg(1));
-                path_action(info, cgroup_id, Action::FileWrite, target, None)
+                path_actions(info, cgroup_id, target, None, &[Action::FileWrite])
             })
         }
     };
@@ -110,7 +106,7 @@ entry_write_hook!(path_symlink, "path_symlink", 3);
 pub fn path_mknod(ctx: LsmContext) -> i32 {
     decide::hook(&ctx, 4, |info, cgroup_id| {
         let target = Target::Walk(ctx.arg(0), ctx.arg(1));
-        path_action(info, cgroup_id, Action::FileWrite, target, None)
+        path_actions(info, cgroup_id, target, None, &[Action::FileWrite])
     })
 }
 
@@ -121,7 +117,7 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     decide::hook(&ctx, 3, |info, cgroup_id| {
         let old: *const u8 = ctx.arg(0);
         let target = Target::Walk(ctx.arg(1), ctx.arg(2));
-        let mut v = path_action(info, cgroup_id, Action::FileWrite, target, None)?;
+        let mut v = path_actions(info, cgroup_id, target, None, &[Action::FileWrite])?;
         if v != Verdict::Deny {
             if let Some(inode) = Inode::of(dentry_inode(old), true) {
                 v = worst(
@@ -148,22 +144,21 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
         let from = Target::Walk(ctx.arg(0), ctx.arg(1));
         let to = Target::Walk(ctx.arg(2), ctx.arg(3));
         let flags: u32 = ctx.arg(4);
-        let mut v = path_action(info, cgroup_id, Action::FileWrite, from, None)?;
+        let mut v = path_actions(
+            info,
+            cgroup_id,
+            from,
+            None,
+            &[Action::FileWrite, Action::FileRead],
+        )?;
         if v != Verdict::Deny {
-            v = worst(
-                v,
-                path_action(info, cgroup_id, Action::FileRead, from, None)?,
-            );
-        }
-        if v != Verdict::Deny {
-            v = worst(
-                v,
-                path_action(info, cgroup_id, Action::FileWrite, to, None)?,
-            );
-        }
-        // An exchange moves the target's file to the source's name as well.
-        if v != Verdict::Deny && flags & RENAME_EXCHANGE != 0 {
-            v = worst(v, path_action(info, cgroup_id, Action::FileRead, to, None)?);
+            // An exchange moves the target's file to the source's name as well.
+            let to_actions: &[Action] = if flags & RENAME_EXCHANGE != 0 {
+                &[Action::FileWrite, Action::FileRead]
+            } else {
+                &[Action::FileWrite]
+            };
+            v = worst(v, path_actions(info, cgroup_id, to, None, to_actions)?);
         }
         Ok(v)
     })

@@ -58,7 +58,7 @@ pub fn resolve(s: &mut Scratch, target: Target) -> Result<(), u32> {
 }
 
 /// Most path components (directories plus the entry) a walk follows.
-const MAX_DEPTH: u32 = 48;
+const MAX_DEPTH: u32 = 40;
 
 /// Rebuilds the absolute path of `dentry` (on the mount of `at`) into `s.path`, right to left in
 /// the per-CPU WALK buffer, then copies it in place. Crosses mount points through

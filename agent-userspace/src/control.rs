@@ -49,7 +49,10 @@ fn answer(req: Request, state: &State, counters: &Counters) -> Reply {
     match req {
         Request::Label { label } => {
             if !state.is_ready() {
-                return Reply::Error("the daemon is not enforcing yet (not ready)".into());
+                return Reply::Error(
+                    "the daemon is not ready (still starting, or its self-test failed); see its log"
+                        .into(),
+                );
             }
             match state.label_by_name(&label) {
                 Some(l) => Reply::Label(LabelReply {

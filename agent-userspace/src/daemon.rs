@@ -9,14 +9,26 @@ use std::{
     },
 };
 
+use agent_common::Action;
 use agent_policy::PolicySet;
-use anyhow::{Context, Result};
-use tokio::signal::unix::{SignalKind, signal};
+use anyhow::{Context, Result, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 use tracing::{error, info};
 
 use crate::{
-    bpf, cgroup::LabelRoot, control, counters::Counters, events, http, inodes, maps::RuleMaps,
-    metrics::Metrics, state::State,
+    bpf,
+    cgroup::LabelRoot,
+    control,
+    counters::Counters,
+    events, http, inodes,
+    maps::RuleMaps,
+    metrics::Metrics,
+    selftest::{self, SelfTest},
+    state::State,
+    watch,
 };
 
 pub struct Options {
@@ -28,6 +40,7 @@ pub struct Options {
     pub max_path_rules: u32,
     pub max_net_rules: u32,
     pub fake_allow_all: bool,
+    pub allow_unverified: bool,
 }
 
 /// Reads and validates every policy file; all problems are reported, each as
@@ -55,6 +68,8 @@ pub async fn run(opts: Options) -> Result<()> {
     let set = load_policies(&opts.policies)?;
     let root = LabelRoot::discover()?;
     let state = Arc::new(State::new(root.clone(), kernel_release()));
+    let runtime_dir = opts.socket.parent().unwrap_or(Path::new("/run/actgate"));
+    let selftest = SelfTest::prepare(runtime_dir)?;
 
     let sizes = bpf::Sizes {
         path_rules: opts.max_path_rules,
@@ -73,12 +88,9 @@ pub async fn run(opts: Options) -> Result<()> {
     events::spawn(&mut ebpf, state.clone(), sink)?;
 
     let labels = rules
-        .apply(&set, &root)
+        .apply(&with_selftest(set.clone(), &selftest), &root)
         .context("putting the policies into the kernel maps")?;
-    state.set_labels(labels);
-    state
-        .policies_loaded
-        .store(set.policies.len() as u64, Ordering::Relaxed);
+    state.set_policies(labels, set.policies.len());
     info!(
         policies = set.policies.len(),
         labels = set.label_count(),
@@ -90,9 +102,10 @@ pub async fn run(opts: Options) -> Result<()> {
     http::serve(opts.metrics_addr, state.clone(), metrics).await?;
     control::serve(&opts.socket, state.clone(), counters)?;
 
-    state.set_ready(true);
-    info!(metrics = %opts.metrics_addr, socket = %opts.socket.display(), "ready: enforcing");
+    prove(&selftest, &state, opts.allow_unverified)?;
 
+    let (tx, mut changed) = mpsc::channel(1);
+    let _watch = watch::watch(&opts.policies, tx)?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -102,8 +115,9 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 reopen.store(true, Ordering::SeqCst);
-                reload(&opts.policies, &mut rules, &state);
+                reload(&opts.policies, &selftest, &mut rules, &state);
             }
+            Some(()) = changed.recv() => reload(&opts.policies, &selftest, &mut rules, &state),
         }
     }
     info!("shutting down; programs detach and labelled workloads are no longer governed");
@@ -113,18 +127,60 @@ pub async fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
+/// The user's policies plus the self-test's own.
+fn with_selftest(mut set: PolicySet, selftest: &SelfTest) -> PolicySet {
+    set.policies.push(selftest.policy());
+    set
+}
+
+/// Runs the start-up proof; ready only when every hook denied. A failure stops the daemon
+/// unless the operator accepted running unverified.
+fn prove(selftest: &SelfTest, state: &State, allow_unverified: bool) -> Result<()> {
+    let cgroup = state.root.label_dir(selftest::LABEL);
+    let verified = selftest.run(&cgroup)?;
+    *state.verified.lock().unwrap_or_else(|e| e.into_inner()) = verified.map(Some);
+    let failed: Vec<Action> = Action::ALL
+        .into_iter()
+        .filter(|a| !verified[*a as usize])
+        .collect();
+    for a in Action::ALL.into_iter().filter(|a| verified[*a as usize]) {
+        info!(
+            action = a.as_str(),
+            hook = selftest::hook_of(a),
+            "enforcement verified"
+        );
+    }
+    if failed.is_empty() {
+        state.set_ready(true);
+        info!("ready: every hook proved it denies");
+        return Ok(());
+    }
+    let names: Vec<String> = failed
+        .iter()
+        .map(|a| format!("{} (LSM hook {})", a.as_str(), selftest::hook_of(*a)))
+        .collect();
+    let msg = format!(
+        "the start-up self-test saw no EPERM for: {}. The program is attached but does not deny; \
+         likely causes: another LSM or a BPF program overriding the verdict, a kernel whose \
+         struct layout the offsets don't match, or a test switch",
+        names.join(", ")
+    );
+    if allow_unverified {
+        error!("UNVERIFIED ENFORCEMENT (running anyway because of --allow-unverified): {msg}");
+        return Ok(());
+    }
+    bail!("{msg}; refusing to run (pass --allow-unverified to run anyway, unready)")
+}
+
 /// Validates everything first, then swaps; a bad file changes nothing.
-fn reload(dir: &Path, rules: &mut RuleMaps, state: &State) {
+fn reload(dir: &Path, selftest: &SelfTest, rules: &mut RuleMaps, state: &State) {
     let result = load_policies(dir).and_then(|set| {
-        let labels = rules.apply(&set, &state.root)?;
+        let labels = rules.apply(&with_selftest(set.clone(), selftest), &state.root)?;
         Ok((set, labels))
     });
     match result {
         Ok((set, labels)) => {
-            state.set_labels(labels);
-            state
-                .policies_loaded
-                .store(set.policies.len() as u64, Ordering::Relaxed);
+            state.set_policies(labels, set.policies.len());
             state.reloads_ok.fetch_add(1, Ordering::Relaxed);
             info!(policies = set.policies.len(), "reloaded");
         }

@@ -71,8 +71,9 @@ fn boot_time() -> SystemTime {
     SystemTime::now() - since_boot
 }
 
-fn to_line(e: &Event, state: &State, boot: SystemTime) -> EventLine {
-    let label = state.label(e.label);
+/// The JSON line of an event, or None for the self-test's own label.
+fn to_line(e: &Event, state: &State, boot: SystemTime) -> Option<EventLine> {
+    let label = state.label(e.label)?;
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", e.tgid))
         .ok()
         .and_then(|s| {
@@ -80,10 +81,10 @@ fn to_line(e: &Event, state: &State, boot: SystemTime) -> EventLine {
                 .find_map(|l| l.strip_prefix("0::").map(str::to_string))
         })
         .unwrap_or_default();
-    EventLine {
+    Some(EventLine {
         time: humantime::format_rfc3339_nanos(boot + Duration::from_nanos(e.time_ns)).to_string(),
-        label: label.as_ref().map(|l| l.name.clone()).unwrap_or_default(),
-        policy: label.map(|l| l.policy).unwrap_or_default(),
+        label: label.name,
+        policy: label.policy,
         action: Action::from_u8(e.action).map_or("unknown", Action::as_str),
         verdict: Verdict::from_u8(e.verdict).map_or("unknown", Verdict::as_str),
         target: target(e),
@@ -95,7 +96,7 @@ fn to_line(e: &Event, state: &State, boot: SystemTime) -> EventLine {
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
         cgroup,
-    }
+    })
 }
 
 /// Where event lines go. A file is opened for append and written a whole line at a time; it is
@@ -183,16 +184,16 @@ pub fn spawn(ebpf: &mut Ebpf, state: Arc<State>, mut sink: Option<Sink>) -> Resu
                 // ring buffer's 8-byte alignment of records.
                 let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
                 drop(item);
-                let line = to_line(&e, &state, boot);
-                if let Some(sink) = sink.as_mut() {
-                    match serde_json::to_string(&line) {
-                        Ok(text) => {
-                            if let Err(err) = sink.write_line(&text) {
-                                warn!(error = %err, "writing an event failed");
-                            }
+                let (Some(line), Some(sink)) = (to_line(&e, &state, boot), sink.as_mut()) else {
+                    continue;
+                };
+                match serde_json::to_string(&line) {
+                    Ok(text) => {
+                        if let Err(err) = sink.write_line(&text) {
+                            warn!(error = %err, "writing an event failed");
                         }
-                        Err(err) => warn!(error = %err, "encoding an event failed"),
                     }
+                    Err(err) => warn!(error = %err, "encoding an event failed"),
                 }
             }
             guard.clear_ready();

@@ -16,8 +16,10 @@ mod inodes;
 mod launch;
 mod maps;
 mod metrics;
+mod selftest;
 mod state;
 mod status;
+mod watch;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -73,9 +75,21 @@ enum Command {
         /// Capacity of the network rule map (entries over all policies).
         #[arg(long, default_value_t = 1 << 18)]
         max_net_rules: u32,
+        /// Keep running when the start-up self-test finds a hook that doesn't deny (the
+        /// daemon then stays unready and says so).
+        #[arg(long)]
+        allow_unverified: bool,
         /// TEST ONLY: make every hook allow everything, so the start-up self-test must fail.
         #[arg(long, hide = true)]
         test_fake_allow_all: bool,
+    },
+    /// Internal: the start-up self-test's probe process.
+    #[command(hide = true)]
+    SelftestProbe {
+        #[arg(long)]
+        cgroup: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
     },
     /// Run CMD under a label; refuses unless a running daemon enforces that label.
     Exec {
@@ -147,6 +161,7 @@ fn main() -> ExitCode {
             socket,
             max_path_rules,
             max_net_rules,
+            allow_unverified,
             test_fake_allow_all,
         } => {
             let opts = daemon::Options {
@@ -158,6 +173,7 @@ fn main() -> ExitCode {
                 max_path_rules,
                 max_net_rules,
                 fake_allow_all: test_fake_allow_all,
+                allow_unverified,
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -175,6 +191,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::SelftestProbe { cgroup, file } => match selftest::probe(&cgroup, &file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("actgate selftest-probe: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Exec { label, socket, cmd } => {
             let (code, err) = launch::exec(&socket, &label, &cmd);
             eprintln!("actgate exec: {err:#}");

@@ -48,8 +48,11 @@ impl State {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    pub fn set_labels(&self, labels: BTreeMap<u32, LabelState>) {
+    /// Records what a successful load put in force.
+    pub fn set_policies(&self, labels: BTreeMap<u32, LabelState>, policies: usize) {
         *self.labels.write().unwrap_or_else(|e| e.into_inner()) = labels;
+        self.policies_loaded
+            .store(policies as u64, Ordering::Relaxed);
     }
 
     pub fn labels(&self) -> BTreeMap<u32, LabelState> {
@@ -64,6 +67,7 @@ impl State {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&index)
+            .filter(|l| !crate::selftest::is_internal(&l.name))
             .cloned()
     }
 
@@ -73,7 +77,7 @@ impl State {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .find(|l| l.name == name)
+            .find(|l| l.name == name && !crate::selftest::is_internal(name))
             .cloned()
     }
 }
