@@ -121,7 +121,7 @@ impl Inode {
             _pad: [0; 5],
         };
         // SAFETY: the value is copied out at once.
-        unsafe { maps::INODE_RULES.get(&key) }.copied().unwrap_or(0)
+        unsafe { maps::INODE_RULES.get(key) }.copied().unwrap_or(0)
     }
 }
 
@@ -204,20 +204,24 @@ fn judge_resolved(
     v
 }
 
-/// Whether the file behind `inode` is denied for `action` by identity alone (used for the
-/// source of a hard link, whose path the hook doesn't give). Counted like any decision.
+/// Whether the file behind `inode` is denied for `actions` by identity alone (the source of
+/// a hard link, whose path the hook doesn't give). Only denials and audits are decisions here:
+/// the link itself was already counted by its new name.
 #[inline(always)]
-pub fn inode_action(info: &LabelInfo, cgroup_id: u64, action: Action, inode: Inode) -> Verdict {
-    let flags = inode.flags(info.ruleset, action);
-    let v = if flags & RULE_DENY != 0 {
-        verdict(RULE_DENY, 0, info.mode)
-    } else {
-        Verdict::Allow
-    };
-    if v != Verdict::Allow {
-        record(info, cgroup_id, action, v, |e| e.path[0] = 0);
+pub fn inode_actions(
+    info: &LabelInfo,
+    cgroup_id: u64,
+    inode: Inode,
+    actions: &[Action],
+) -> Verdict {
+    for action in actions {
+        if inode.flags(info.ruleset, *action) & RULE_DENY != 0 {
+            let v = verdict(RULE_DENY, 0, info.mode);
+            record(info, cgroup_id, *action, v, |e| e.path[0] = 0);
+            return v;
+        }
     }
-    v
+    Verdict::Allow
 }
 
 /// An IPv4 or IPv6 destination, the address in network order, IPv4 in the first 4 bytes.

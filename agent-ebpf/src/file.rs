@@ -13,7 +13,8 @@ use crate::{
 
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
-/// Opens the kernel makes to execute a file; `exec` rules judge those.
+/// Opens the kernel makes to execute a file (FMODE_EXEC, and __FMODE_EXEC in f_flags, are
+/// both 0x20); `exec` rules judge those.
 const FMODE_EXEC: u32 = 0x20;
 const RENAME_EXCHANGE: u32 = 1 << 1;
 
@@ -34,7 +35,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     decide::hook(&ctx, 1, |info, cgroup_id| {
         let file: *const u8 = ctx.arg(0);
         let mode: u32 = read(file, get(&kernel::FILE_F_MODE));
-        if mode & FMODE_EXEC != 0 {
+        let flags: u32 = read(file, get(&kernel::FILE_F_FLAGS));
+        // open_exec() marks its opens with __FMODE_EXEC in f_flags; FMODE_EXEC in f_mode is
+        // not set on every kernel.
+        if (mode | flags) & FMODE_EXEC != 0 {
             return Ok(Verdict::Allow);
         }
         // Direct pointer arithmetic on the BTF-typed `file` keeps `&file->f_path` typed for
@@ -117,22 +121,19 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     decide::hook(&ctx, 3, |info, cgroup_id| {
         let old: *const u8 = ctx.arg(0);
         let target = Target::Walk(ctx.arg(1), ctx.arg(2));
-        let mut v = path_actions(info, cgroup_id, target, None, &[Action::FileWrite])?;
-        if v != Verdict::Deny {
-            if let Some(inode) = Inode::of(dentry_inode(old), true) {
-                v = worst(
-                    v,
-                    decide::inode_action(info, cgroup_id, Action::FileWrite, inode),
-                );
-                if v != Verdict::Deny {
-                    v = worst(
-                        v,
-                        decide::inode_action(info, cgroup_id, Action::FileRead, inode),
-                    );
-                }
-            }
-        }
-        Ok(v)
+        let v = path_actions(info, cgroup_id, target, None, &[Action::FileWrite])?;
+        Ok(match Inode::of(dentry_inode(old), true) {
+            Some(inode) if v != Verdict::Deny => worst(
+                v,
+                decide::inode_actions(
+                    info,
+                    cgroup_id,
+                    inode,
+                    &[Action::FileWrite, Action::FileRead],
+                ),
+            ),
+            _ => v,
+        })
     })
 }
 

@@ -16,6 +16,8 @@ pub static FILE_F_MODE: u64 = 0;
 #[unsafe(no_mangle)]
 pub static FILE_F_INODE: u64 = 0;
 #[unsafe(no_mangle)]
+pub static FILE_F_FLAGS: u64 = 0;
+#[unsafe(no_mangle)]
 pub static DENTRY_D_NAME: u64 = 0;
 #[unsafe(no_mangle)]
 pub static DENTRY_D_INODE: u64 = 0;

@@ -23,6 +23,6 @@ pub fn current() -> Option<(LabelInfo, u64)> {
         _pad: 0,
     };
     // SAFETY: the value is copied out before the program can be preempted by a writer.
-    let info = unsafe { maps::LABELS.get(&key) }?;
+    let info = unsafe { maps::LABELS.get(key) }?;
     Some((*info, cgroup_id))
 }

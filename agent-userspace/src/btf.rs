@@ -161,7 +161,8 @@ impl Btf {
 
 /// The offsets the eBPF programs read; names match the globals in agent-ebpf/src/kernel.rs.
 pub fn kernel_offsets(btf: &Btf) -> Result<Vec<(&'static str, u64)>, BtfError> {
-    const NEEDED: [(&str, &str, &str); 21] = [
+    const NEEDED: [(&str, &str, &str); 22] = [
+        ("FILE_F_FLAGS", "file", "f_flags"),
         ("DENTRY_D_PARENT", "dentry", "d_parent"),
         ("QSTR_LEN", "qstr", "len"),
         ("MOUNT_MNT", "mount", "mnt"),
@@ -275,6 +276,6 @@ mod tests {
         }
         let btf = Btf::from_file(path).unwrap();
         let offs = kernel_offsets(&btf).unwrap();
-        assert_eq!(offs.len(), 21);
+        assert_eq!(offs.len(), 22);
     }
 }

@@ -110,7 +110,7 @@ pub enum Sink {
     },
 }
 
-fn open_append(path: &PathBuf) -> Result<File> {
+fn open_append(path: &std::path::Path) -> Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)

@@ -89,6 +89,8 @@ enum Command {
         #[arg(long)]
         cgroup: PathBuf,
         #[arg(long)]
+        exec_file: PathBuf,
+        #[arg(long)]
         file: PathBuf,
     },
     /// Run CMD under a label; refuses unless a running daemon enforces that label.
@@ -126,7 +128,7 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &std::path::Path) -> ExitCode {
     match agent_policy::load_path(path) {
         Ok(set) => {
             println!(
@@ -191,7 +193,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::SelftestProbe { cgroup, file } => match selftest::probe(&cgroup, &file) {
+        Command::SelftestProbe {
+            cgroup,
+            exec_file,
+            file,
+        } => match selftest::probe(&cgroup, &exec_file, &file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("actgate selftest-probe: {e:#}");

@@ -22,9 +22,12 @@ const POLICY: &str = "actgate:selftest";
 /// Denied for the connect check (the discard port on loopback); nothing needs to listen.
 const CONNECT_TO: ([u8; 4], u16) = ([127, 0, 0, 1], 9);
 
+/// The self-test's files: one only exec rules deny, one only file rules deny, so each check
+/// can only be passed by its own hook.
 pub struct SelfTest {
     dir: PathBuf,
-    probe: PathBuf,
+    exec_probe: PathBuf,
+    file_probe: PathBuf,
 }
 
 /// Whether a label is one of actgate's own (never runnable through `actgate exec`).
@@ -37,28 +40,35 @@ impl SelfTest {
     pub fn prepare(runtime_dir: &Path) -> Result<Self> {
         let dir = runtime_dir.join("selftest");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let probe = dir.join("probe");
-        fs::write(&probe, "#!/bin/sh\nexit 0\n")
-            .with_context(|| format!("writing {}", probe.display()))?;
-        fs::set_permissions(&probe, fs::Permissions::from_mode(0o755))?;
-        Ok(Self { dir, probe })
+        let exec_probe = dir.join("exec-probe");
+        let file_probe = dir.join("file-probe");
+        for probe in [&exec_probe, &file_probe] {
+            fs::write(probe, "#!/bin/sh\nexit 0\n")
+                .with_context(|| format!("writing {}", probe.display()))?;
+            fs::set_permissions(probe, fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(Self {
+            dir,
+            exec_probe,
+            file_probe,
+        })
     }
 
     /// The built-in policy: every action on the probe file, and the connect target, denied.
     pub fn policy(&self) -> Policy {
-        let file = || Rules {
+        let deny = |p: &Path| Rules {
             default: Fallback::Allow,
             allow: Vec::new(),
-            deny: vec![PathPattern::Exact(self.probe.display().to_string())],
+            deny: vec![PathPattern::Exact(p.display().to_string())],
         };
         let addr = SocketAddr::from(CONNECT_TO);
         Policy {
             name: POLICY.into(),
             labels: vec![LABEL.into()],
             mode: Mode::Enforce,
-            exec: file(),
-            file_write: file(),
-            file_read: file(),
+            exec: deny(&self.exec_probe),
+            file_write: deny(&self.file_probe),
+            file_read: deny(&self.file_probe),
             connect: Rules {
                 default: Fallback::Allow,
                 allow: Vec::new(),
@@ -79,8 +89,10 @@ impl SelfTest {
             .arg("selftest-probe")
             .arg("--cgroup")
             .arg(cgroup)
+            .arg("--exec-file")
+            .arg(&self.exec_probe)
             .arg("--file")
-            .arg(&self.probe)
+            .arg(&self.file_probe)
             .output()
             .context("running the self-test probe")?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -112,9 +124,9 @@ fn outcome(r: std::io::Result<()>) -> String {
 }
 
 /// The probe itself (`actgate selftest-probe`): joins the cgroup and tries each action.
-pub fn probe(cgroup: &Path, file: &Path) -> Result<()> {
+pub fn probe(cgroup: &Path, exec_file: &Path, file: &Path) -> Result<()> {
     crate::cgroup::enter(cgroup)?;
-    let exec = Command::new(file).status().map(|_| ());
+    let exec = Command::new(exec_file).status().map(|_| ());
     let write = fs::OpenOptions::new().write(true).open(file).map(|_| ());
     let read = fs::File::open(file).and_then(|mut f| f.read(&mut [0; 1]).map(|_| ()));
     let addr = SocketAddr::from(CONNECT_TO);

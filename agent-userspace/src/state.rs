@@ -55,11 +55,16 @@ impl State {
             .store(policies as u64, Ordering::Relaxed);
     }
 
+    /// The users' labels in force; actgate's own (the self-test's) stay out of what status,
+    /// metrics, events and `exec` see.
     pub fn labels(&self) -> BTreeMap<u32, LabelState> {
-        self.labels
+        let mut labels = self
+            .labels
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        labels.retain(|_, l| !crate::selftest::is_internal(&l.name));
+        labels
     }
 
     pub fn label(&self, index: u32) -> Option<LabelState> {

