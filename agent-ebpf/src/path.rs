@@ -77,10 +77,12 @@ fn walk(s: &mut Scratch, at: *const path, dentry: *const u8) -> Result<(), u32> 
     let mut mount = vfsmnt.wrapping_sub(get(&kernel::MOUNT_MNT) as usize);
     let mut mnt_root = read::<usize>(vfsmnt, get(&kernel::VFSMOUNT_MNT_ROOT)) as *const u8;
     let mut d = dentry;
+    let mut at_root = false;
     for _ in 0..MAX_DEPTH {
         if d == mnt_root {
             let parent = read::<usize>(mount, get(&kernel::MOUNT_MNT_PARENT)) as *const u8;
             if parent == mount || parent.is_null() {
+                at_root = true;
                 break;
             }
             d = read::<usize>(mount, get(&kernel::MOUNT_MNT_MOUNTPOINT)) as *const u8;
@@ -91,6 +93,7 @@ fn walk(s: &mut Scratch, at: *const path, dentry: *const u8) -> Result<(), u32> 
         }
         let parent = read::<usize>(d, get(&kernel::DENTRY_D_PARENT)) as *const u8;
         if parent == d || parent.is_null() {
+            at_root = true;
             break;
         }
         let d_name = d.wrapping_add(get(&kernel::DENTRY_D_NAME) as usize);
@@ -106,6 +109,10 @@ fn walk(s: &mut Scratch, at: *const path, dentry: *const u8) -> Result<(), u32> 
             core::ptr::write_volatile(pos, at);
         }
         d = parent;
+    }
+    // A deeper path would be judged by its last components only: refuse to guess.
+    if !at_root {
+        return Err(ERR_PATH);
     }
     // SAFETY: as above.
     let start = unsafe { core::ptr::read_volatile(pos) } as usize;
