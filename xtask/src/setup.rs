@@ -67,7 +67,8 @@ pub fn setup() -> Result<()> {
     {
         bail!("setup installs system packages and the VM tests boot kernels: run as root");
     }
-    // Nightly with rust-src builds the eBPF crate (-Z build-std=core).
+    // Nightly with rust-src builds the eBPF crate (-Z build-std=core); clippy lints it. Adding
+    // components never moves the nightly to a newer date, which bpf-linker's LLVM must match.
     let components = stdout(Command::new("rustup").args([
         "component",
         "list",
@@ -75,7 +76,8 @@ pub fn setup() -> Result<()> {
         "--toolchain",
         "nightly",
     ]));
-    if !components.lines().any(|l| l.starts_with("rust-src")) {
+    let have_component = |c: &str| components.lines().any(|l| l.starts_with(c));
+    if !stdout(Command::new("rustup").args(["toolchain", "list"])).contains("nightly") {
         run(Command::new("rustup").args([
             "toolchain",
             "install",
@@ -83,9 +85,16 @@ pub fn setup() -> Result<()> {
             "--profile",
             "minimal",
             "--component",
+            "rust-src,clippy,rustfmt",
+        ]))?;
+    } else if !have_component("rust-src") || !have_component("clippy") {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
             "rust-src",
-            "--component",
             "clippy",
+            "--toolchain",
+            "nightly",
         ]))?;
     }
     // bpf-linker 0.10 uses the nightly's own LLVM; newer ones want a system LLVM 21+, which
