@@ -325,7 +325,15 @@ pub fn hook(
     };
     match judge(&info, cgroup_id) {
         Ok(v) => errno(v),
-        Err(slot) => on_error(slot),
+        Err(slot) => {
+            aya_log_ebpf::warn!(
+                ctx,
+                "label {}: could not judge an action (error slot {}); allowed and counted",
+                info.label,
+                slot
+            );
+            on_error(slot)
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::{fs, path::Path};
 
 use anyhow::{Context, Result, bail};
 use aya::{Btf, Ebpf, EbpfLoader, programs::Lsm};
+use tokio::io::{Interest, unix::AsyncFd};
 use tracing::info;
 
 use crate::{btf, cgroup::LabelRoot};
@@ -58,8 +59,12 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
-/// Loads the object with this kernel's offsets and attaches every hook.
-pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<Ebpf> {
+/// The kernel programs' aya-log messages, forwarded into the daemon's own log.
+pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Loads the object with this kernel's offsets and attaches every hook. The returned logger
+/// must be kept and drained (`forward_kernel_log`): its map is one the programs write to.
+pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<(Ebpf, KernelLog)> {
     let vmlinux = Path::new("/sys/kernel/btf/vmlinux");
     let offsets = btf::kernel_offsets(
         &btf::Btf::from_file(vmlinux).context("reading kernel struct offsets from BTF")?,
@@ -82,6 +87,8 @@ pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<Ebp
         .load(OBJECT)
         .context("loading actgate's eBPF object into the kernel")?;
 
+    let logger = aya_log::EbpfLogger::init(&mut ebpf)
+        .context("setting up the kernel programs' log (AYA_LOGS)")?;
     let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux")?;
     for hook in HOOKS {
         let prog: &mut Lsm = ebpf
@@ -100,5 +107,20 @@ pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<Ebp
         info!(hook, "attached");
     }
     info!(offsets = ?offsets, label_level = level, "kernel programs loaded");
-    Ok(ebpf)
+    Ok((ebpf, logger))
+}
+
+/// Drains the kernel programs' log into the daemon's log for as long as the daemon runs.
+pub fn forward_kernel_log(logger: KernelLog) -> Result<()> {
+    // SAFETY: the logger owns its ring buffer fd and keeps it open, unchanged, for as long as
+    // the AsyncFd that owns the logger lives.
+    let mut fd = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the kernel programs' log: {e}"))?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
 }

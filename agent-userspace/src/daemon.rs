@@ -76,7 +76,8 @@ pub async fn run(opts: Options) -> Result<()> {
         net_rules: opts.max_net_rules,
         inode_rules: inodes::MAX_ENTRIES,
     };
-    let mut ebpf = bpf::load(&root, &sizes, opts.fake_allow_all)?;
+    let (mut ebpf, kernel_log) = bpf::load(&root, &sizes, opts.fake_allow_all)?;
+    bpf::forward_kernel_log(kernel_log)?;
     let mut rules = RuleMaps::new(&mut ebpf, opts.events_allow)?;
     let counters = Arc::new(Counters::new(&mut ebpf)?);
     let reopen = Arc::new(AtomicBool::new(false));
