@@ -16,11 +16,11 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     bpf,
-    cgroup::LabelRoot,
+    cgroup::{self, LabelRoot},
     control,
     counters::Counters,
     events, http, inodes,
@@ -181,6 +181,21 @@ fn reload(dir: &Path, selftest: &SelfTest, rules: &mut RuleMaps, state: &State) 
     });
     match result {
         Ok((set, labels)) => {
+            let before = state.labels();
+            for gone in before
+                .values()
+                .filter(|l| !labels.values().any(|n| n.name == l.name))
+            {
+                let running = cgroup::process_count(&state.root.label_dir(&gone.name));
+                if running > 0 {
+                    warn!(
+                        label = gone.name,
+                        processes = running,
+                        "no policy names this label any more: its running processes are no \
+                         longer governed"
+                    );
+                }
+            }
             state.set_policies(labels, set.policies.len());
             state.reloads_ok.fetch_add(1, Ordering::Relaxed);
             info!(policies = set.policies.len(), "reloaded");
