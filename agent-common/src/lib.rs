@@ -143,10 +143,20 @@ pub struct PathKey {
     pub data: [u8; PATH_KEY_DATA],
 }
 
+/// Action byte of the "move guard" entries in `PATH_RULES`: every directory above (and the
+/// target of) a deny rule, stored as an exact path. Renaming or hard-linking such a path would
+/// carry what the rule protects to a name no rule mentions, so the kernel refuses it.
+pub const GUARD_ACTION: u8 = Action::COUNT as u8;
+
 /// Fill in a trie key header.
 pub fn path_key_header(ruleset: u16, action: Action) -> [u8; PATH_KEY_HEADER] {
+    path_key_header_raw(ruleset, action as u8)
+}
+
+/// A trie key header for any action byte, `GUARD_ACTION` included.
+pub fn path_key_header_raw(ruleset: u16, action: u8) -> [u8; PATH_KEY_HEADER] {
     let rs = ruleset.to_be_bytes();
-    [rs[0], rs[1], action as u8, 0]
+    [rs[0], rs[1], action, 0]
 }
 
 /// Network trie key data: rule set (big-endian u16), port (big-endian u16, 0 = any port),

@@ -3,9 +3,9 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{
-    Action, COMM_LEN, ERR_SCRATCH, Event, InodeKey, LabelInfo, MODE_AUDIT, NET_KEY_DATA,
-    NET_KEY_HEADER, PATH_KEY_DATA, RULE_ALLOW, RULE_DENY, Verdict, decision_index, net_key_header,
-    path_key_header,
+    Action, COMM_LEN, ERR_SCRATCH, Event, GUARD_ACTION, InodeKey, LabelInfo, MODE_AUDIT,
+    NET_KEY_DATA, NET_KEY_HEADER, PATH_KEY_DATA, RULE_ALLOW, RULE_DENY, Verdict, decision_index,
+    net_key_header, path_key_header, path_key_header_raw,
 };
 use aya_ebpf::{
     helpers::{
@@ -143,7 +143,32 @@ pub fn path_actions(
     inode: Option<Inode>,
     actions: &[Action],
 ) -> Result<Verdict, u32> {
-    let mut need_path = false;
+    judge_path(info, cgroup_id, target, inode, actions, false)
+}
+
+/// Like `path_actions` for the source of a rename or hard link: its file_write decision also
+/// denies when the path holds something a deny rule protects (see `GUARD_ACTION`).
+#[inline(always)]
+pub fn moved_path(
+    info: &LabelInfo,
+    cgroup_id: u64,
+    target: Target,
+    inode: Option<Inode>,
+    actions: &[Action],
+) -> Result<Verdict, u32> {
+    judge_path(info, cgroup_id, target, inode, actions, true)
+}
+
+#[inline(always)]
+fn judge_path(
+    info: &LabelInfo,
+    cgroup_id: u64,
+    target: Target,
+    inode: Option<Inode>,
+    actions: &[Action],
+    guard: bool,
+) -> Result<Verdict, u32> {
+    let mut need_path = guard && info.has_rules.iter().take(3).any(|r| *r != 0);
     for action in actions {
         let a = *action as usize;
         let has_rules = info.has_rules.get(a).copied().unwrap_or(0) != 0;
@@ -164,7 +189,8 @@ pub fn path_actions(
     crate::path::resolve(s, target)?;
     let mut result = Verdict::Allow;
     for action in actions {
-        let v = judge_resolved(info, cgroup_id, *action, s, inode);
+        let guarded = guard && *action == Action::FileWrite;
+        let v = judge_resolved(info, cgroup_id, *action, s, inode, guarded);
         result = worst(result, v);
         if v == Verdict::Deny {
             break;
@@ -181,9 +207,17 @@ fn judge_resolved(
     action: Action,
     s: &mut Scratch,
     inode: Option<Inode>,
+    guarded: bool,
 ) -> Verdict {
     let a = action as usize;
     let mut flags = 0;
+    s.prefix_len = (8 * PATH_KEY_DATA) as u32;
+    if guarded {
+        s.header = path_key_header_raw(info.ruleset, GUARD_ACTION);
+        // SAFETY: `Scratch` starts with an LPM key: prefix_len, then PATH_KEY_DATA bytes.
+        let key = unsafe { &*(s as *const Scratch as *const Key<[u8; PATH_KEY_DATA]>) };
+        flags |= maps::PATH_RULES.get(key).copied().unwrap_or(0) & RULE_DENY;
+    }
     if info.has_rules.get(a).copied().unwrap_or(0) != 0 {
         s.header = path_key_header(info.ruleset, action);
         // The key's own length: the trie compares each rule's prefix against it. Bytes
@@ -202,26 +236,6 @@ fn judge_resolved(
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
     });
     v
-}
-
-/// Whether the file behind `inode` is denied for `actions` by identity alone (the source of
-/// a hard link, whose path the hook doesn't give). Only denials and audits are decisions here:
-/// the link itself was already counted by its new name.
-#[inline(always)]
-pub fn inode_actions(
-    info: &LabelInfo,
-    cgroup_id: u64,
-    inode: Inode,
-    actions: &[Action],
-) -> Verdict {
-    for action in actions {
-        if inode.flags(info.ruleset, *action) & RULE_DENY != 0 {
-            let v = verdict(RULE_DENY, 0, info.mode);
-            record(info, cgroup_id, *action, v, |e| e.path[0] = 0);
-            return v;
-        }
-    }
-    Verdict::Allow
 }
 
 /// An IPv4 or IPv6 destination, the address in network order, IPv4 in the first 4 bytes.

@@ -16,6 +16,10 @@ const FMODE_WRITE: u32 = 0x2;
 /// Opens the kernel makes to execute a file (FMODE_EXEC, and __FMODE_EXEC in f_flags, are
 /// both 0x20); `exec` rules judge those.
 const FMODE_EXEC: u32 = 0x20;
+/// Files the kernel opens on behalf of another open (overlayfs' backing files, 6.1's
+/// open_with_fake_path and 6.12's backing_file_open): the user's own open was judged already,
+/// under the path the user sees.
+const FMODE_NOACCOUNT: u32 = 1 << 29;
 const RENAME_EXCHANGE: u32 = 1 << 1;
 
 /// The inode behind a `struct dentry *`.
@@ -38,7 +42,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         let flags: u32 = read(file, get(&kernel::FILE_F_FLAGS));
         // open_exec() marks its opens with __FMODE_EXEC in f_flags; FMODE_EXEC in f_mode is
         // not set on every kernel.
-        if (mode | flags) & FMODE_EXEC != 0 {
+        if (mode | flags) & FMODE_EXEC != 0 || mode & FMODE_NOACCOUNT != 0 {
             return Ok(Verdict::Allow);
         }
         // Direct pointer arithmetic on the BTF-typed `file` keeps `&file->f_path` typed for
@@ -114,26 +118,32 @@ pub fn path_mknod(ctx: LsmContext) -> i32 {
     })
 }
 
-/// A hard link adds a name to an existing file: the new name must be writable, and the file
-/// must not be one that is denied by identity (the hook doesn't give the source's path).
+/// A hard link adds a name to an existing file: the new name must be writable, and the source
+/// must be writable, readable, not a guarded path, and not a file denied by identity.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
     decide::hook(&ctx, 3, |info, cgroup_id| {
         let old: *const u8 = ctx.arg(0);
-        let target = Target::Walk(ctx.arg(1), ctx.arg(2));
-        let v = path_actions(info, cgroup_id, target, None, &[Action::FileWrite])?;
-        Ok(match Inode::of(dentry_inode(old), true) {
-            Some(inode) if v != Verdict::Deny => worst(
-                v,
-                decide::inode_actions(
-                    info,
-                    cgroup_id,
-                    inode,
-                    &[Action::FileWrite, Action::FileRead],
-                ),
-            ),
-            _ => v,
-        })
+        let new_dir: *const path = ctx.arg(1);
+        // A hard link can't cross mounts (do_linkat returns EXDEV first), so the source sits on
+        // new_dir's mount and the walk can rebuild its path too.
+        let source = Target::Walk(new_dir, old);
+        let inode = Inode::of(dentry_inode(old), true);
+        let v = decide::moved_path(
+            info,
+            cgroup_id,
+            source,
+            inode,
+            &[Action::FileWrite, Action::FileRead],
+        )?;
+        if v == Verdict::Deny {
+            return Ok(v);
+        }
+        let target = Target::Walk(new_dir, ctx.arg(2));
+        Ok(worst(
+            v,
+            path_actions(info, cgroup_id, target, None, &[Action::FileWrite])?,
+        ))
     })
 }
 
@@ -145,7 +155,7 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
         let from = Target::Walk(ctx.arg(0), ctx.arg(1));
         let to = Target::Walk(ctx.arg(2), ctx.arg(3));
         let flags: u32 = ctx.arg(4);
-        let mut v = path_actions(
+        let mut v = decide::moved_path(
             info,
             cgroup_id,
             from,

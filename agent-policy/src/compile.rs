@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 
 use agent_common::{
-    Action, NET_FAMILY_V4, NET_FAMILY_V6, NET_KEY_DATA, NET_KEY_HEADER, NetKey, PATH_KEY_DATA,
-    PATH_KEY_HEADER, PathKey, RULE_ALLOW, RULE_DENY, net_key_header, path_key_header,
+    Action, GUARD_ACTION, NET_FAMILY_V4, NET_FAMILY_V6, NET_KEY_DATA, NET_KEY_HEADER, NetKey,
+    PATH_KEY_DATA, PATH_KEY_HEADER, PathKey, RULE_ALLOW, RULE_DENY, net_key_header,
+    path_key_header, path_key_header_raw,
 };
 use ipnet::IpNet;
 
@@ -53,6 +54,41 @@ pub fn compile_paths(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
         }
     }
     out
+}
+
+/// Move-guard entries (see `agent_common::GUARD_ACTION`): every directory above each deny
+/// pattern of exec, files.write and files.read, and the pattern's own path, as exact keys. A
+/// labelled process may not rename or hard-link these, since the rule's target would then sit
+/// under a name no rule mentions.
+pub fn compile_guards(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
+    let header = path_key_header_raw(ruleset, GUARD_ACTION);
+    let mut guarded: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for rules in [&policy.exec, &policy.file_write, &policy.file_read] {
+        for pattern in &rules.deny {
+            let path = match pattern {
+                PathPattern::Exact(p) | PathPattern::Tree(p) => p.as_str(),
+            };
+            // "/a/b/c" guards "/a", "/a/b" and "/a/b/c"; the root can't be moved.
+            for (i, _) in path.match_indices('/').skip(1) {
+                guarded.insert(&path[..i]);
+            }
+            if !path.is_empty() {
+                guarded.insert(path);
+            }
+        }
+    }
+    guarded
+        .into_iter()
+        .filter(|p| PATH_KEY_HEADER + p.len() < PATH_KEY_DATA)
+        .map(|p| {
+            let mut data = [0u8; PATH_KEY_DATA];
+            data[..PATH_KEY_HEADER].copy_from_slice(&header);
+            data[PATH_KEY_HEADER..PATH_KEY_HEADER + p.len()].copy_from_slice(p.as_bytes());
+            // The NUL after the path is part of the key: only the exact path matches.
+            let prefix_len = 8 * (PATH_KEY_HEADER + p.len() + 1) as u32;
+            (PathKey { prefix_len, data }, RULE_DENY)
+        })
+        .collect()
 }
 
 /// The key bytes of a pattern after the header: `path\0` for an exact path (the NUL stops it
@@ -196,6 +232,29 @@ mod tests {
             file: "t.yaml".into(),
             line: 1,
         }
+    }
+
+    #[test]
+    fn guards_cover_every_directory_above_a_deny_rule_and_its_target() {
+        let mut p = policy();
+        p.file_read.deny = vec![PathPattern::Tree("/root/.ssh".into())];
+        p.exec.deny = vec![PathPattern::Exact("/usr/bin/nc".into())];
+        p.file_write.allow = vec![PathPattern::Tree("/tmp".into())];
+        let keys: Vec<String> = compile_guards(&p, 7)
+            .iter()
+            .map(|(k, flags)| {
+                assert_eq!(*flags, RULE_DENY);
+                assert_eq!(&k.data[..PATH_KEY_HEADER], &[0, 7, GUARD_ACTION, 0]);
+                let len = k.prefix_len as usize / 8 - PATH_KEY_HEADER;
+                let bytes = &k.data[PATH_KEY_HEADER..PATH_KEY_HEADER + len];
+                assert_eq!(bytes.last(), Some(&0), "guards are exact keys");
+                String::from_utf8(bytes[..len - 1].to_vec()).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            ["/root", "/root/.ssh", "/usr", "/usr/bin", "/usr/bin/nc"]
+        );
     }
 
     fn path_rules(policy: &Policy, action: Action) -> &Rules<PathPattern> {

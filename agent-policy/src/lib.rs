@@ -9,7 +9,7 @@ pub mod parse;
 pub mod pattern;
 mod yaml;
 
-pub use compile::{compile_net, compile_paths, defaults, has_rules};
+pub use compile::{compile_guards, compile_net, compile_paths, defaults, has_rules};
 pub use diagnostic::Diagnostic;
 pub use model::{Fallback, Mode, NetPattern, PathPattern, Policy, PolicySet, Rules};
 pub use parse::{load_path, parse_str};

@@ -107,6 +107,7 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let (tx, mut changed) = mpsc::channel(1);
     let _watch = watch::watch(&opts.policies, tx)?;
+    let mut seen = watch::fingerprint(&opts.policies);
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -116,9 +117,16 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 reopen.store(true, Ordering::SeqCst);
+                seen = watch::fingerprint(&opts.policies);
                 reload(&opts.policies, &selftest, &mut rules, &state);
             }
-            Some(()) = changed.recv() => reload(&opts.policies, &selftest, &mut rules, &state),
+            Some(()) = changed.recv() => {
+                let now = watch::fingerprint(&opts.policies);
+                if now != seen {
+                    seen = now;
+                    reload(&opts.policies, &selftest, &mut rules, &state);
+                }
+            }
         }
     }
     info!("shutting down; programs detach and labelled workloads are no longer governed");

@@ -148,7 +148,11 @@ impl RuleMaps {
                     .ok()
                     .filter(|i| *i < RULESET_SPLIT)
                     .context("too many policies")?;
-            for (key, flags) in compile::compile_paths(policy, ruleset) {
+            let paths = compile::compile_paths(policy, ruleset);
+            for (key, flags) in paths
+                .into_iter()
+                .chain(compile::compile_guards(policy, ruleset))
+            {
                 let key = Key::new(key.prefix_len, key.data);
                 self.paths.insert(&key, flags, 0).with_context(|| {
                     format!("adding a path rule of policy {:?}: the PATH_RULES map is full; raise --max-path-rules", policy.name)
