@@ -10,7 +10,8 @@ use agent_common::{
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_task,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
     },
     maps::{PerCpuArray, lpm_trie::Key},
 };
@@ -138,12 +139,11 @@ fn scratch() -> Option<&'static mut Scratch> {
 #[inline(always)]
 pub fn path_actions(
     info: &LabelInfo,
-    cgroup_id: u64,
     target: Target,
     inode: Option<Inode>,
     actions: &[Action],
 ) -> Result<Verdict, u32> {
-    judge_path(info, cgroup_id, target, inode, actions, false)
+    judge_path(info, target, inode, actions, false)
 }
 
 /// Like `path_actions` for the source of a rename or hard link: its file_write decision also
@@ -151,18 +151,16 @@ pub fn path_actions(
 #[inline(always)]
 pub fn moved_path(
     info: &LabelInfo,
-    cgroup_id: u64,
     target: Target,
     inode: Option<Inode>,
     actions: &[Action],
 ) -> Result<Verdict, u32> {
-    judge_path(info, cgroup_id, target, inode, actions, true)
+    judge_path(info, target, inode, actions, true)
 }
 
 #[inline(always)]
 fn judge_path(
     info: &LabelInfo,
-    cgroup_id: u64,
     target: Target,
     inode: Option<Inode>,
     actions: &[Action],
@@ -190,7 +188,7 @@ fn judge_path(
     let mut result = Verdict::Allow;
     for action in actions {
         let guarded = guard && *action == Action::FileWrite;
-        let v = judge_resolved(info, cgroup_id, *action, s, inode, guarded);
+        let v = judge_resolved(info, *action, s, inode, guarded);
         result = worst(result, v);
         if v == Verdict::Deny {
             break;
@@ -203,7 +201,6 @@ fn judge_path(
 #[inline(always)]
 fn judge_resolved(
     info: &LabelInfo,
-    cgroup_id: u64,
     action: Action,
     s: &mut Scratch,
     inode: Option<Inode>,
@@ -231,7 +228,7 @@ fn judge_resolved(
         }
     }
     let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
-    record(info, cgroup_id, action, v, |e| {
+    record(info, action, v, |e| {
         // SAFETY: reads our own map memory.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
     });
@@ -248,7 +245,7 @@ pub struct Dest {
 /// Judges a connection to `d`: one trie lookup with the port, one with port 0 (rules without
 /// a port), combined.
 #[inline(always)]
-pub fn net_action(info: &LabelInfo, cgroup_id: u64, d: &Dest) -> Verdict {
+pub fn net_action(info: &LabelInfo, d: &Dest) -> Verdict {
     let action = Action::Connect;
     let a = action as usize;
     let mut flags = 0;
@@ -262,7 +259,7 @@ pub fn net_action(info: &LabelInfo, cgroup_id: u64, d: &Dest) -> Verdict {
         }
     }
     let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
-    record(info, cgroup_id, action, v, |e| {
+    record(info, action, v, |e| {
         e.family = d.family;
         e.port = d.port;
         e.addr = d.addr;
@@ -273,13 +270,7 @@ pub fn net_action(info: &LabelInfo, cgroup_id: u64, d: &Dest) -> Verdict {
 /// Counts a decision and, for denials, audits and (if asked) allows, sends an event. A full
 /// ring buffer is counted per action, never silent.
 #[inline(always)]
-pub fn record(
-    info: &LabelInfo,
-    cgroup_id: u64,
-    action: Action,
-    v: Verdict,
-    fill_target: impl FnOnce(&mut Event),
-) {
+pub fn record(info: &LabelInfo, action: Action, v: Verdict, fill_target: impl FnOnce(&mut Event)) {
     bump(&maps::DECISIONS, decision_index(info.label, action, v));
     if v == Verdict::Allow && !events_allow() {
         return;
@@ -293,7 +284,9 @@ pub fn record(
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: helpers without pointer arguments.
     e.time_ns = unsafe { bpf_ktime_get_ns() };
-    e.cgroup_id = cgroup_id;
+    // The task's own cgroup (the label's or one beneath it), for the event's `cgroup`.
+    // SAFETY: a helper without arguments.
+    e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     e.pid = pid_tgid as u32;
     e.tgid = (pid_tgid >> 32) as u32;
     e.ppid = parent_tgid();
@@ -328,16 +321,16 @@ fn parent_tgid() -> u32 {
 pub fn hook(
     ctx: &aya_ebpf::programs::LsmContext,
     nargs: usize,
-    judge: impl FnOnce(&LabelInfo, u64) -> Result<Verdict, u32>,
+    judge: impl FnOnce(&LabelInfo) -> Result<Verdict, u32>,
 ) -> i32 {
     let previous: i32 = ctx.arg(nargs);
     if previous != 0 {
         return previous;
     }
-    let Some((info, cgroup_id)) = crate::label::current() else {
+    let Some(info) = crate::label::current() else {
         return 0;
     };
-    match judge(&info, cgroup_id) {
+    match judge(&info) {
         Ok(v) => errno(v),
         Err(slot) => {
             aya_log_ebpf::warn!(

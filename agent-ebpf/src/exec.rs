@@ -13,7 +13,7 @@ use crate::{
 
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 1, |info, cgroup_id| {
+    decide::hook(&ctx, 1, |info| {
         let bprm: *const u8 = ctx.arg(0);
         // SAFETY: a direct load through the BTF-typed `bprm` keeps the verifier's type of
         // `bprm->file`, which bpf_d_path requires (a bpf_probe_read_kernel result would not).
@@ -28,12 +28,6 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
             read::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8,
             false,
         );
-        decide::path_actions(
-            info,
-            cgroup_id,
-            Target::Resolved(target),
-            inode,
-            &[Action::Exec],
-        )
+        decide::path_actions(info, Target::Resolved(target), inode, &[Action::Exec])
     })
 }

@@ -36,7 +36,7 @@ fn path_inode(p: *const u8) -> *const u8 {
 
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 1, |info, cgroup_id| {
+    decide::hook(&ctx, 1, |info| {
         let file: *const u8 = ctx.arg(0);
         let mode: u32 = read(file, get(&kernel::FILE_F_MODE));
         let flags: u32 = read(file, get(&kernel::FILE_F_FLAGS));
@@ -59,34 +59,34 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             (false, true) => &[Action::FileRead],
             (false, false) => return Ok(Verdict::Allow),
         };
-        path_actions(info, cgroup_id, target, inode, actions)
+        path_actions(info, target, inode, actions)
     })
 }
 
 #[lsm(hook = "path_truncate")]
 pub fn path_truncate(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 1, |info, cgroup_id| {
+    decide::hook(&ctx, 1, |info| {
         let p: *const path = ctx.arg(0);
         let inode = Inode::of(path_inode(p as *const u8), false);
-        path_actions(info, cgroup_id, Target::at(p), inode, &[Action::FileWrite])
+        path_actions(info, Target::at(p), inode, &[Action::FileWrite])
     })
 }
 
 #[lsm(hook = "path_chmod")]
 pub fn path_chmod(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 2, |info, cgroup_id| {
+    decide::hook(&ctx, 2, |info| {
         let p: *const path = ctx.arg(0);
         let inode = Inode::of(path_inode(p as *const u8), false);
-        path_actions(info, cgroup_id, Target::at(p), inode, &[Action::FileWrite])
+        path_actions(info, Target::at(p), inode, &[Action::FileWrite])
     })
 }
 
 #[lsm(hook = "path_chown")]
 pub fn path_chown(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 3, |info, cgroup_id| {
+    decide::hook(&ctx, 3, |info| {
         let p: *const path = ctx.arg(0);
         let inode = Inode::of(path_inode(p as *const u8), false);
-        path_actions(info, cgroup_id, Target::at(p), inode, &[Action::FileWrite])
+        path_actions(info, Target::at(p), inode, &[Action::FileWrite])
     })
 }
 
@@ -95,9 +95,9 @@ macro_rules! entry_write_hook {
     ($name:ident, $hook:literal, $nargs:literal) => {
         #[lsm(hook = $hook)]
         pub fn $name(ctx: LsmContext) -> i32 {
-            decide::hook(&ctx, $nargs, |info, cgroup_id| {
+            decide::hook(&ctx, $nargs, |info| {
                 let target = Target::Walk(ctx.arg(0), ctx.arg(1));
-                path_actions(info, cgroup_id, target, None, &[Action::FileWrite])
+                path_actions(info, target, None, &[Action::FileWrite])
             })
         }
     };
@@ -112,9 +112,9 @@ entry_write_hook!(path_symlink, "path_symlink", 3);
 /// a denied create leaves no empty file behind.
 #[lsm(hook = "path_mknod")]
 pub fn path_mknod(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 4, |info, cgroup_id| {
+    decide::hook(&ctx, 4, |info| {
         let target = Target::Walk(ctx.arg(0), ctx.arg(1));
-        path_actions(info, cgroup_id, target, None, &[Action::FileWrite])
+        path_actions(info, target, None, &[Action::FileWrite])
     })
 }
 
@@ -122,27 +122,21 @@ pub fn path_mknod(ctx: LsmContext) -> i32 {
 /// must be writable, readable, not a guarded path, and not a file denied by identity.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 3, |info, cgroup_id| {
+    decide::hook(&ctx, 3, |info| {
         let old: *const u8 = ctx.arg(0);
         let new_dir: *const path = ctx.arg(1);
         // A hard link can't cross mounts (do_linkat returns EXDEV first), so the source sits on
         // new_dir's mount and the walk can rebuild its path too.
         let source = Target::Walk(new_dir, old);
         let inode = Inode::of(dentry_inode(old), true);
-        let v = decide::moved_path(
-            info,
-            cgroup_id,
-            source,
-            inode,
-            &[Action::FileWrite, Action::FileRead],
-        )?;
+        let v = decide::moved_path(info, source, inode, &[Action::FileWrite, Action::FileRead])?;
         if v == Verdict::Deny {
             return Ok(v);
         }
         let target = Target::Walk(new_dir, ctx.arg(2));
         Ok(worst(
             v,
-            path_actions(info, cgroup_id, target, None, &[Action::FileWrite])?,
+            path_actions(info, target, None, &[Action::FileWrite])?,
         ))
     })
 }
@@ -151,17 +145,11 @@ pub fn path_link(ctx: LsmContext) -> i32 {
 /// read-denied tree would otherwise make it readable under its new name.
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 5, |info, cgroup_id| {
+    decide::hook(&ctx, 5, |info| {
         let from = Target::Walk(ctx.arg(0), ctx.arg(1));
         let to = Target::Walk(ctx.arg(2), ctx.arg(3));
         let flags: u32 = ctx.arg(4);
-        let mut v = decide::moved_path(
-            info,
-            cgroup_id,
-            from,
-            None,
-            &[Action::FileWrite, Action::FileRead],
-        )?;
+        let mut v = decide::moved_path(info, from, None, &[Action::FileWrite, Action::FileRead])?;
         if v != Verdict::Deny {
             // An exchange moves the target's file to the source's name as well.
             let to_actions: &[Action] = if flags & RENAME_EXCHANGE != 0 {
@@ -169,7 +157,7 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
             } else {
                 &[Action::FileWrite]
             };
-            v = worst(v, path_actions(info, cgroup_id, to, None, to_actions)?);
+            v = worst(v, path_actions(info, to, None, to_actions)?);
         }
         Ok(v)
     })

@@ -9,7 +9,7 @@ use crate::{kernel, maps};
 /// that every process and sub-cgroup beneath a label is covered without tracking them.
 /// Unlabelled tasks leave after one helper call and one lookup.
 #[inline(always)]
-pub fn current() -> Option<(LabelInfo, u64)> {
+pub fn current() -> Option<LabelInfo> {
     // SAFETY: a helper without pointer arguments.
     let cgroup_id =
         unsafe { bpf_get_current_ancestor_cgroup_id(kernel::get(&kernel::LABEL_LEVEL) as i32) };
@@ -24,5 +24,5 @@ pub fn current() -> Option<(LabelInfo, u64)> {
     };
     // SAFETY: the value is copied out before the program can be preempted by a writer.
     let info = unsafe { maps::LABELS.get(key) }?;
-    Some((*info, cgroup_id))
+    Some(*info)
 }

@@ -47,11 +47,11 @@ fn destination(addr: *const u8, len: i32) -> Option<Dest> {
 
 #[lsm(hook = "socket_connect")]
 pub fn socket_connect(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 3, |info, cgroup_id| {
+    decide::hook(&ctx, 3, |info| {
         let addr: *const u8 = ctx.arg(1);
         let len: i32 = ctx.arg(2);
         Ok(match destination(addr, len) {
-            Some(d) => decide::net_action(info, cgroup_id, &d),
+            Some(d) => decide::net_action(info, &d),
             None => Verdict::Allow,
         })
     })
@@ -59,14 +59,14 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "socket_sendmsg")]
 pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 3, |info, cgroup_id| {
+    decide::hook(&ctx, 3, |info| {
         let msg: *const u8 = ctx.arg(1);
         // msg_name points at the kernel's copy of the address, NULL on a connected socket
         // (judged at connect time).
         let name = read::<usize>(msg, get(&kernel::MSGHDR_MSG_NAME)) as *const u8;
         let len: i32 = read(msg, get(&kernel::MSGHDR_MSG_NAMELEN));
         Ok(match destination(name, len) {
-            Some(d) => decide::net_action(info, cgroup_id, &d),
+            Some(d) => decide::net_action(info, &d),
             None => Verdict::Allow,
         })
     })

@@ -57,6 +57,32 @@ impl LabelRoot {
     }
 }
 
+impl LabelRoot {
+    /// The path of the cgroup with this id beneath actgate's cgroup, as /proc/PID/cgroup
+    /// names it ("/actgate/<label>/…"). It outlives the process, unlike /proc/PID/cgroup.
+    pub fn cgroup_path(&self, id: u64) -> Option<String> {
+        let found = find_by_id(&self.dir, id, 16)?;
+        let mount = self.dir.parent()?;
+        Some(format!("/{}", found.strip_prefix(mount).ok()?.display()))
+    }
+}
+
+/// A directory beneath `dir` (or `dir` itself) whose inode number is `id`, at most `depth`
+/// levels down.
+fn find_by_id(dir: &Path, id: u64, depth: u32) -> Option<PathBuf> {
+    if fs::metadata(dir).ok()?.ino() == id {
+        return Some(dir.to_path_buf());
+    }
+    if depth == 0 {
+        return None;
+    }
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|e| find_by_id(&e.path(), id, depth - 1))
+}
+
 /// The mount point and hierarchy root of the first cgroup2 entry of a mountinfo text.
 fn cgroup2_mount(mountinfo: &str) -> Option<(String, String)> {
     mountinfo.lines().find_map(|line| {

@@ -1,6 +1,7 @@
 //! Events: ring buffer records → one JSON line each, appended to `--events FILE` (or stdout).
 
 use std::{
+    collections::HashMap,
     fs::{File, OpenOptions},
     io::{self, Write},
     net::{Ipv4Addr, Ipv6Addr},
@@ -72,15 +73,23 @@ fn boot_time() -> SystemTime {
 }
 
 /// The JSON line of an event, or None for the self-test's own label.
-fn to_line(e: &Event, state: &State, boot: SystemTime) -> Option<EventLine> {
+fn to_line(
+    e: &Event,
+    state: &State,
+    boot: SystemTime,
+    cgroups: &mut HashMap<u64, String>,
+) -> Option<EventLine> {
     let label = state.label(e.label)?;
-    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", e.tgid))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-        })
-        .unwrap_or_default();
+    let cgroup = match cgroups.get(&e.cgroup_id) {
+        Some(path) => path.clone(),
+        None => {
+            let path = state.root.cgroup_path(e.cgroup_id).unwrap_or_default();
+            if !path.is_empty() {
+                cgroups.insert(e.cgroup_id, path.clone());
+            }
+            path
+        }
+    };
     Some(EventLine {
         time: humantime::format_rfc3339_nanos(boot + Duration::from_nanos(e.time_ns)).to_string(),
         label: label.name,
@@ -169,6 +178,8 @@ pub fn spawn(ebpf: &mut Ebpf, state: Arc<State>, mut sink: Option<Sink>) -> Resu
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the EVENTS ring buffer: {e}"))?;
     let boot = boot_time();
+    // Cgroup id → path; cgroups are few and long-lived.
+    let mut cgroups = HashMap::new();
     tokio::spawn(async move {
         loop {
             let Ok(mut guard) = fd.readable_mut().await else {
@@ -184,7 +195,9 @@ pub fn spawn(ebpf: &mut Ebpf, state: Arc<State>, mut sink: Option<Sink>) -> Resu
                 // ring buffer's 8-byte alignment of records.
                 let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
                 drop(item);
-                let (Some(line), Some(sink)) = (to_line(&e, &state, boot), sink.as_mut()) else {
+                let (Some(line), Some(sink)) =
+                    (to_line(&e, &state, boot, &mut cgroups), sink.as_mut())
+                else {
                     continue;
                 };
                 match serde_json::to_string(&line) {
