@@ -222,7 +222,7 @@ fn judge_resolved(
         s.prefix_len = (8 * PATH_KEY_DATA) as u32;
         // SAFETY: `Scratch` starts with an LPM key: prefix_len, then PATH_KEY_DATA bytes.
         let key = unsafe { &*(s as *const Scratch as *const Key<[u8; PATH_KEY_DATA]>) };
-        flags = maps::PATH_RULES.get(key).copied().unwrap_or(0);
+        flags |= maps::PATH_RULES.get(key).copied().unwrap_or(0);
         if let Some(i) = inode {
             flags |= i.flags(info.ruleset, action);
         }
