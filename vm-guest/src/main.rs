@@ -2,6 +2,7 @@
 //! small probes (`try …`) that a labelled process runs to report exactly which errno an action
 //! met.
 
+mod bench;
 mod demo;
 mod harness;
 mod probe;
@@ -37,6 +38,23 @@ enum Cmd {
         #[arg(long)]
         policies: PathBuf,
     },
+    /// Measure what enforcement costs (`cargo xtask bench` runs this in a VM).
+    Bench {
+        #[arg(long)]
+        actgate: PathBuf,
+        /// Where to write the results as JSON (a table goes next to it as .txt).
+        #[arg(long)]
+        out: PathBuf,
+        /// Pairs of runs with the daemon stopped (A) and enforcing (B).
+        #[arg(long, default_value_t = 4)]
+        rounds: u32,
+        /// Seconds each operation is timed per run.
+        #[arg(long, default_value_t = 1.5)]
+        secs: f64,
+    },
+    /// Internal: the benchmark's worker, driven over stdin/stdout.
+    #[command(hide = true)]
+    BenchWorker,
     /// Attempt one action and print `OK` or the errno name (e.g. `EPERM`).
     Try {
         #[command(subcommand)]
@@ -58,6 +76,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Bench {
+            actgate,
+            out,
+            rounds,
+            secs,
+        } => {
+            let opts = bench::Options {
+                actgate,
+                out,
+                rounds,
+                secs,
+            };
+            match bench::run(&opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::BenchWorker => bench::worker(),
         Cmd::Try { action } => probe::run(action),
     }
 }

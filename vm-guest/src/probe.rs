@@ -1,7 +1,18 @@
 //! `vm-guest try <action>`: performs one action and prints `OK` or the errno's name, so a test
 //! asserts the exact errno a labelled process met.
+//!
+//! Every action is exactly one system call on the object under test (plus `socket` and `close`
+//! for the network ones), made through libc, so a test knows which hook judged it and how many
+//! decisions it cost.
 
-use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::PathBuf, process::ExitCode};
+use std::{
+    ffi::CString,
+    io,
+    net::SocketAddr,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::Subcommand;
 
@@ -9,18 +20,83 @@ use clap::Subcommand;
 pub enum Action {
     /// execve(PATH) with no arguments; on success the program replaces this process.
     Exec { path: PathBuf },
+    /// open(PATH, O_RDONLY).
+    OpenRead { path: PathBuf },
+    /// open(PATH, O_WRONLY).
+    OpenWrite { path: PathBuf },
+    /// open(PATH, O_WRONLY|O_APPEND).
+    OpenAppend { path: PathBuf },
+    /// open(PATH, O_RDWR).
+    OpenRdwr { path: PathBuf },
+    /// open(PATH, O_WRONLY|O_TRUNC).
+    OpenTrunc { path: PathBuf },
+    /// open(PATH, O_CREAT|O_WRONLY|O_EXCL, 0644).
+    Create { path: PathBuf },
+    /// open(PATH, O_CREAT|O_RDONLY, 0644).
+    CreateRdonly { path: PathBuf },
+    /// truncate(PATH, LEN).
+    Truncate { path: PathBuf, len: i64 },
+    /// unlink(PATH).
+    Unlink { path: PathBuf },
+    /// mkdir(PATH, 0755).
+    Mkdir { path: PathBuf },
+    /// rmdir(PATH).
+    Rmdir { path: PathBuf },
+    /// mkfifo(PATH, 0644).
+    Mkfifo { path: PathBuf },
+    /// rename(FROM, TO).
+    Rename { from: PathBuf, to: PathBuf },
+    /// link(FROM, TO).
+    Link { from: PathBuf, to: PathBuf },
+    /// symlink(TARGET, LINKPATH).
+    Symlink { target: PathBuf, linkpath: PathBuf },
+    /// chmod(PATH, MODE), MODE in octal.
+    Chmod { path: PathBuf, mode: String },
+    /// chown(PATH, UID, GID).
+    Chown { path: PathBuf, uid: u32, gid: u32 },
+    /// A TCP socket's connect(ADDR:PORT); IPv6 as `[::1]:9000`.
+    ConnectTcp { addr: SocketAddr },
+    /// A UDP socket's connect(ADDR:PORT), then send(2) of one datagram (no destination).
+    ConnectUdp { addr: SocketAddr },
+    /// sendto(ADDR:PORT) of one datagram from an unconnected, unbound UDP socket.
+    SendtoUdp { addr: SocketAddr },
+    /// An AF_UNIX stream socket's connect(PATH).
+    ConnectUnix { path: PathBuf },
+    /// open(PATH, O_RDONLY) as fast as possible for SECONDS; prints the number of attempts
+    /// (every one of which must meet EPERM).
+    FloodOpen { path: PathBuf, seconds: f64 },
 }
 
 pub fn errno_name(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::EPERM) => "EPERM".into(),
-        Some(libc::EACCES) => "EACCES".into(),
-        Some(libc::ENOENT) => "ENOENT".into(),
-        Some(libc::EEXIST) => "EEXIST".into(),
-        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
-        Some(n) => format!("errno {n}"),
-        None => e.to_string(),
-    }
+    let name = match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM",
+        Some(libc::EACCES) => "EACCES",
+        Some(libc::ENOENT) => "ENOENT",
+        Some(libc::EEXIST) => "EEXIST",
+        Some(libc::ENOTDIR) => "ENOTDIR",
+        Some(libc::EISDIR) => "EISDIR",
+        Some(libc::ENOTEMPTY) => "ENOTEMPTY",
+        Some(libc::EINVAL) => "EINVAL",
+        Some(libc::EBADF) => "EBADF",
+        Some(libc::EXDEV) => "EXDEV",
+        Some(libc::EROFS) => "EROFS",
+        Some(libc::ELOOP) => "ELOOP",
+        Some(libc::ENXIO) => "ENXIO",
+        Some(libc::ETXTBSY) => "ETXTBSY",
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED",
+        Some(libc::ECONNRESET) => "ECONNRESET",
+        Some(libc::EADDRINUSE) => "EADDRINUSE",
+        Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL",
+        Some(libc::EAFNOSUPPORT) => "EAFNOSUPPORT",
+        Some(libc::ENETUNREACH) => "ENETUNREACH",
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH",
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT",
+        Some(libc::EINPROGRESS) => "EINPROGRESS",
+        Some(libc::EDESTADDRREQ) => "EDESTADDRREQ",
+        Some(n) => return format!("errno {n}"),
+        None => return e.to_string(),
+    };
+    name.into()
 }
 
 fn report(result: io::Result<()>) -> ExitCode {
@@ -36,11 +112,20 @@ fn report(result: io::Result<()>) -> ExitCode {
     }
 }
 
-fn cstring(p: &PathBuf) -> io::Result<CString> {
+fn cstring(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-fn exec(path: &PathBuf) -> io::Result<()> {
+/// A libc return value: -1 means errno says why.
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn exec(path: &Path) -> io::Result<()> {
     let c = cstring(path)?;
     let argv = [c.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null()];
@@ -49,8 +134,232 @@ fn exec(path: &PathBuf) -> io::Result<()> {
     Err(io::Error::last_os_error())
 }
 
+/// open(2) with FLAGS (O_CLOEXEC added), then close.
+fn open(path: &Path, flags: libc::c_int) -> io::Result<()> {
+    let c = cstring(path)?;
+    // SAFETY: a NUL-terminated path; the mode argument is read only with O_CREAT.
+    let fd =
+        check(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o644 as libc::c_uint) })?;
+    // SAFETY: closing the descriptor we just opened.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// A call taking one path.
+fn path_call(path: &Path, call: impl FnOnce(*const libc::c_char) -> libc::c_int) -> io::Result<()> {
+    let c = cstring(path)?;
+    check(call(c.as_ptr())).map(drop)
+}
+
+/// A call taking two paths.
+fn two_path_call(
+    a: &Path,
+    b: &Path,
+    call: impl FnOnce(*const libc::c_char, *const libc::c_char) -> libc::c_int,
+) -> io::Result<()> {
+    let (a, b) = (cstring(a)?, cstring(b)?);
+    check(call(a.as_ptr(), b.as_ptr())).map(drop)
+}
+
+/// A socket address in the layout the kernel takes, with its length.
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// A socket closed when dropped.
+struct Socket(libc::c_int);
+
+impl Socket {
+    fn new(family: libc::c_int, kind: libc::c_int) -> io::Result<Socket> {
+        // SAFETY: plain system call.
+        check(unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, 0) }).map(Socket)
+    }
+
+    fn for_addr(addr: &SocketAddr, kind: libc::c_int) -> io::Result<Socket> {
+        let family = match addr {
+            SocketAddr::V4(_) => libc::AF_INET,
+            SocketAddr::V6(_) => libc::AF_INET6,
+        };
+        Socket::new(family, kind)
+    }
+
+    fn connect_raw(&self, sa: *const libc::sockaddr, len: libc::socklen_t) -> io::Result<()> {
+        // SAFETY: `sa` points to `len` valid bytes of a socket address.
+        check(unsafe { libc::connect(self.0, sa, len) }).map(drop)
+    }
+
+    fn connect(&self, addr: &SocketAddr) -> io::Result<()> {
+        let (storage, len) = sockaddr(addr);
+        self.connect_raw(&storage as *const _ as *const libc::sockaddr, len)
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+const DATAGRAM: &[u8] = b"actgate-probe";
+
+fn connect_tcp(addr: &SocketAddr) -> io::Result<()> {
+    Socket::for_addr(addr, libc::SOCK_STREAM)?.connect(addr)
+}
+
+fn connect_udp(addr: &SocketAddr) -> io::Result<()> {
+    let s = Socket::for_addr(addr, libc::SOCK_DGRAM)?;
+    s.connect(addr)?;
+    // SAFETY: a valid buffer of the given length.
+    let sent = unsafe { libc::send(s.0, DATAGRAM.as_ptr().cast(), DATAGRAM.len(), 0) };
+    check(sent as libc::c_int).map(drop)
+}
+
+fn sendto_udp(addr: &SocketAddr) -> io::Result<()> {
+    let s = Socket::for_addr(addr, libc::SOCK_DGRAM)?;
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: a valid buffer and socket address of the given lengths.
+    let sent = unsafe {
+        libc::sendto(
+            s.0,
+            DATAGRAM.as_ptr().cast(),
+            DATAGRAM.len(),
+            0,
+            &storage as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
+    check(sent as libc::c_int).map(drop)
+}
+
+fn connect_unix(path: &Path) -> io::Result<()> {
+    let s = Socket::new(libc::AF_UNIX, libc::SOCK_STREAM)?;
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= sun.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (dst, src) in sun.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    s.connect_raw(
+        &sun as *const _ as *const libc::sockaddr,
+        std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+    )
+}
+
+fn chmod(path: &Path, mode: &str) -> io::Result<()> {
+    let mode = libc::mode_t::from_str_radix(mode, 8)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY (all the path calls below): NUL-terminated paths that outlive the call.
+    path_call(path, |p| unsafe { libc::chmod(p, mode) })
+}
+
 pub fn run(action: Action) -> ExitCode {
-    match action {
-        Action::Exec { path } => report(exec(&path)),
+    use libc::{O_APPEND, O_CREAT, O_EXCL, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY};
+    let result = match &action {
+        Action::Exec { path } => exec(path),
+        Action::OpenRead { path } => open(path, O_RDONLY),
+        Action::OpenWrite { path } => open(path, O_WRONLY),
+        Action::OpenAppend { path } => open(path, O_WRONLY | O_APPEND),
+        Action::OpenRdwr { path } => open(path, O_RDWR),
+        Action::OpenTrunc { path } => open(path, O_WRONLY | O_TRUNC),
+        Action::Create { path } => open(path, O_CREAT | O_WRONLY | O_EXCL),
+        Action::CreateRdonly { path } => open(path, O_CREAT | O_RDONLY),
+        Action::Truncate { path, len } => {
+            path_call(path, |p| unsafe { libc::truncate(p, *len as libc::off_t) })
+        }
+        Action::Unlink { path } => path_call(path, |p| unsafe { libc::unlink(p) }),
+        Action::Mkdir { path } => path_call(path, |p| unsafe { libc::mkdir(p, 0o755) }),
+        Action::Rmdir { path } => path_call(path, |p| unsafe { libc::rmdir(p) }),
+        Action::Mkfifo { path } => path_call(path, |p| unsafe { libc::mkfifo(p, 0o644) }),
+        Action::Rename { from, to } => {
+            two_path_call(from, to, |a, b| unsafe { libc::rename(a, b) })
+        }
+        Action::Link { from, to } => two_path_call(from, to, |a, b| unsafe { libc::link(a, b) }),
+        Action::Symlink { target, linkpath } => {
+            two_path_call(target, linkpath, |a, b| unsafe { libc::symlink(a, b) })
+        }
+        Action::Chmod { path, mode } => chmod(path, mode),
+        Action::Chown { path, uid, gid } => {
+            path_call(path, |p| unsafe { libc::chown(p, *uid, *gid) })
+        }
+        Action::ConnectTcp { addr } => connect_tcp(addr),
+        Action::ConnectUdp { addr } => connect_udp(addr),
+        Action::SendtoUdp { addr } => sendto_udp(addr),
+        Action::ConnectUnix { path } => connect_unix(path),
+        Action::FloodOpen { path, seconds } => return flood_open(path, *seconds),
+    };
+    report(result)
+}
+
+/// Repeats open(PATH, O_RDONLY) until SECONDS have passed. Prints the attempt count when all
+/// met EPERM, else says what else happened (and exits 1).
+fn flood_open(path: &Path, seconds: f64) -> ExitCode {
+    let c = match cstring(path) {
+        Ok(c) => c,
+        Err(e) => return report(Err(e)),
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    let (mut attempts, mut other, mut first_other) = (0u64, 0u64, None);
+    while std::time::Instant::now() < end {
+        attempts += 1;
+        // SAFETY: a NUL-terminated path that outlives the call.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        let outcome = if fd >= 0 {
+            // SAFETY: closing the descriptor we just opened.
+            unsafe { libc::close(fd) };
+            Some("OK".to_string())
+        } else {
+            let e = io::Error::last_os_error();
+            (e.raw_os_error() != Some(libc::EPERM)).then(|| errno_name(&e))
+        };
+        if let Some(o) = outcome {
+            other += 1;
+            first_other.get_or_insert(o);
+        }
+    }
+    match first_other {
+        None => {
+            println!("{attempts}");
+            ExitCode::SUCCESS
+        }
+        Some(o) => {
+            println!("{attempts} attempts, {other} did not meet EPERM (first: {o})");
+            ExitCode::from(1)
+        }
     }
 }

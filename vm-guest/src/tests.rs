@@ -2,12 +2,18 @@
 //! asserts what a user would observe: exit codes, errno names, file contents, metric values.
 
 mod exec;
+mod files;
+mod net;
+mod telemetry;
 
 use std::{fs, io::Write, path::Path, process::ExitCode};
 
 use crate::harness::{Ctx, NotPassed, Outcome};
 
 pub type Test = (&'static str, fn(&Ctx) -> Outcome);
+
+/// A suite runs the selected tests of one area with the daemons it needs.
+type Suite = fn(&Ctx, &dyn Fn(&str) -> bool) -> Vec<(&'static str, Outcome)>;
 
 /// Writes each result as it comes, so a VM that dies midway still reports what ran.
 struct Report {
@@ -65,8 +71,13 @@ pub fn run_all(actgate: &Path, results: &Path, filter: Option<&str>) -> ExitCode
     let _ = fs::remove_dir_all(&ctx.dir);
     report.line(&format!("# kernel {}", kernel()));
     let selected = |name: &str| filter.is_none_or(|f| name.contains(f));
-    for (name, outcome) in exec::suite(&ctx, &selected) {
-        report.record(name, outcome);
+    // Each suite stops its daemons before the next starts: they share the metrics port and
+    // the control socket.
+    let suites: [Suite; 4] = [exec::suite, files::suite, net::suite, telemetry::suite];
+    for suite in suites {
+        for (name, outcome) in suite(&ctx, &selected) {
+            report.record(name, outcome);
+        }
     }
     let kernel = kernel();
     report.line(&format!(

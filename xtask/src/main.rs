@@ -45,10 +45,10 @@ enum Task {
         /// The kernel series to boot (6.12 or 6.1).
         #[arg(long, default_value = bench::DEFAULT_KERNEL)]
         kernel: String,
-        /// Pairs of runs with the daemon stopped and enforcing (default 3).
+        /// Pairs of runs with the daemon stopped and enforcing (default 4).
         #[arg(long)]
         rounds: Option<u32>,
-        /// Seconds each operation is timed per run (default 2).
+        /// Seconds each operation is timed per run (default 1.5).
         #[arg(long)]
         secs: Option<f64>,
     },
