@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::{root, setup::matrix_kernels};
 
 /// A VM's whole run, boot included, must finish within this.
-const VM_TIMEOUT_SECS: u32 = 1200;
+const VM_TIMEOUT_SECS: u32 = 1800;
 
 fn target_dir() -> PathBuf {
     root().join("target")
