@@ -229,7 +229,24 @@ pub struct Event {
     pub comm: [u8; COMM_LEN],
     /// NUL-terminated resolved path of an exec or file target (truncated to fit).
     pub path: [u8; EVENT_PATH],
+    /// The binary the process last executed under its label (`EXES`), as the kernel resolved
+    /// it then; empty when the kernel never saw it. Captured in the kernel because the process
+    /// may be gone before the daemon reads the event.
+    pub exe: [u8; EVENT_PATH],
 }
+
+/// Key of the kernel's `EXES` map: a process (thread group) by its tgid and its leader's start
+/// time (ns since boot), so that a recycled pid never inherits another process's entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub start_time: u64,
+}
+
+/// Processes whose executable the kernel remembers (least recently used ones are evicted).
+pub const MAX_PROCESSES: u32 = 16384;
 
 /// Kernel-side error counters, indexed by these slots.
 pub const ERR_PATH: u32 = 0;
@@ -272,9 +289,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<LabelKey>(), 16);
         assert_eq!(core::mem::size_of::<LabelInfo>(), 16);
         assert_eq!(core::mem::size_of::<PathKey>(), 4 + PATH_KEY_DATA);
+        assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(
             core::mem::size_of::<Event>(),
-            8 + 8 + 5 * 4 + 4 + 2 + 6 + 16 + COMM_LEN + EVENT_PATH
+            8 + 8 + 5 * 4 + 4 + 2 + 6 + 16 + COMM_LEN + 2 * EVENT_PATH
         );
     }
 }

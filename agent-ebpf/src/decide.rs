@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
+        generated::bpf_get_current_cgroup_id,
     },
     maps::{PerCpuArray, lpm_trie::Key},
 };
@@ -85,6 +85,17 @@ pub fn read<T: Default>(base: *const u8, offset: u64) -> T {
         .unwrap_or_default()
 }
 
+/// Loads a field of a kernel object whose BTF type the verifier knows: a hook's argument, or a
+/// pointer loaded through `field` from one. The verifier turns the plain load into a
+/// fault-safe PROBE_MEM load, which costs far less than `read`'s helper call. `offset` must be
+/// one of the frozen .rodata globals (`kernel.rs`), which the verifier reads as constants.
+#[inline(always)]
+pub fn field<T>(base: *const u8, offset: u64) -> T {
+    // SAFETY: see above; the verifier checks the access against the BTF type, and a faulting
+    // PROBE_MEM load yields 0.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize) as *const T) }
+}
+
 /// A file identified by inode, for rules that must also hold for its other names.
 #[derive(Clone, Copy)]
 pub struct Inode {
@@ -93,22 +104,23 @@ pub struct Inode {
 }
 
 impl Inode {
-    /// The inode of a `struct inode *`, but only when it has more than one name (or `always`):
-    /// a file with a single link can only be reached through the path judged anyway.
+    /// The inode of a BTF-typed `struct inode *` (see `field`), but only when it has more than
+    /// one name (or `always`): a file with a single link can only be reached through the path
+    /// judged anyway.
     #[inline(always)]
     pub fn of(inode: *const u8, always: bool) -> Option<Inode> {
         if inode.is_null() {
             return None;
         }
-        let nlink: u32 = read(inode, get(&kernel::INODE_I_NLINK));
+        let nlink: u32 = field(inode, get(&kernel::INODE_I_NLINK));
         if nlink <= 1 && !always {
             return None;
         }
-        let sb: *const u8 = read::<usize>(inode, get(&kernel::INODE_I_SB)) as *const u8;
-        let dev: u32 = read(sb, get(&kernel::SUPER_BLOCK_S_DEV));
+        let sb = field::<usize>(inode, get(&kernel::INODE_I_SB)) as *const u8;
+        let dev: u32 = field(sb, get(&kernel::SUPER_BLOCK_S_DEV));
         Some(Inode {
             dev: u64::from(dev),
-            ino: read(inode, get(&kernel::INODE_I_INO)),
+            ino: field(inode, get(&kernel::INODE_I_INO)),
         })
     }
 
@@ -144,6 +156,19 @@ pub fn path_actions(
     actions: &[Action],
 ) -> Result<Verdict, u32> {
     judge_path(info, target, inode, actions, false)
+}
+
+/// An exec of the binary at `target`. Unlike other path actions its path is always resolved:
+/// a binary the process may run is remembered as its `exe` (see `process.rs`).
+#[inline(always)]
+pub fn exec_action(info: &LabelInfo, target: Target, inode: Option<Inode>) -> Result<Verdict, u32> {
+    let s = scratch().ok_or(ERR_SCRATCH)?;
+    crate::path::resolve(s, target)?;
+    let v = judge_resolved(info, Action::Exec, s, inode, false);
+    if v != Verdict::Deny {
+        crate::process::remember_exe(&s.path);
+    }
+    Ok(v)
 }
 
 /// Like `path_actions` for the source of a rename or hard link: its file_write decision also
@@ -301,6 +326,7 @@ pub fn record(info: &LabelInfo, action: Action, v: Verdict, fill_target: impl Fn
     e.addr = [0; 16];
     e.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     e.path[0] = 0;
+    crate::process::fill_exe(e);
     fill_target(e);
     entry.submit(0);
 }
@@ -308,8 +334,7 @@ pub fn record(info: &LabelInfo, action: Action, v: Verdict, fill_target: impl Fn
 /// The tgid of the current task's parent, through BTF offsets the daemon passed in.
 #[inline(always)]
 fn parent_tgid() -> u32 {
-    // SAFETY: a helper without arguments.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let task = crate::process::current_task();
     let parent = read::<usize>(task, get(&kernel::TASK_STRUCT_REAL_PARENT)) as *const u8;
     read(parent, get(&kernel::TASK_STRUCT_TGID))
 }

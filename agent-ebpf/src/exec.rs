@@ -1,12 +1,12 @@
 //! exec: `bprm_check_security` runs once the kernel has opened the binary (and again for the
 //! interpreter of a script), so `bprm->file` is the real file whatever name or symlink the
-//! caller used.
+//! caller used. The last binary checked is the one the process runs, which `process.rs`
+//! remembers for the process's events.
 
-use agent_common::Action;
 use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
 
 use crate::{
-    decide::{self, Inode, read},
+    decide::{self, Inode, field},
     kernel::{self, get},
     path::Target,
 };
@@ -25,9 +25,9 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         let target = file.wrapping_add(get(&kernel::FILE_F_PATH) as usize) as *const path;
         // Another hard link to a denied binary is the same file: judge it by inode too.
         let inode = Inode::of(
-            read::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8,
+            field::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8,
             false,
         );
-        decide::path_actions(info, Target::Resolved(target), inode, &[Action::Exec])
+        decide::exec_action(info, Target::Resolved(target), inode)
     })
 }

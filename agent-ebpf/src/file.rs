@@ -6,7 +6,7 @@ use agent_common::{Action, Verdict};
 use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
 
 use crate::{
-    decide::{self, Inode, path_actions, read, worst},
+    decide::{self, Inode, field, path_actions, worst},
     kernel::{self, get},
     path::Target,
 };
@@ -22,24 +22,24 @@ const FMODE_EXEC: u32 = 0x20;
 const FMODE_NOACCOUNT: u32 = 1 << 29;
 const RENAME_EXCHANGE: u32 = 1 << 1;
 
-/// The inode behind a `struct dentry *`.
+/// The inode behind a BTF-typed `struct dentry *`.
 #[inline(always)]
 fn dentry_inode(dentry: *const u8) -> *const u8 {
-    read::<usize>(dentry, get(&kernel::DENTRY_D_INODE)) as *const u8
+    field::<usize>(dentry, get(&kernel::DENTRY_D_INODE)) as *const u8
 }
 
-/// The inode a `struct path` ({ vfsmount *mnt; dentry *dentry; }) names.
+/// The inode a BTF-typed `struct path` ({ vfsmount *mnt; dentry *dentry; }) names.
 #[inline(always)]
 fn path_inode(p: *const u8) -> *const u8 {
-    dentry_inode(read::<usize>(p, 8) as *const u8)
+    dentry_inode(field::<usize>(p, 8) as *const u8)
 }
 
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
     decide::hook(&ctx, 1, |info| {
         let file: *const u8 = ctx.arg(0);
-        let mode: u32 = read(file, get(&kernel::FILE_F_MODE));
-        let flags: u32 = read(file, get(&kernel::FILE_F_FLAGS));
+        let mode: u32 = field(file, get(&kernel::FILE_F_MODE));
+        let flags: u32 = field(file, get(&kernel::FILE_F_FLAGS));
         // open_exec() marks its opens with __FMODE_EXEC in f_flags; FMODE_EXEC in f_mode is
         // not set on every kernel.
         if (mode | flags) & FMODE_EXEC != 0 || mode & FMODE_NOACCOUNT != 0 {
@@ -50,7 +50,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         let target =
             Target::Resolved(file.wrapping_add(get(&kernel::FILE_F_PATH) as usize) as *const path);
         let inode = Inode::of(
-            read::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8,
+            field::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8,
             false,
         );
         let actions: &[Action] = match (mode & FMODE_WRITE != 0, mode & FMODE_READ != 0) {
@@ -63,32 +63,24 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     })
 }
 
-#[lsm(hook = "path_truncate")]
-pub fn path_truncate(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 1, |info| {
-        let p: *const path = ctx.arg(0);
-        let inode = Inode::of(path_inode(p as *const u8), false);
-        path_actions(info, Target::at(p), inode, &[Action::FileWrite])
-    })
+/// A hook whose first argument is the `struct path` of an existing file that it changes
+/// (truncate, chmod, chown).
+macro_rules! existing_write_hook {
+    ($name:ident, $hook:literal, $nargs:literal) => {
+        #[lsm(hook = $hook)]
+        pub fn $name(ctx: LsmContext) -> i32 {
+            decide::hook(&ctx, $nargs, |info| {
+                let p: *const path = ctx.arg(0);
+                let inode = Inode::of(path_inode(p as *const u8), false);
+                path_actions(info, Target::at(p), inode, &[Action::FileWrite])
+            })
+        }
+    };
 }
 
-#[lsm(hook = "path_chmod")]
-pub fn path_chmod(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 2, |info| {
-        let p: *const path = ctx.arg(0);
-        let inode = Inode::of(path_inode(p as *const u8), false);
-        path_actions(info, Target::at(p), inode, &[Action::FileWrite])
-    })
-}
-
-#[lsm(hook = "path_chown")]
-pub fn path_chown(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 3, |info| {
-        let p: *const path = ctx.arg(0);
-        let inode = Inode::of(path_inode(p as *const u8), false);
-        path_actions(info, Target::at(p), inode, &[Action::FileWrite])
-    })
-}
+existing_write_hook!(path_truncate, "path_truncate", 1);
+existing_write_hook!(path_chmod, "path_chmod", 2);
+existing_write_hook!(path_chown, "path_chown", 3);
 
 /// A hook whose first two arguments are (directory, entry) and that writes that entry.
 macro_rules! entry_write_hook {

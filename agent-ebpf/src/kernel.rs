@@ -12,6 +12,10 @@ pub static TASK_STRUCT_REAL_PARENT: u64 = 0;
 #[unsafe(no_mangle)]
 pub static TASK_STRUCT_TGID: u64 = 0;
 #[unsafe(no_mangle)]
+pub static TASK_STRUCT_GROUP_LEADER: u64 = 0;
+#[unsafe(no_mangle)]
+pub static TASK_STRUCT_START_TIME: u64 = 0;
+#[unsafe(no_mangle)]
 pub static FILE_F_MODE: u64 = 0;
 #[unsafe(no_mangle)]
 pub static FILE_F_INODE: u64 = 0;

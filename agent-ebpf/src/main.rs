@@ -2,7 +2,8 @@
 //! against the rule maps the daemon fills, and deny with -EPERM before the action happens.
 //!
 //! One file per hook family (`exec.rs`, `file.rs`, `net.rs`); `label.rs` finds the calling
-//! task's label, `decide.rs` turns rule lookups into a verdict, counts it and reports it.
+//! task's label, `decide.rs` turns rule lookups into a verdict, counts it and reports it, and
+//! `process.rs` remembers which binary each labelled process runs, for its events.
 #![no_std]
 #![no_main]
 // Atomic adds for exact per-CPU counters; see decide::bump.
@@ -17,6 +18,7 @@ mod label;
 mod maps;
 mod net;
 mod path;
+mod process;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,12 +1,12 @@
 //! Every map the programs share with the daemon. The daemon finds them by these names.
 
 use agent_common::{
-    Action, Config, DECISION_SLOTS, ERR_SLOTS, InodeKey, LabelInfo, LabelKey, MAX_LABELS,
-    NET_KEY_DATA, PATH_BUF, PATH_KEY_DATA, PATH_KEY_HEADER,
+    Action, Config, DECISION_SLOTS, ERR_SLOTS, EVENT_PATH, InodeKey, LabelInfo, LabelKey,
+    MAX_LABELS, MAX_PROCESSES, NET_KEY_DATA, PATH_BUF, PATH_KEY_DATA, PATH_KEY_HEADER, ProcessKey,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 #[map]
@@ -42,6 +42,11 @@ pub static EVENTS_DROPPED: PerCpuArray<u64> =
 /// Internal errors, per `agent_common::ERR_*` slot. An error never denies.
 #[map]
 pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_SLOTS, 0);
+
+/// The binary each labelled process last executed, for events (see `process.rs`).
+#[map]
+pub static EXES: LruHashMap<ProcessKey, [u8; EVENT_PATH]> =
+    LruHashMap::with_max_entries(MAX_PROCESSES, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);

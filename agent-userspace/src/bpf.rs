@@ -3,7 +3,10 @@
 use std::{fs, path::Path};
 
 use anyhow::{Context, Result, bail};
-use aya::{Btf, Ebpf, EbpfLoader, programs::Lsm};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, Lsm},
+};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::info;
 
@@ -29,6 +32,9 @@ pub const HOOKS: &[&str] = &[
     "socket_connect",
     "socket_sendmsg",
 ];
+
+/// The tracepoint that hands a labelled parent's binary to a forked child, for events' `exe`.
+const FORK_TRACEPOINT: &str = "sched_process_fork";
 
 /// Map sizes that the daemon chooses at load time.
 pub struct Sizes {
@@ -106,6 +112,15 @@ pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<(Eb
             .with_context(|| format!("attaching LSM program {hook}"))?;
         info!(hook, "attached");
     }
+    let fork: &mut BtfTracePoint = ebpf
+        .program_mut(FORK_TRACEPOINT)
+        .with_context(|| format!("program {FORK_TRACEPOINT} is missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {FORK_TRACEPOINT} is not a BTF tracepoint"))?;
+    fork.load(FORK_TRACEPOINT, &btf)
+        .with_context(|| format!("the kernel refused tracepoint program {FORK_TRACEPOINT}"))?;
+    fork.attach()
+        .with_context(|| format!("attaching tracepoint program {FORK_TRACEPOINT}"))?;
     info!(offsets = ?offsets, label_level = level, "kernel programs loaded");
     Ok((ebpf, logger))
 }

@@ -60,6 +60,18 @@ fn target(e: &Event) -> String {
     }
 }
 
+/// The binary the kernel saw the process execute under its label. A process that came into the
+/// label without an exec (moved into its cgroup from outside) is looked up in /proc instead,
+/// which works while it still runs.
+fn exe(e: &Event) -> String {
+    if e.exe[0] != 0 {
+        return c_str(&e.exe);
+    }
+    std::fs::read_link(format!("/proc/{}/exe", e.tgid))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 /// Wall-clock time of CLOCK_MONOTONIC zero, to turn `bpf_ktime_get_ns` into RFC 3339.
 fn boot_time() -> SystemTime {
     let mut ts = libc::timespec {
@@ -101,9 +113,7 @@ fn to_line(
         ppid: e.ppid,
         uid: e.uid,
         comm: c_str(&e.comm),
-        exe: std::fs::read_link(format!("/proc/{}/exe", e.tgid))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
+        exe: exe(e),
         cgroup,
     })
 }
@@ -140,29 +150,36 @@ impl Sink {
         })
     }
 
+    /// Reopens the file if it was moved away (log rotation) or SIGHUP asked for it. Called
+    /// once per batch of events rather than per line: lines written meanwhile land in the
+    /// moved file, which is where a rotation expects them.
+    pub fn follow_rotation(&mut self) -> io::Result<()> {
+        let Sink::File { path, file, reopen } = self else {
+            return Ok(());
+        };
+        let asked = reopen.swap(false, Ordering::SeqCst);
+        let moved = match (std::fs::metadata(&*path), file.metadata()) {
+            (Ok(on_disk), Ok(open)) => on_disk.ino() != open.ino() || on_disk.dev() != open.dev(),
+            _ => true,
+        };
+        if asked || moved {
+            *file = open_append(path).map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    /// Appends one line with a single write, so a reader never sees half of it.
     pub fn write_line(&mut self, line: &str) -> io::Result<()> {
+        let mut text = String::with_capacity(line.len() + 1);
+        text.push_str(line);
+        text.push('\n');
         match self {
             Sink::Stdout => {
                 let mut out = io::stdout().lock();
-                writeln!(out, "{line}")?;
+                out.write_all(text.as_bytes())?;
                 out.flush()
             }
-            Sink::File { path, file, reopen } => {
-                let moved = match (std::fs::metadata(&*path), file.metadata()) {
-                    (Ok(on_disk), Ok(open)) => {
-                        on_disk.ino() != open.ino() || on_disk.dev() != open.dev()
-                    }
-                    _ => true,
-                };
-                if moved || reopen.swap(false, Ordering::SeqCst) {
-                    *file = OpenOptions::new().create(true).append(true).open(&*path)?;
-                }
-                let mut text = String::with_capacity(line.len() + 1);
-                text.push_str(line);
-                text.push('\n');
-                file.write_all(text.as_bytes())?;
-                file.flush()
-            }
+            Sink::File { file, .. } => file.write_all(text.as_bytes()),
         }
     }
 }
@@ -186,6 +203,11 @@ pub fn spawn(ebpf: &mut Ebpf, state: Arc<State>, mut sink: Option<Sink>) -> Resu
                 warn!("the events ring buffer can no longer be read");
                 return;
             };
+            if let Some(sink) = sink.as_mut()
+                && let Err(err) = sink.follow_rotation()
+            {
+                warn!(error = %err, "reopening the events file failed");
+            }
             let ring = guard.get_inner_mut();
             while let Some(item) = ring.next() {
                 if item.len() < size_of::<Event>() {

@@ -3,6 +3,7 @@
 
 mod exec;
 mod files;
+mod labels;
 mod net;
 mod telemetry;
 
@@ -73,7 +74,13 @@ pub fn run_all(actgate: &Path, results: &Path, filter: Option<&str>) -> ExitCode
     let selected = |name: &str| filter.is_none_or(|f| name.contains(f));
     // Each suite stops its daemons before the next starts: they share the metrics port and
     // the control socket.
-    let suites: [Suite; 4] = [exec::suite, files::suite, net::suite, telemetry::suite];
+    let suites: [Suite; 5] = [
+        exec::suite,
+        files::suite,
+        net::suite,
+        labels::suite,
+        telemetry::suite,
+    ];
     for suite in suites {
         for (name, outcome) in suite(&ctx, &selected) {
             report.record(name, outcome);

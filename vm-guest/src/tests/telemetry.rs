@@ -504,8 +504,7 @@ struct Expected<'a> {
     target: &'a str,
     pid: u32,
     /// The process's executable, which implies its cgroup is the label's too; None for a
-    /// process that may be gone (or have exec'd) before the daemon reads the event, a case
-    /// `event_of_exited_process_names_its_cgroup` covers by itself.
+    /// process that may have exec'd something else before the daemon reads the event.
     exe: Option<&'a str>,
     window: (f64, f64),
 }
@@ -1193,7 +1192,7 @@ fn events_have_every_field_exactly(ctx: &Ctx, daemon: &Daemon) -> Outcome {
 
 /// The usual case: a tool is denied and exits at once, before the daemon reads the event.
 /// Stopping the daemon makes that order certain.
-fn event_of_exited_process_names_its_cgroup(ctx: &Ctx, daemon: &Daemon) -> Outcome {
+fn event_of_exited_process_names_its_exe_and_cgroup(ctx: &Ctx, daemon: &Daemon) -> Outcome {
     let rdenied = t(ctx, "read-denied.txt");
     let script = format!(
         "read go; exec {} try open-read {rdenied}",
@@ -1249,9 +1248,8 @@ fn event_of_exited_process_names_its_cgroup(ctx: &Ctx, daemon: &Daemon) -> Outco
             verdict: "deny",
             target: &rdenied,
             pid,
-            // `exe` is read from /proc when the daemon handles the event, so it is empty for a
-            // process that has exited (README, Limits); the cgroup comes from the kernel.
-            exe: None,
+            // Both come from the kernel, so they outlive the process.
+            exe: Some(&guest_exe(ctx)?),
             window: (start, unix_now()),
         },
     )
@@ -1532,8 +1530,8 @@ pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
             events_have_every_field_exactly,
         ),
         (
-            "event_of_exited_process_names_its_cgroup",
-            event_of_exited_process_names_its_cgroup,
+            "event_of_exited_process_names_its_exe_and_cgroup",
+            event_of_exited_process_names_its_exe_and_cgroup,
         ),
         (
             "events_file_follows_rename_and_sighup",

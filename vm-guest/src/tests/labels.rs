@@ -1,0 +1,88 @@
+//! Many labels at once: 256 policies, each with its own label and rule, load under one daemon,
+//! and each label is held to its own rule only.
+
+use std::path::Path;
+
+use super::files::{decisions, own_tmpfs, scrape, unmount};
+use crate::{
+    expect_eq,
+    harness::{self, Ctx, Daemon, NotPassed, Outcome},
+};
+
+const LABELS: usize = 256;
+const TEST: &str = "policies_for_256_labels_load_and_each_label_gets_its_own_rules";
+
+fn label(i: usize) -> String {
+    format!("many-{i:03}")
+}
+
+fn secret(ctx: &Ctx, i: usize) -> String {
+    ctx.path(&format!("labels/secret-{i:03}"))
+        .display()
+        .to_string()
+}
+
+fn policy(ctx: &Ctx, i: usize) -> String {
+    format!(
+        "name: vmtest-many-{i:03}\nlabels: [{}]\nmode: enforce\nfiles:\n  read:\n    default: allow\n    deny:\n      - {}\n",
+        label(i),
+        secret(ctx, i)
+    )
+}
+
+fn many_labels_load_and_enforce(ctx: &Ctx) -> Outcome {
+    let dir = ctx.path("labels/policies");
+    for i in 0..LABELS {
+        harness::write(&dir.join(format!("many-{i:03}.yaml")), &policy(ctx, i))?;
+        harness::write(Path::new(&secret(ctx, i)), "x")?;
+    }
+    let daemon = Daemon::start(ctx, &dir, &[])?;
+    let outcome = (|| -> Outcome {
+        for i in [0, LABELS / 2, LABELS - 1] {
+            let other = (i + 1) % LABELS;
+            expect_eq!(
+                ctx.attempt(Some(&label(i)), &["open-read", &secret(ctx, i)]),
+                "EPERM",
+                "label {} reads its own denied file",
+                label(i)
+            );
+            expect_eq!(
+                ctx.attempt(Some(&label(i)), &["open-read", &secret(ctx, other)]),
+                "OK",
+                "label {} reads the file denied to {}",
+                label(i),
+                label(other)
+            );
+        }
+        let body = scrape()?;
+        expect_eq!(
+            harness::metric(&body, "actgate_policies_loaded"),
+            LABELS as f64,
+            "actgate_policies_loaded"
+        );
+        expect_eq!(
+            decisions(&body, &label(LABELS - 1), "file_read", "deny"),
+            1.0,
+            "file_read denials of label {}",
+            label(LABELS - 1)
+        );
+        Ok(())
+    })();
+    let stopped = daemon.stop().map_err(NotPassed::from).and_then(|status| {
+        expect_eq!(status.code(), Some(0), "daemon exit code after SIGTERM");
+        Ok(())
+    });
+    outcome.and(stopped)
+}
+
+/// Runs the many-labels test with a daemon of its own.
+pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Vec<(&'static str, Outcome)> {
+    if !selected(TEST) {
+        return Vec::new();
+    }
+    let outcome = own_tmpfs(&ctx.path("labels"))
+        .map_err(NotPassed::from)
+        .and_then(|()| many_labels_load_and_enforce(ctx));
+    unmount(&ctx.path("labels"));
+    vec![(TEST, outcome)]
+}
