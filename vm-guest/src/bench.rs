@@ -23,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_common::HOOKS;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
@@ -889,24 +890,6 @@ impl Results {
 // ---------------------------------------------------------------------------------------------
 // Per-program run time (kernel.bpf_stats_enabled)
 // ---------------------------------------------------------------------------------------------
-
-/// The hooks' full names; the kernel keeps 15 characters of a program's name.
-const HOOKS: &[&str] = &[
-    "bprm_check_security",
-    "file_open",
-    "path_truncate",
-    "path_chmod",
-    "path_chown",
-    "path_unlink",
-    "path_rmdir",
-    "path_mkdir",
-    "path_symlink",
-    "path_mknod",
-    "path_link",
-    "path_rename",
-    "socket_connect",
-    "socket_sendmsg",
-];
 
 /// Program tag → name, from the JIT's symbols (`bpf_prog_<tag>_<name>`).
 fn prog_names() -> BTreeMap<String, String> {
