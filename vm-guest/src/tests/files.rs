@@ -5,7 +5,7 @@ use std::{
     fs,
     io::{BufRead, BufReader, Write},
     os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, ChildStdin},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     expect_eq,
-    harness::{self, Ctx, Daemon, NotPassed, Outcome, http_get},
+    harness::{self, Ctx, Daemon, Outcome, Results, scrape},
 };
 
 const LABEL: &str = "vmfiles";
@@ -207,21 +207,7 @@ pub(super) fn eventually(want: &str, mut probe: impl FnMut() -> Result<String>) 
 
 /// The value of `actgate_decisions_total` for one label, action and verdict in a scrape.
 pub(super) fn decisions(body: &str, label: &str, action: &str, verdict: &str) -> f64 {
-    harness::metric(
-        body,
-        &format!(
-            "actgate_decisions_total{{label=\"{label}\",action=\"{action}\",verdict=\"{verdict}\"}}"
-        ),
-    )
-}
-
-/// A /metrics scrape that must answer 200.
-pub(super) fn scrape() -> Result<String> {
-    let (code, body) = http_get("/metrics")?;
-    if code != 200 {
-        bail!("/metrics answered {code}");
-    }
-    Ok(body)
+    harness::metric(body, &harness::decision_series(label, action, verdict))
 }
 
 /// A labelled `sh` that stays alive and runs commands sent to it one at a time, so a test can
@@ -242,12 +228,8 @@ impl Session {
         let script = format!(
             "echo ready; while read -r line; do eval \"$line\" 2>&1; echo \"{STATUS}$?\"; done"
         );
-        let mut child = Command::new(&ctx.actgate)
-            .args(["exec", "--label", label, "--", "/bin/sh", "-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        let mut child = ctx
+            .spawn_labelled_sh(label, &script)
             .context("starting a labelled shell")?;
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().context("no stdout")?;
@@ -1372,8 +1354,6 @@ fn denied_read_event_names_the_resolved_file(ctx: &Ctx, daemon: &Daemon) -> Outc
     Ok(())
 }
 
-type Results = Vec<(&'static str, Outcome)>;
-
 /// Runs the file tests against one daemon, then stops it.
 pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
     let tests: [crate::tests::Test; 33] = [
@@ -1529,18 +1509,9 @@ fn with_daemon(ctx: &Ctx, chosen: &[&crate::tests::Test], event_test: bool, resu
         results.push(("files_fixtures", Err(e.into())));
         return;
     }
-    let daemon = match Daemon::start(ctx, &ctx.path("files/policies"), &[]) {
-        Ok(d) => d,
-        Err(e) => {
-            let why = format!("{e:#}");
-            for (name, _) in chosen {
-                results.push((
-                    name,
-                    Err(NotPassed::Fail(format!("daemon did not start: {why}"))),
-                ));
-            }
-            return;
-        }
+    let names = chosen.iter().map(|(n, _)| *n);
+    let Some(daemon) = harness::start_for(ctx, &ctx.path("files/policies"), names, results) else {
+        return;
     };
     for (name, test) in chosen {
         results.push((name, test(ctx)));
@@ -1551,14 +1522,7 @@ fn with_daemon(ctx: &Ctx, chosen: &[&crate::tests::Test], event_test: bool, resu
             denied_read_event_names_the_resolved_file(ctx, &daemon),
         ));
     }
-    if let Err(e) = daemon.stop().map_err(NotPassed::from).and_then(|status| {
-        expect_eq!(
-            status.code(),
-            Some(0),
-            "files daemon exit code after SIGTERM"
-        );
-        Ok(())
-    }) {
-        results.push(("files_daemon_stops", Err(e)));
+    if let Err(e) = daemon.stop_cleanly() {
+        results.push(("files_daemon_stops", Err(e.into())));
     }
 }
