@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::files::{Session, decisions, eventually, own_tmpfs, unmount};
+use super::files::{Session, decisions, eventually, expect_decision_changes, own_tmpfs, unmount};
 use crate::{
     expect_eq,
     harness::{self, Ctx, Daemon, NotPassed, Outcome, Results, fail_all, scrape},
@@ -480,30 +480,27 @@ fn audit_mode_allows_and_counts_exactly(ctx: &Ctx, l: &Listeners, daemon: &Daemo
     let after = scrape()?;
 
     let execs = connects.len() + writes.len() + 1;
-    let delta = |body: &str, base: &str, action: &str, verdict: &str| {
-        decisions(body, AUDIT, action, verdict) - decisions(base, AUDIT, action, verdict)
-    };
-    for (action, verdict, want) in [
-        ("connect", "audit", connects.len()),
-        ("file_write", "audit", writes.len()),
-        ("exec", "audit", execs),
-        ("connect", "allow", 0),
-        ("connect", "deny", 0),
-        ("file_write", "allow", 0),
-        ("file_write", "deny", 0),
-        ("file_read", "allow", 0),
-        ("file_read", "deny", 0),
-        ("exec", "allow", 0),
-        ("exec", "deny", 0),
-    ] {
-        expect_eq!(
-            delta(&after, &before, action, verdict),
-            want as f64,
-            "change of actgate_decisions_total{{label=\"{AUDIT}\",action=\"{action}\",verdict=\"{verdict}\"}}"
-        );
-    }
+    expect_decision_changes(
+        AUDIT,
+        &before,
+        &after,
+        &[
+            ("connect", "audit", connects.len()),
+            ("file_write", "audit", writes.len()),
+            ("exec", "audit", execs),
+            ("connect", "allow", 0),
+            ("connect", "deny", 0),
+            ("file_write", "allow", 0),
+            ("file_write", "deny", 0),
+            ("file_read", "allow", 0),
+            ("file_read", "deny", 0),
+            ("exec", "allow", 0),
+            ("exec", "deny", 0),
+        ],
+    )?;
     expect_eq!(
-        delta(&reads_after, &reads_before, "file_read", "audit"),
+        decisions(&reads_after, AUDIT, "file_read", "audit")
+            - decisions(&reads_before, AUDIT, "file_read", "audit"),
         READS as f64,
         "change of actgate_decisions_total{{label=\"{AUDIT}\",action=\"file_read\",verdict=\"audit\"}} over {READS} redirections"
     );

@@ -252,6 +252,20 @@ fn expect_deltas(
     }
 }
 
+/// Fails unless `actgate_enforcement_verified` is `want` for every action; `when` ends the
+/// failure's description.
+fn expect_verified(body: &str, want: u64, when: &str) -> Outcome {
+    for a in ACTIONS {
+        let series = format!("actgate_enforcement_verified{{action=\"{a}\"}}");
+        expect_eq!(
+            sample(body, &series)?,
+            want,
+            "actgate_enforcement_verified for {a}{when}"
+        );
+    }
+    Ok(())
+}
+
 fn processes_series(label: &str) -> String {
     format!("actgate_labelled_processes{{label=\"{label}\"}}")
 }
@@ -591,15 +605,8 @@ fn metrics_after_start(ctx: &Ctx, _: &Daemon) -> Outcome {
         Some("# EOF"),
         "the last line of the OpenMetrics scrape"
     );
+    expect_verified(&body, 1, "")?;
     for a in ACTIONS {
-        expect_eq!(
-            sample(
-                &body,
-                &format!("actgate_enforcement_verified{{action=\"{a}\"}}")
-            )?,
-            1,
-            "actgate_enforcement_verified for {a}"
-        );
         sample(
             &body,
             &format!("actgate_events_dropped_total{{action=\"{a}\"}}"),
@@ -1399,16 +1406,7 @@ fn selftest_with_allow_unverified_runs_unready(ctx: &Ctx) -> Outcome {
     expect_eq!(http_get("/healthz")?.0, 200, "/healthz when unverified");
     expect_eq!(http_get("/readyz")?.0, 503, "/readyz when unverified");
     let body = scrape()?;
-    for a in ACTIONS {
-        expect_eq!(
-            sample(
-                &body,
-                &format!("actgate_enforcement_verified{{action=\"{a}\"}}")
-            )?,
-            0,
-            "actgate_enforcement_verified for {a} when unverified"
-        );
-    }
+    expect_verified(&body, 0, " when unverified")?;
     let st = status_json(ctx)?;
     expect_eq!(st["ready"], Value::Bool(false), "ready in {st}");
     for a in ACTIONS {
