@@ -65,6 +65,26 @@ impl Verdict {
     }
 }
 
+/// Every LSM hook actgate attaches a program to; each program is named after its hook. The
+/// daemon attaches them by these names, and the benchmark recognises them by these names
+/// (the kernel keeps only 15 characters of a program's name).
+pub const HOOKS: &[&str] = &[
+    "bprm_check_security",
+    "file_open",
+    "path_truncate",
+    "path_chmod",
+    "path_chown",
+    "path_unlink",
+    "path_rmdir",
+    "path_mkdir",
+    "path_symlink",
+    "path_mknod",
+    "path_link",
+    "path_rename",
+    "socket_connect",
+    "socket_sendmsg",
+];
+
 /// Most labels the maps hold at once. Label indexes are never reused while the daemon runs, so
 /// counters stay attached to their label across reloads.
 pub const MAX_LABELS: u32 = 1024;

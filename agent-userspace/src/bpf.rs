@@ -2,6 +2,7 @@
 
 use std::{fs, path::Path};
 
+use agent_common::HOOKS;
 use anyhow::{Context, Result, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -14,24 +15,6 @@ use crate::{btf, cgroup::LabelRoot};
 
 /// The object built by build.rs from agent-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
-
-/// Every LSM program in the object, by the hook it attaches to.
-pub const HOOKS: &[&str] = &[
-    "bprm_check_security",
-    "file_open",
-    "path_truncate",
-    "path_chmod",
-    "path_chown",
-    "path_unlink",
-    "path_rmdir",
-    "path_mkdir",
-    "path_symlink",
-    "path_mknod",
-    "path_link",
-    "path_rename",
-    "socket_connect",
-    "socket_sendmsg",
-];
 
 /// The tracepoint that hands a labelled parent's binary to a forked child, for events' `exe`.
 const FORK_TRACEPOINT: &str = "sched_process_fork";

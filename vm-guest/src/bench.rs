@@ -23,10 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_common::HOOKS;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::harness::{http_get, metric};
+use crate::harness::{self, Daemon, metric};
 
 const LABEL: &str = "bench";
 const DIR: &str = "/tmp/actgate-bench";
@@ -662,96 +663,6 @@ impl Drop for Worker {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The daemon
-// ---------------------------------------------------------------------------------------------
-
-struct Daemon {
-    child: Child,
-    events: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(actgate: &Path, policies: &Path, events: &Path, log: &Path) -> Result<Daemon> {
-        let _ = fs::remove_file(events);
-        let t = Instant::now();
-        let child = Command::new(actgate)
-            .arg("run")
-            .arg("--policies")
-            .arg(policies)
-            .arg("--events")
-            .arg(events)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(log)?)
-            .stderr(fs::File::options().append(true).open(log)?)
-            .spawn()
-            .context("starting actgate run")?;
-        let mut d = Daemon {
-            child,
-            events: events.to_path_buf(),
-            log: log.to_path_buf(),
-        };
-        let deadline = t + Duration::from_secs(READY_SECS);
-        loop {
-            if let Some(status) = d.child.try_wait()? {
-                bail!("actgate run exited early ({status}):\n{}", d.log_text());
-            }
-            if matches!(http_get("/readyz"), Ok((200, _))) {
-                progress(&format!(
-                    "daemon ready with {} in {:.0} s",
-                    policies.display(),
-                    t.elapsed().as_secs_f64()
-                ));
-                return Ok(d);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "actgate run was not ready within {READY_SECS} s:\n{}",
-                    d.log_text()
-                );
-            }
-            thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) -> Result<()> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    bail!("actgate run exited with {status}:\n{}", self.log_text());
-                }
-                // Its programs are detached once the process is gone.
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("actgate run did not exit within 60 s of SIGTERM");
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Statistics
 // ---------------------------------------------------------------------------------------------
 
@@ -889,24 +800,6 @@ impl Results {
 // ---------------------------------------------------------------------------------------------
 // Per-program run time (kernel.bpf_stats_enabled)
 // ---------------------------------------------------------------------------------------------
-
-/// The hooks' full names; the kernel keeps 15 characters of a program's name.
-const HOOKS: &[&str] = &[
-    "bprm_check_security",
-    "file_open",
-    "path_truncate",
-    "path_chmod",
-    "path_chown",
-    "path_unlink",
-    "path_rmdir",
-    "path_mkdir",
-    "path_symlink",
-    "path_mknod",
-    "path_link",
-    "path_rename",
-    "socket_connect",
-    "socket_sendmsg",
-];
 
 /// Program tag → name, from the JIT's symbols (`bpf_prog_<tag>_<name>`).
 fn prog_names() -> BTreeMap<String, String> {
@@ -1128,24 +1021,29 @@ impl Bench {
     fn start(&mut self, rules: usize) -> Result<Daemon> {
         self.starts += 1;
         let root = &self.paths.root;
-        Daemon::start(
+        let policies = self.paths.policies(rules);
+        let t = Instant::now();
+        let daemon = Daemon::launch(
             &self.actgate,
-            &self.paths.policies(rules),
+            &policies,
             &root.join(format!("events-{}.jsonl", self.starts)),
             &root.join(format!("daemon-{}.log", self.starts)),
-        )
+            &[],
+            Duration::from_secs(READY_SECS),
+        )?;
+        progress(&format!(
+            "daemon ready with {} in {:.0} s",
+            policies.display(),
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(daemon)
     }
 
     fn flood(&mut self, daemon: &Daemon) -> Result<Value> {
-        let series_deny = format!(
-            "actgate_decisions_total{{label=\"{LABEL}\",action=\"file_read\",verdict=\"deny\"}}"
-        );
+        let series_deny = harness::decision_series(LABEL, "file_read", "deny");
         let series_drop = "actgate_events_dropped_total{action=\"file_read\"}";
         let scrape = || -> Result<(f64, f64)> {
-            let (code, body) = http_get("/metrics")?;
-            if code != 200 {
-                bail!("/metrics answered {code}");
-            }
+            let body = harness::scrape()?;
             Ok((metric(&body, &series_deny), metric(&body, series_drop)))
         };
         let count = || count_events(&daemon.events);
@@ -1556,7 +1454,7 @@ pub fn run(opts: &Options) -> Result<()> {
     progress(&format!("labelled worker in cgroup {}", w.cgroup));
     bench.labelled = Some(w);
     bench.measure(Phase::Scale(10), 0, &scale_ops, &[true], ms * 2)?;
-    daemon.stop()?;
+    daemon.stop_cleanly()?;
 
     let mut flood = Value::Null;
     let mut stats = Value::Null;
@@ -1585,11 +1483,11 @@ pub fn run(opts: &Options) -> Result<()> {
                 .bpf_stats(&daemon)
                 .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
         }
-        daemon.stop()?;
+        daemon.stop_cleanly()?;
     }
     let daemon = bench.start(10000)?;
     bench.measure(Phase::Scale(10000), 0, &scale_ops, &[true], ms * 2)?;
-    daemon.stop()?;
+    daemon.stop_cleanly()?;
 
     let res = &bench.results;
     let read = res.compare(true, Op::OpenRead);

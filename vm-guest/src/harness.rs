@@ -2,6 +2,7 @@
 //! `actgate exec`, plain HTTP to its endpoint, and outcomes that never turn a skip into a pass.
 
 use std::{
+    ffi::OsStr,
     fs,
     io::{Read, Write},
     net::TcpStream,
@@ -59,14 +60,37 @@ impl Ctx {
         self.dir.join(rel)
     }
 
+    /// `actgate exec --label LABEL --`, for the caller to add the command and its stdio.
+    pub fn labelled_command(&self, label: &str) -> Command {
+        let mut cmd = Command::new(&self.actgate);
+        cmd.args(["exec", "--label", label, "--"]);
+        cmd
+    }
+
+    /// `actgate exec --label LABEL -- vm-guest try`, for the caller to add the probe.
+    pub fn labelled_probe(&self, label: &str) -> Command {
+        let mut cmd = self.labelled_command(label);
+        cmd.arg(&self.guest).arg("try");
+        cmd
+    }
+
     /// `actgate exec --label LABEL -- ARGS…`.
     pub fn labelled(&self, label: &str, args: &[&str]) -> Output {
-        Command::new(&self.actgate)
-            .args(["exec", "--label", label, "--"])
+        self.labelled_command(label)
             .args(args)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| failed_output(&e))
+    }
+
+    /// `sh -c SCRIPT` as label LABEL, running on, with pipes to all of its stdio.
+    pub fn spawn_labelled_sh(&self, label: &str, script: &str) -> std::io::Result<Child> {
+        self.labelled_command(label)
+            .args(["/bin/sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
     }
 
     /// `vm-guest try …` as label LABEL (or unlabelled with None); returns its verdict line.
@@ -133,12 +157,75 @@ pub fn http_get(path: &str) -> Result<(u16, String)> {
     Ok((code, body))
 }
 
+/// A /metrics scrape that must answer 200.
+pub fn scrape() -> Result<String> {
+    let (code, body) = http_get("/metrics")?;
+    if code != 200 {
+        bail!("/metrics answered {code}: {body}");
+    }
+    Ok(body)
+}
+
+/// The decision counter of one label, action and verdict, named as /metrics writes it.
+pub fn decision_series(label: &str, action: &str, verdict: &str) -> String {
+    format!(
+        "actgate_decisions_total{{label=\"{label}\",action=\"{action}\",verdict=\"{verdict}\"}}"
+    )
+}
+
 /// The value of one sample on /metrics, e.g.
 /// `actgate_decisions_total{label="t",action="exec",verdict="deny"}`; 0 if absent.
 pub fn metric(body: &str, series: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// What a suite reports: each test's name and outcome, in the order they ran.
+pub type Results = Vec<(&'static str, Outcome)>;
+
+/// Records each of `names` as failed for one reason (a daemon or fixtures they all need).
+pub fn fail_all(results: &mut Results, names: impl IntoIterator<Item = &'static str>, why: &str) {
+    for name in names {
+        results.push((name, Err(NotPassed::Fail(why.to_string()))));
+    }
+}
+
+/// `actgate run --policies POLICIES ARGS…` with its stdout and stderr in LOG; not waited for.
+pub fn spawn_run(actgate: &Path, policies: &Path, args: &[&OsStr], log: &Path) -> Result<Child> {
+    Command::new(actgate)
+        .arg("run")
+        .arg("--policies")
+        .arg(policies)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(log)?)
+        .stderr(fs::File::options().append(true).open(log)?)
+        .spawn()
+        .context("starting actgate run")
+}
+
+/// The exit status of `child`, once it exits within `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Kills `child` unless it has exited, and reaps it: what a drop does with a process a test
+/// left running.
+pub fn kill_and_reap(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// The real daemon, started as a child; killed if a test forgets to stop it.
@@ -149,25 +236,40 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `actgate run` and waits until /readyz says 200.
+    /// Starts `actgate run` with the suite's events file and log, and waits until /readyz
+    /// says 200.
     pub fn start(ctx: &Ctx, policies: &Path, extra: &[&str]) -> Result<Daemon> {
-        let log = ctx.path("daemon.log");
-        let events = ctx.path("events.jsonl");
-        let _ = fs::remove_file(&events);
-        let child = Command::new(&ctx.actgate)
-            .arg("run")
-            .arg("--policies")
-            .arg(policies)
-            .arg("--events")
-            .arg(&events)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&log)?)
-            .stderr(fs::File::options().append(true).open(&log)?)
-            .spawn()
-            .context("starting actgate run")?;
-        let mut d = Daemon { child, log, events };
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let (events, log) = (ctx.path("events.jsonl"), ctx.path("daemon.log"));
+        Daemon::launch(
+            &ctx.actgate,
+            policies,
+            &events,
+            &log,
+            extra,
+            Duration::from_secs(120),
+        )
+    }
+
+    /// Starts `actgate run` writing a fresh EVENTS file and its output to LOG, and waits up to
+    /// `ready_within` until /readyz says 200.
+    pub fn launch(
+        actgate: &Path,
+        policies: &Path,
+        events: &Path,
+        log: &Path,
+        extra: &[&str],
+        ready_within: Duration,
+    ) -> Result<Daemon> {
+        let _ = fs::remove_file(events);
+        let mut args = vec![OsStr::new("--events"), events.as_os_str()];
+        args.extend(extra.iter().map(OsStr::new));
+        let child = spawn_run(actgate, policies, &args, log)?;
+        let mut d = Daemon {
+            child,
+            log: log.to_path_buf(),
+            events: events.to_path_buf(),
+        };
+        let deadline = Instant::now() + ready_within;
         loop {
             if let Some(status) = d.child.try_wait()? {
                 bail!("actgate run exited early ({status}):\n{}", d.log_text());
@@ -176,10 +278,18 @@ impl Daemon {
                 return Ok(d);
             }
             if Instant::now() > deadline {
-                bail!("actgate run never became ready:\n{}", d.log_text());
+                bail!(
+                    "actgate run was not ready within {} s:\n{}",
+                    ready_within.as_secs(),
+                    d.log_text()
+                );
             }
             thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log_text(&self) -> String {
@@ -188,30 +298,50 @@ impl Daemon {
 
     pub fn signal(&self, sig: i32) {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> Result<ExitStatus> {
         self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!("actgate run did not exit within 60 s of SIGTERM");
-            }
-            thread::sleep(Duration::from_millis(100));
+        match wait_exit(&mut self.child, Duration::from_secs(60))? {
+            Some(status) => Ok(status),
+            None => bail!("actgate run did not exit within 60 s of SIGTERM"),
         }
+    }
+
+    /// SIGTERM, and an error unless it exited 0 (with its log, which says why).
+    pub fn stop_cleanly(self) -> Result<()> {
+        let log = self.log.clone();
+        let status = self.stop()?;
+        if !status.success() {
+            bail!(
+                "actgate run exited with {status} after SIGTERM:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        Ok(())
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
+    }
+}
+
+/// Starts a suite's daemon; when it doesn't start, records each of `names` as failed.
+pub fn start_for(
+    ctx: &Ctx,
+    policies: &Path,
+    names: impl IntoIterator<Item = &'static str>,
+    results: &mut Results,
+) -> Option<Daemon> {
+    match Daemon::start(ctx, policies, &[]) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            fail_all(results, names, &format!("daemon did not start: {e:#}"));
+            None
         }
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use crate::{
     expect_eq,
-    harness::{self, Ctx, Daemon, NotPassed, Outcome, RAN, http_get},
+    harness::{self, Ctx, NotPassed, Outcome, RAN, Results, http_get},
 };
 
 const LABEL: &str = "vmtest";
@@ -206,8 +206,6 @@ fn check_reports_every_problem_with_position(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
-type Results = Vec<(&'static str, Outcome)>;
-
 /// Runs the exec tests against one daemon, then stops it and checks the exit.
 pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
     let with_daemon: [crate::tests::Test; 8] = [
@@ -244,20 +242,12 @@ pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
         "check_reports_every_problem_with_position",
         check_reports_every_problem_with_position(ctx),
     ));
-    let daemon = match Daemon::start(ctx, &ctx.path("policies"), &[]) {
-        Ok(d) => d,
-        Err(e) => {
-            let why = format!("{e:#}");
-            for (name, _) in with_daemon.iter().filter(|(n, _)| selected(n)) {
-                results.push((
-                    name,
-                    Err(NotPassed::Fail(format!("daemon did not start: {why}"))),
-                ));
-            }
-            return results;
-        }
+    let chosen: Vec<_> = with_daemon.iter().filter(|(n, _)| selected(n)).collect();
+    let names = chosen.iter().map(|(n, _)| *n);
+    let Some(daemon) = harness::start_for(ctx, &ctx.path("policies"), names, &mut results) else {
+        return results;
     };
-    for (name, test) in with_daemon.iter().filter(|(n, _)| selected(n)) {
+    for (name, test) in chosen {
         results.push((name, test(ctx)));
     }
     // Unlabelled runs come while the daemon enforces, to show they are untouched.
@@ -265,11 +255,10 @@ pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
         "unlabelled_process_runs_denied_files",
         unlabelled_process_runs_denied_files(ctx),
     ));
-    let stopped = daemon.stop().map_err(NotPassed::from).and_then(|status| {
-        expect_eq!(status.code(), Some(0), "daemon exit code after SIGTERM");
-        Ok(())
-    });
-    results.push(("sigterm_stops_the_daemon_with_exit_0", stopped));
+    results.push((
+        "sigterm_stops_the_daemon_with_exit_0",
+        daemon.stop_cleanly().map_err(NotPassed::from),
+    ));
     results.push((
         "exec_without_daemon_is_refused",
         exec_without_daemon_is_refused(ctx),

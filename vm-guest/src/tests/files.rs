@@ -5,7 +5,7 @@ use std::{
     fs,
     io::{BufRead, BufReader, Write},
     os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, ChildStdin},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     expect_eq,
-    harness::{self, Ctx, Daemon, NotPassed, Outcome, http_get},
+    harness::{self, Ctx, Daemon, Outcome, Results, scrape},
 };
 
 const LABEL: &str = "vmfiles";
@@ -207,21 +207,26 @@ pub(super) fn eventually(want: &str, mut probe: impl FnMut() -> Result<String>) 
 
 /// The value of `actgate_decisions_total` for one label, action and verdict in a scrape.
 pub(super) fn decisions(body: &str, label: &str, action: &str, verdict: &str) -> f64 {
-    harness::metric(
-        body,
-        &format!(
-            "actgate_decisions_total{{label=\"{label}\",action=\"{action}\",verdict=\"{verdict}\"}}"
-        ),
-    )
+    harness::metric(body, &harness::decision_series(label, action, verdict))
 }
 
-/// A /metrics scrape that must answer 200.
-pub(super) fn scrape() -> Result<String> {
-    let (code, body) = http_get("/metrics")?;
-    if code != 200 {
-        bail!("/metrics answered {code}");
+/// Fails unless each `(action, verdict, want)` decision counter of `label` grew by exactly
+/// `want` from the scrape `before` to the scrape `after`.
+pub(super) fn expect_decision_changes(
+    label: &str,
+    before: &str,
+    after: &str,
+    changes: &[(&str, &str, usize)],
+) -> Outcome {
+    for (action, verdict, want) in changes {
+        expect_eq!(
+            decisions(after, label, action, verdict) - decisions(before, label, action, verdict),
+            *want as f64,
+            "change of {}",
+            harness::decision_series(label, action, verdict)
+        );
     }
-    Ok(body)
+    Ok(())
 }
 
 /// A labelled `sh` that stays alive and runs commands sent to it one at a time, so a test can
@@ -242,12 +247,8 @@ impl Session {
         let script = format!(
             "echo ready; while read -r line; do eval \"$line\" 2>&1; echo \"{STATUS}$?\"; done"
         );
-        let mut child = Command::new(&ctx.actgate)
-            .args(["exec", "--label", label, "--", "/bin/sh", "-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        let mut child = ctx
+            .spawn_labelled_sh(label, &script)
             .context("starting a labelled shell")?;
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().context("no stdout")?;
@@ -358,6 +359,83 @@ impl Drop for Session {
     }
 }
 
+/// One write operation, tried on the file `name` in the workspace, where the policy allows
+/// it, then outside every rule and in the locked tree, where it denies it.
+struct WriteOp<A, D> {
+    /// The probe, and its arguments after the path.
+    probe: (&'static str, &'static [&'static str]),
+    /// What failure messages call it.
+    what: &'static str,
+    name: &'static str,
+    /// Makes each path's starting state.
+    prepare: fn(&str) -> Result<()>,
+    /// What the allowed operation must leave at its path, and how to read it.
+    allowed: (fn(&str) -> A, A),
+    /// What each denied operation must leave at its path.
+    denied: (fn(&str) -> D, D),
+}
+
+impl<A: PartialEq + std::fmt::Debug, D: PartialEq + std::fmt::Debug> WriteOp<A, D> {
+    fn check(&self, ctx: &Ctx) -> Outcome {
+        let (probe, extra) = self.probe;
+        let what = self.what;
+        let try_at = |path: &str| {
+            let mut args = vec![probe, path];
+            args.extend_from_slice(extra);
+            labelled(ctx, &args)
+        };
+        let path = f(ctx, &format!("ws/{}", self.name));
+        (self.prepare)(&path)?;
+        expect_eq!(try_at(&path), "OK", "{what} in the workspace");
+        let (read, want) = &self.allowed;
+        expect_eq!(read(&path), *want, "what {what} left in the workspace");
+        for dir in ["outside", "ws/locked"] {
+            let rel = format!("{dir}/{}", self.name);
+            let path = f(ctx, &rel);
+            (self.prepare)(&path)?;
+            expect_eq!(try_at(&path), "EPERM", "{what} of {rel}");
+            let (read, want) = &self.denied;
+            expect_eq!(read(&path), *want, "{rel} after a denied {what}");
+        }
+        Ok(())
+    }
+}
+
+/// Runs each `(probe, rel, want, what)`: `probe` as the label on the suite's path `rel`, which
+/// must answer `want`; `what` names the step in a failure.
+fn expect_verdicts(ctx: &Ctx, steps: &[(&str, &str, &str, &str)]) -> Outcome {
+    for (probe, rel, want, what) in steps {
+        expect_eq!(labelled(ctx, &[probe, &f(ctx, rel)]), *want, "{what}");
+    }
+    Ok(())
+}
+
+/// A labelled create of `rel` that must be denied and leave nothing behind.
+fn create_is_denied(ctx: &Ctx, rel: &str) -> Outcome {
+    let path = f(ctx, rel);
+    expect_eq!(
+        labelled(ctx, &["create", &path]),
+        "EPERM",
+        "create of {rel}"
+    );
+    expect_eq!(exists(&path), false, "a denied create made {rel}");
+    Ok(())
+}
+
+fn is_dir(path: &str) -> Option<bool> {
+    fs::metadata(path).map(|m| m.is_dir()).ok()
+}
+
+fn is_fifo(path: &str) -> Option<bool> {
+    fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_fifo())
+        .ok()
+}
+
+fn owner(path: &str) -> Option<(u32, u32)> {
+    fs::metadata(path).ok().map(|m| (m.uid(), m.gid()))
+}
+
 // ---- each write operation, allowed and denied ----
 
 fn open_for_write_follows_write_rules(ctx: &Ctx) -> Outcome {
@@ -392,29 +470,15 @@ fn open_for_write_follows_write_rules(ctx: &Ctx) -> Outcome {
 }
 
 fn open_with_truncate_follows_write_rules(ctx: &Ctx) -> Outcome {
-    let allowed = f(ctx, "ws/trunc.txt");
-    fresh(&allowed, "0123456789\n")?;
-    expect_eq!(
-        labelled(ctx, &["open-trunc", &allowed]),
-        "OK",
-        "O_TRUNC open in the workspace"
-    );
-    expect_eq!(read(&allowed), Some(String::new()), "content after O_TRUNC");
-    for rel in ["outside/trunc.txt", "ws/locked/trunc.txt"] {
-        let denied = f(ctx, rel);
-        fresh(&denied, "0123456789\n")?;
-        expect_eq!(
-            labelled(ctx, &["open-trunc", &denied]),
-            "EPERM",
-            "O_TRUNC open of {rel}"
-        );
-        expect_eq!(
-            read(&denied),
-            Some("0123456789\n".to_string()),
-            "content of {rel} after a denied O_TRUNC open"
-        );
+    WriteOp {
+        probe: ("open-trunc", &[]),
+        what: "O_TRUNC open",
+        name: "trunc.txt",
+        prepare: |p| fresh(p, "0123456789\n"),
+        allowed: (read, Some(String::new())),
+        denied: (read, Some("0123456789\n".to_string())),
     }
-    Ok(())
+    .check(ctx)
 }
 
 fn create_follows_write_rules(ctx: &Ctx) -> Outcome {
@@ -471,143 +535,69 @@ fn create_for_reading_needs_read_too(ctx: &Ctx) -> Outcome {
 }
 
 fn truncate_follows_write_rules(ctx: &Ctx) -> Outcome {
-    let allowed = f(ctx, "ws/truncate.txt");
-    fresh(&allowed, "0123456789")?;
-    expect_eq!(
-        labelled(ctx, &["truncate", &allowed, "4"]),
-        "OK",
-        "truncate(2) in the workspace"
-    );
-    expect_eq!(
-        read(&allowed),
-        Some("0123".to_string()),
-        "content after truncate"
-    );
-    for rel in ["outside/truncate.txt", "ws/locked/truncate.txt"] {
-        let denied = f(ctx, rel);
-        fresh(&denied, "0123456789")?;
-        expect_eq!(
-            labelled(ctx, &["truncate", &denied, "4"]),
-            "EPERM",
-            "truncate(2) of {rel}"
-        );
-        expect_eq!(
-            read(&denied),
-            Some("0123456789".to_string()),
-            "content of {rel} after a denied truncate"
-        );
+    WriteOp {
+        probe: ("truncate", &["4"]),
+        what: "truncate(2)",
+        name: "truncate.txt",
+        prepare: |p| fresh(p, "0123456789"),
+        allowed: (read, Some("0123".to_string())),
+        denied: (read, Some("0123456789".to_string())),
     }
-    Ok(())
+    .check(ctx)
 }
 
 fn unlink_follows_write_rules(ctx: &Ctx) -> Outcome {
-    let allowed = f(ctx, "ws/unlink-me.txt");
-    fresh(&allowed, "x")?;
-    expect_eq!(
-        labelled(ctx, &["unlink", &allowed]),
-        "OK",
-        "unlink in the workspace"
-    );
-    expect_eq!(exists(&allowed), false, "the unlinked file still exists");
-    for rel in ["outside/unlink-me.txt", "ws/locked/unlink-me.txt"] {
-        let denied = f(ctx, rel);
-        fresh(&denied, "x")?;
-        expect_eq!(
-            labelled(ctx, &["unlink", &denied]),
-            "EPERM",
-            "unlink of {rel}"
-        );
-        expect_eq!(
-            read(&denied),
-            Some("x".to_string()),
-            "{rel} after a denied unlink"
-        );
+    WriteOp {
+        probe: ("unlink", &[]),
+        what: "unlink",
+        name: "unlink-me.txt",
+        prepare: |p| fresh(p, "x"),
+        allowed: (exists, false),
+        denied: (read, Some("x".to_string())),
     }
-    Ok(())
+    .check(ctx)
 }
 
 fn mkdir_follows_write_rules(ctx: &Ctx) -> Outcome {
-    let allowed = f(ctx, "ws/new-dir");
-    gone(&allowed);
-    expect_eq!(
-        labelled(ctx, &["mkdir", &allowed]),
-        "OK",
-        "mkdir in the workspace"
-    );
-    expect_eq!(
-        fs::metadata(&allowed).map(|m| m.is_dir()).ok(),
-        Some(true),
-        "the directory mkdir made"
-    );
-    for rel in ["outside/new-dir", "ws/locked/new-dir"] {
-        let denied = f(ctx, rel);
-        gone(&denied);
-        expect_eq!(
-            labelled(ctx, &["mkdir", &denied]),
-            "EPERM",
-            "mkdir of {rel}"
-        );
-        expect_eq!(exists(&denied), false, "the denied mkdir made {rel} anyway");
+    WriteOp {
+        probe: ("mkdir", &[]),
+        what: "mkdir",
+        name: "new-dir",
+        prepare: |p| {
+            gone(p);
+            Ok(())
+        },
+        allowed: (is_dir, Some(true)),
+        denied: (exists, false),
     }
-    Ok(())
+    .check(ctx)
 }
 
 fn rmdir_follows_write_rules(ctx: &Ctx) -> Outcome {
-    let allowed = f(ctx, "ws/rmdir-me");
-    fs::create_dir_all(&allowed).map_err(anyhow::Error::from)?;
-    expect_eq!(
-        labelled(ctx, &["rmdir", &allowed]),
-        "OK",
-        "rmdir in the workspace"
-    );
-    expect_eq!(
-        exists(&allowed),
-        false,
-        "the removed directory still exists"
-    );
-    for rel in ["outside/rmdir-me", "ws/locked/rmdir-me"] {
-        let denied = f(ctx, rel);
-        fs::create_dir_all(&denied).map_err(anyhow::Error::from)?;
-        expect_eq!(
-            labelled(ctx, &["rmdir", &denied]),
-            "EPERM",
-            "rmdir of {rel}"
-        );
-        expect_eq!(exists(&denied), true, "the denied rmdir removed {rel}");
+    WriteOp {
+        probe: ("rmdir", &[]),
+        what: "rmdir",
+        name: "rmdir-me",
+        prepare: |p| Ok(fs::create_dir_all(p)?),
+        allowed: (exists, false),
+        denied: (exists, true),
     }
-    Ok(())
+    .check(ctx)
 }
 
 fn mkfifo_follows_write_rules(ctx: &Ctx) -> Outcome {
-    let allowed = f(ctx, "ws/fifo");
-    gone(&allowed);
-    expect_eq!(
-        labelled(ctx, &["mkfifo", &allowed]),
-        "OK",
-        "mkfifo in the workspace"
-    );
-    expect_eq!(
-        fs::symlink_metadata(&allowed)
-            .map(|m| m.file_type().is_fifo())
-            .ok(),
-        Some(true),
-        "the FIFO mkfifo made"
-    );
-    for rel in ["outside/fifo", "ws/locked/fifo"] {
-        let denied = f(ctx, rel);
-        gone(&denied);
-        expect_eq!(
-            labelled(ctx, &["mkfifo", &denied]),
-            "EPERM",
-            "mkfifo of {rel}"
-        );
-        expect_eq!(
-            exists(&denied),
-            false,
-            "the denied mkfifo made {rel} anyway"
-        );
+    WriteOp {
+        probe: ("mkfifo", &[]),
+        what: "mkfifo",
+        name: "fifo",
+        prepare: |p| {
+            gone(p);
+            Ok(())
+        },
+        allowed: (is_fifo, Some(true)),
+        denied: (exists, false),
     }
-    Ok(())
+    .check(ctx)
 }
 
 fn rename_needs_both_paths_writable(ctx: &Ctx) -> Outcome {
@@ -729,56 +719,27 @@ fn symlink_needs_the_link_path_writable(ctx: &Ctx) -> Outcome {
 }
 
 fn chmod_follows_write_rules(ctx: &Ctx) -> Outcome {
-    let allowed = f(ctx, "ws/mode.txt");
-    fresh(&allowed, "m")?;
-    expect_eq!(
-        labelled(ctx, &["chmod", &allowed, "600"]),
-        "OK",
-        "chmod in the workspace"
-    );
-    expect_eq!(mode(&allowed), Some(0o600), "mode after chmod");
-    for rel in ["outside/mode.txt", "ws/locked/mode.txt"] {
-        let denied = f(ctx, rel);
-        fresh(&denied, "m")?;
-        expect_eq!(
-            labelled(ctx, &["chmod", &denied, "600"]),
-            "EPERM",
-            "chmod of {rel}"
-        );
-        expect_eq!(
-            mode(&denied),
-            Some(0o644),
-            "mode of {rel} after a denied chmod"
-        );
+    WriteOp {
+        probe: ("chmod", &["600"]),
+        what: "chmod",
+        name: "mode.txt",
+        prepare: |p| fresh(p, "m"),
+        allowed: (mode, Some(0o600)),
+        denied: (mode, Some(0o644)),
     }
-    Ok(())
+    .check(ctx)
 }
 
 fn chown_follows_write_rules(ctx: &Ctx) -> Outcome {
-    let owner = |p: &str| fs::metadata(p).ok().map(|m| (m.uid(), m.gid()));
-    let allowed = f(ctx, "ws/owner.txt");
-    fresh(&allowed, "o")?;
-    expect_eq!(
-        labelled(ctx, &["chown", &allowed, "1000", "1000"]),
-        "OK",
-        "chown in the workspace"
-    );
-    expect_eq!(owner(&allowed), Some((1000, 1000)), "owner after chown");
-    for rel in ["outside/owner.txt", "ws/locked/owner.txt"] {
-        let denied = f(ctx, rel);
-        fresh(&denied, "o")?;
-        expect_eq!(
-            labelled(ctx, &["chown", &denied, "1000", "1000"]),
-            "EPERM",
-            "chown of {rel}"
-        );
-        expect_eq!(
-            owner(&denied),
-            Some((0, 0)),
-            "owner of {rel} after a denied chown"
-        );
+    WriteOp {
+        probe: ("chown", &["1000", "1000"]),
+        what: "chown",
+        name: "owner.txt",
+        prepare: |p| fresh(p, "o"),
+        allowed: (owner, Some((1000, 1000))),
+        denied: (owner, Some((0, 0))),
     }
-    Ok(())
+    .check(ctx)
 }
 
 fn deny_tree_inside_allowed_tree_wins(ctx: &Ctx) -> Outcome {
@@ -818,14 +779,8 @@ fn write_default_applies_outside_every_rule(ctx: &Ctx) -> Outcome {
         "outside/default-new.txt",
         "vault/default-new.txt",
     ] {
-        let path = f(ctx, rel);
-        gone(&path);
-        expect_eq!(
-            labelled(ctx, &["create", &path]),
-            "EPERM",
-            "create of {rel}"
-        );
-        expect_eq!(exists(&path), false, "a denied create made {rel}");
+        gone(&f(ctx, rel));
+        create_is_denied(ctx, rel)?;
     }
     expect_eq!(
         labelled(ctx, &["open-write", &f(ctx, "outside/readme.txt")]),
@@ -837,31 +792,33 @@ fn write_default_applies_outside_every_rule(ctx: &Ctx) -> Outcome {
 
 fn rules_match_whole_path_components(ctx: &Ctx) -> Outcome {
     // `ws/**` doesn't cover `ws-other/`, `ws/locked/**` doesn't cover `ws/locked-not/`.
-    let other = f(ctx, "ws-other/new.txt");
-    gone(&other);
-    expect_eq!(
-        labelled(ctx, &["create", &other]),
-        "EPERM",
-        "create in ws-other"
-    );
-    let not_locked = f(ctx, "ws/locked-not/file.txt");
-    expect_eq!(
-        labelled(ctx, &["open-write", &not_locked]),
-        "OK",
-        "write in ws/locked-not"
-    );
-    // An exact rule is the path itself: `secret.key.bak` and the tree's sibling are readable.
-    expect_eq!(
-        labelled(ctx, &["open-read", &f(ctx, "secret.key.bak")]),
-        "OK",
-        "read of secret.key.bak"
-    );
-    expect_eq!(
-        labelled(ctx, &["open-read", &f(ctx, "vault-public/doc.txt")]),
-        "OK",
-        "read of vault-public/doc.txt"
-    );
-    Ok(())
+    gone(&f(ctx, "ws-other/new.txt"));
+    expect_verdicts(
+        ctx,
+        &[
+            ("create", "ws-other/new.txt", "EPERM", "create in ws-other"),
+            (
+                "open-write",
+                "ws/locked-not/file.txt",
+                "OK",
+                "write in ws/locked-not",
+            ),
+            // An exact rule is the path itself: `secret.key.bak` and the tree's sibling are
+            // readable.
+            (
+                "open-read",
+                "secret.key.bak",
+                "OK",
+                "read of secret.key.bak",
+            ),
+            (
+                "open-read",
+                "vault-public/doc.txt",
+                "OK",
+                "read of vault-public/doc.txt",
+            ),
+        ],
+    )
 }
 
 // ---- reads ----
@@ -878,12 +835,15 @@ fn read_default_allows(ctx: &Ctx) -> Outcome {
 }
 
 fn read_of_denied_file_is_eperm(ctx: &Ctx) -> Outcome {
-    expect_eq!(
-        labelled(ctx, &["open-read", &f(ctx, "secret.key")]),
-        "EPERM",
-        "read of the exact denied file"
-    );
-    Ok(())
+    expect_verdicts(
+        ctx,
+        &[(
+            "open-read",
+            "secret.key",
+            "EPERM",
+            "read of the exact denied file",
+        )],
+    )
 }
 
 fn read_in_denied_tree_is_eperm(ctx: &Ctx) -> Outcome {
@@ -902,21 +862,24 @@ fn read_in_denied_tree_is_eperm(ctx: &Ctx) -> Outcome {
 }
 
 fn read_write_open_needs_both(ctx: &Ctx) -> Outcome {
-    expect_eq!(
-        labelled(ctx, &["open-rdwr", &f(ctx, "ws/a.txt")]),
-        "OK",
-        "O_RDWR in the workspace"
-    );
-    expect_eq!(
-        labelled(ctx, &["open-rdwr", &f(ctx, "outside/readme.txt")]),
-        "EPERM",
-        "O_RDWR of a readable file that may not be written"
-    );
-    expect_eq!(
-        labelled(ctx, &["open-rdwr", &f(ctx, "ws/private/token.txt")]),
-        "EPERM",
-        "O_RDWR of a writable file that may not be read"
-    );
+    expect_verdicts(
+        ctx,
+        &[
+            ("open-rdwr", "ws/a.txt", "OK", "O_RDWR in the workspace"),
+            (
+                "open-rdwr",
+                "outside/readme.txt",
+                "EPERM",
+                "O_RDWR of a readable file that may not be written",
+            ),
+            (
+                "open-rdwr",
+                "ws/private/token.txt",
+                "EPERM",
+                "O_RDWR of a writable file that may not be read",
+            ),
+        ],
+    )?;
     expect_eq!(
         read(&f(ctx, "ws/private/token.txt")),
         Some("token\n".to_string()),
@@ -928,16 +891,23 @@ fn read_write_open_needs_both(ctx: &Ctx) -> Outcome {
 // ---- ways around a rule ----
 
 fn symlink_is_judged_on_its_target(ctx: &Ctx) -> Outcome {
-    expect_eq!(
-        labelled(ctx, &["open-read", &f(ctx, "ws/link-to-secret")]),
-        "EPERM",
-        "read through a symlink to the secret"
-    );
-    expect_eq!(
-        labelled(ctx, &["open-write", &f(ctx, "ws/link-to-locked")]),
-        "EPERM",
-        "write through a symlink into the locked tree"
-    );
+    expect_verdicts(
+        ctx,
+        &[
+            (
+                "open-read",
+                "ws/link-to-secret",
+                "EPERM",
+                "read through a symlink to the secret",
+            ),
+            (
+                "open-write",
+                "ws/link-to-locked",
+                "EPERM",
+                "write through a symlink into the locked tree",
+            ),
+        ],
+    )?;
     expect_eq!(
         labelled(ctx, &["chmod", &f(ctx, "ws/link-to-locked"), "600"]),
         "EPERM",
@@ -952,13 +922,7 @@ fn symlink_is_judged_on_its_target(ctx: &Ctx) -> Outcome {
         "ws/link-to-locked-dir/via.txt",
         "ws/link-to-outside/via.txt",
     ] {
-        let path = f(ctx, rel);
-        expect_eq!(
-            labelled(ctx, &["create", &path]),
-            "EPERM",
-            "create of {rel}"
-        );
-        expect_eq!(exists(&path), false, "a denied create made {rel}");
+        create_is_denied(ctx, rel)?;
     }
     // The other way round: a symlink outside the workspace to a workspace file is writable.
     expect_eq!(
@@ -1030,42 +994,40 @@ fn reopen_through_proc_is_judged_on_the_file(ctx: &Ctx) -> Outcome {
     let g = ctx.guest.display().to_string();
     let cases = [
         (
-            format!("exec 3>>{}", f(ctx, "ws/private/token.txt")),
+            "exec 3>>",
+            "ws/private/token.txt",
             "open-read /proc/self/fd/3",
             "EPERM",
         ),
         (
-            format!("exec 3<{}", f(ctx, "ws/locked/file.txt")),
+            "exec 3<",
+            "ws/locked/file.txt",
             "open-write /proc/self/fd/3",
             "EPERM",
         ),
         (
-            format!("exec 3<{}", f(ctx, "outside/readme.txt")),
+            "exec 3<",
+            "outside/readme.txt",
             "open-append /proc/self/fd/3",
             "EPERM",
         ),
         (
-            format!("exec 3<{}", f(ctx, "vault")),
+            "exec 3<",
+            "vault",
             "open-read /proc/self/fd/3/doc.txt",
             "EPERM",
         ),
         (
-            format!("cd {}", f(ctx, "vault")),
+            "cd ",
+            "vault",
             "open-read /proc/self/cwd/sub/deep.txt",
             "EPERM",
         ),
-        (
-            format!("exec 3>>{}", f(ctx, "ws/a.txt")),
-            "open-read /proc/self/fd/3",
-            "OK",
-        ),
-        (
-            format!("exec 3<{}", f(ctx, "ws/a.txt")),
-            "open-write /proc/self/fd/3",
-            "OK",
-        ),
+        ("exec 3>>", "ws/a.txt", "open-read /proc/self/fd/3", "OK"),
+        ("exec 3<", "ws/a.txt", "open-write /proc/self/fd/3", "OK"),
     ];
-    for (setup, action, want) in cases {
+    for (how, rel, action, want) in cases {
+        let setup = format!("{how}{}", f(ctx, rel));
         let script = format!("{setup} && {g} try {action}");
         expect_eq!(
             ctx.labelled_sh(LABEL, &script),
@@ -1320,20 +1282,19 @@ fn decision_counters_are_exact(ctx: &Ctx) -> Outcome {
     }
     let after = scrape()?;
     drop(shell);
-    for (action, verdict, want) in [
-        ("file_write", "deny", DENIED_WRITES),
-        ("file_read", "allow", ALLOWED_READS),
-        ("file_write", "allow", 0),
-        ("file_read", "deny", 0),
-        ("exec", "allow", 0),
-        ("connect", "allow", 0),
-    ] {
-        expect_eq!(
-            decisions(&after, LABEL, action, verdict) - decisions(&before, LABEL, action, verdict),
-            want as f64,
-            "change of actgate_decisions_total{{label=\"{LABEL}\",action=\"{action}\",verdict=\"{verdict}\"}}"
-        );
-    }
+    expect_decision_changes(
+        LABEL,
+        &before,
+        &after,
+        &[
+            ("file_write", "deny", DENIED_WRITES),
+            ("file_read", "allow", ALLOWED_READS),
+            ("file_write", "allow", 0),
+            ("file_read", "deny", 0),
+            ("exec", "allow", 0),
+            ("connect", "allow", 0),
+        ],
+    )?;
     expect_eq!(
         read(&target),
         Some("counted\n".to_string()),
@@ -1371,8 +1332,6 @@ fn denied_read_event_names_the_resolved_file(ctx: &Ctx, daemon: &Daemon) -> Outc
     );
     Ok(())
 }
-
-type Results = Vec<(&'static str, Outcome)>;
 
 /// Runs the file tests against one daemon, then stops it.
 pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
@@ -1529,18 +1488,9 @@ fn with_daemon(ctx: &Ctx, chosen: &[&crate::tests::Test], event_test: bool, resu
         results.push(("files_fixtures", Err(e.into())));
         return;
     }
-    let daemon = match Daemon::start(ctx, &ctx.path("files/policies"), &[]) {
-        Ok(d) => d,
-        Err(e) => {
-            let why = format!("{e:#}");
-            for (name, _) in chosen {
-                results.push((
-                    name,
-                    Err(NotPassed::Fail(format!("daemon did not start: {why}"))),
-                ));
-            }
-            return;
-        }
+    let names = chosen.iter().map(|(n, _)| *n);
+    let Some(daemon) = harness::start_for(ctx, &ctx.path("files/policies"), names, results) else {
+        return;
     };
     for (name, test) in chosen {
         results.push((name, test(ctx)));
@@ -1551,14 +1501,7 @@ fn with_daemon(ctx: &Ctx, chosen: &[&crate::tests::Test], event_test: bool, resu
             denied_read_event_names_the_resolved_file(ctx, &daemon),
         ));
     }
-    if let Err(e) = daemon.stop().map_err(NotPassed::from).and_then(|status| {
-        expect_eq!(
-            status.code(),
-            Some(0),
-            "files daemon exit code after SIGTERM"
-        );
-        Ok(())
-    }) {
-        results.push(("files_daemon_stops", Err(e)));
+    if let Err(e) = daemon.stop_cleanly() {
+        results.push(("files_daemon_stops", Err(e.into())));
     }
 }

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use super::files::{decisions, own_tmpfs, scrape, unmount};
+use super::files::{decisions, own_tmpfs, unmount};
 use crate::{
     expect_eq,
-    harness::{self, Ctx, Daemon, NotPassed, Outcome},
+    harness::{self, Ctx, Daemon, NotPassed, Outcome, Results, scrape},
 };
 
 const LABELS: usize = 256;
@@ -68,15 +68,11 @@ fn many_labels_load_and_enforce(ctx: &Ctx) -> Outcome {
         );
         Ok(())
     })();
-    let stopped = daemon.stop().map_err(NotPassed::from).and_then(|status| {
-        expect_eq!(status.code(), Some(0), "daemon exit code after SIGTERM");
-        Ok(())
-    });
-    outcome.and(stopped)
+    outcome.and(daemon.stop_cleanly().map_err(NotPassed::from))
 }
 
 /// Runs the many-labels test with a daemon of its own.
-pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Vec<(&'static str, Outcome)> {
+pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
     if !selected(TEST) {
         return Vec::new();
     }

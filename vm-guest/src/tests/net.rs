@@ -12,10 +12,10 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::files::{Session, decisions, eventually, own_tmpfs, scrape, unmount};
+use super::files::{Session, decisions, eventually, expect_decision_changes, own_tmpfs, unmount};
 use crate::{
     expect_eq,
-    harness::{self, Ctx, Daemon, NotPassed, Outcome},
+    harness::{self, Ctx, Daemon, NotPassed, Outcome, Results, fail_all, scrape},
 };
 
 const LABEL: &str = "vmnet";
@@ -480,30 +480,27 @@ fn audit_mode_allows_and_counts_exactly(ctx: &Ctx, l: &Listeners, daemon: &Daemo
     let after = scrape()?;
 
     let execs = connects.len() + writes.len() + 1;
-    let delta = |body: &str, base: &str, action: &str, verdict: &str| {
-        decisions(body, AUDIT, action, verdict) - decisions(base, AUDIT, action, verdict)
-    };
-    for (action, verdict, want) in [
-        ("connect", "audit", connects.len()),
-        ("file_write", "audit", writes.len()),
-        ("exec", "audit", execs),
-        ("connect", "allow", 0),
-        ("connect", "deny", 0),
-        ("file_write", "allow", 0),
-        ("file_write", "deny", 0),
-        ("file_read", "allow", 0),
-        ("file_read", "deny", 0),
-        ("exec", "allow", 0),
-        ("exec", "deny", 0),
-    ] {
-        expect_eq!(
-            delta(&after, &before, action, verdict),
-            want as f64,
-            "change of actgate_decisions_total{{label=\"{AUDIT}\",action=\"{action}\",verdict=\"{verdict}\"}}"
-        );
-    }
+    expect_decision_changes(
+        AUDIT,
+        &before,
+        &after,
+        &[
+            ("connect", "audit", connects.len()),
+            ("file_write", "audit", writes.len()),
+            ("exec", "audit", execs),
+            ("connect", "allow", 0),
+            ("connect", "deny", 0),
+            ("file_write", "allow", 0),
+            ("file_write", "deny", 0),
+            ("file_read", "allow", 0),
+            ("file_read", "deny", 0),
+            ("exec", "allow", 0),
+            ("exec", "deny", 0),
+        ],
+    )?;
     expect_eq!(
-        delta(&reads_after, &reads_before, "file_read", "audit"),
+        decisions(&reads_after, AUDIT, "file_read", "audit")
+            - decisions(&reads_before, AUDIT, "file_read", "audit"),
         READS as f64,
         "change of actgate_decisions_total{{label=\"{AUDIT}\",action=\"file_read\",verdict=\"audit\"}} over {READS} redirections"
     );
@@ -536,7 +533,6 @@ fn audit_mode_allows_and_counts_exactly(ctx: &Ctx, l: &Listeners, daemon: &Daemo
     Ok(())
 }
 
-type Results = Vec<(&'static str, Outcome)>;
 /// A test and whether it needs IPv6 loopback (`::1`).
 type NetTest = (&'static str, bool, fn(&Ctx, &Listeners) -> Outcome);
 type DaemonTest = (&'static str, bool, fn(&Ctx, &Listeners, &Daemon) -> Outcome);
@@ -549,18 +545,10 @@ fn ipv6_loopback() -> bool {
 
 const NO_IPV6: &str = "the VM has no IPv6 loopback address (::1)";
 
-fn fail_all(results: &mut Results, names: &[&'static str], why: &str) {
-    for name in names {
-        results.push((name, Err(NotPassed::Fail(why.to_string()))));
-    }
-}
-
+/// Stops a phase's daemon; only a failure to stop cleanly is a result of its own.
 fn stop(results: &mut Results, name: &'static str, daemon: Daemon) {
-    if let Err(e) = daemon.stop().map_err(NotPassed::from).and_then(|status| {
-        expect_eq!(status.code(), Some(0), "daemon exit code after SIGTERM");
-        Ok(())
-    }) {
-        results.push((name, Err(e)));
+    if let Err(e) = daemon.stop_cleanly() {
+        results.push((name, Err(e.into())));
     }
 }
 
@@ -660,15 +648,11 @@ fn connect_phase(ctx: &Ctx, selected: &dyn Fn(&str) -> bool, results: &mut Resul
         Ok(l) => l,
         Err(e) => {
             unmount(&ctx.path("net"));
-            return fail_all(results, &names, &format!("setup failed: {e:#}"));
+            return fail_all(results, names, &format!("setup failed: {e:#}"));
         }
     };
-    let daemon = match Daemon::start(ctx, &ctx.path("net/policies"), &[]) {
-        Ok(d) => d,
-        Err(e) => {
-            unmount(&ctx.path("net"));
-            return fail_all(results, &names, &format!("daemon did not start: {e:#}"));
-        }
+    let Some(daemon) = harness::start_for(ctx, &ctx.path("net/policies"), names, results) else {
+        return unmount(&ctx.path("net"));
     };
     let skip = || Err(NotPassed::Skip(NO_IPV6.into()));
     for (name, needs_v6, test) in chosen {
@@ -930,7 +914,7 @@ fn reload_phase(ctx: &Ctx, selected: &dyn Fn(&str) -> bool, results: &mut Result
         Ok(r) => r,
         Err(e) => {
             unmount(&ctx.path("reload"));
-            return fail_all(results, &names, &format!("setup failed: {e:#}"));
+            return fail_all(results, names, &format!("setup failed: {e:#}"));
         }
     };
     for (name, step) in steps {
@@ -1033,15 +1017,7 @@ fn scale_policy_loads_and_enforces(ctx: &Ctx) -> Outcome {
             "OK",
         )
     })();
-    let stopped = daemon.stop().map_err(NotPassed::from).and_then(|status| {
-        expect_eq!(
-            status.code(),
-            Some(0),
-            "scale daemon exit code after SIGTERM"
-        );
-        Ok(())
-    });
-    outcome.and(stopped)
+    outcome.and(daemon.stop_cleanly().map_err(NotPassed::from))
 }
 
 /// Runs the network tests, the audit test, the reload scenario and the scale test, each

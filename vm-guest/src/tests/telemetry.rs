@@ -11,7 +11,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::CString,
+    ffi::{CString, OsStr},
     fs,
     io::{Read, Write},
     net::TcpListener,
@@ -30,7 +30,9 @@ use serde_json::Value;
 
 use crate::{
     expect_eq,
-    harness::{self, Ctx, Daemon, NotPassed, Outcome, RAN, http_get},
+    harness::{
+        self, Ctx, Daemon, NotPassed, Outcome, RAN, Results, decision_series, http_get, scrape,
+    },
 };
 
 const LABEL: &str = "tele";
@@ -186,15 +188,6 @@ fn kernel_release() -> String {
 // ---------------------------------------------------------------------------------------------
 // /metrics
 
-/// A /metrics scrape that must answer 200.
-fn scrape() -> Result<String> {
-    let (code, body) = http_get("/metrics")?;
-    if code != 200 {
-        bail!("/metrics answered {code}: {body}");
-    }
-    Ok(body)
-}
-
 /// The value of exactly this series (name and labels as the scrape writes them); an error if
 /// it is missing or appears twice.
 fn sample(body: &str, series: &str) -> Result<u64> {
@@ -210,12 +203,6 @@ fn sample(body: &str, series: &str) -> Result<u64> {
     }
     v.parse()
         .with_context(|| format!("{series} has the value {v:?}, not a whole number"))
-}
-
-fn decision_series(label: &str, action: &str, verdict: &str) -> String {
-    format!(
-        "actgate_decisions_total{{label=\"{label}\",action=\"{action}\",verdict=\"{verdict}\"}}"
-    )
 }
 
 type Decisions = BTreeMap<(&'static str, &'static str), u64>;
@@ -265,6 +252,20 @@ fn expect_deltas(
     }
 }
 
+/// Fails unless `actgate_enforcement_verified` is `want` for every action; `when` ends the
+/// failure's description.
+fn expect_verified(body: &str, want: u64, when: &str) -> Outcome {
+    for a in ACTIONS {
+        let series = format!("actgate_enforcement_verified{{action=\"{a}\"}}");
+        expect_eq!(
+            sample(body, &series)?,
+            want,
+            "actgate_enforcement_verified for {a}{when}"
+        );
+    }
+    Ok(())
+}
+
 fn processes_series(label: &str) -> String {
     format!("actgate_labelled_processes{{label=\"{label}\"}}")
 }
@@ -290,8 +291,9 @@ struct Sleeper(Child);
 
 impl Sleeper {
     fn start(ctx: &Ctx, label: &str) -> Result<Sleeper> {
-        let child = Command::new(&ctx.actgate)
-            .args(["exec", "--label", label, "--", "/bin/sleep", "600"])
+        let child = ctx
+            .labelled_command(label)
+            .args(["/bin/sleep", "600"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -335,19 +337,14 @@ impl Sleeper {
 
 impl Drop for Sleeper {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+        harness::kill_and_reap(&mut self.0);
     }
 }
 
 /// `actgate exec --label LABEL -- vm-guest try ARGS…`; returns the probe's pid and verdict.
 fn probe_with_pid(ctx: &Ctx, label: &str, args: &[&str]) -> Result<(u32, String)> {
-    let child = Command::new(&ctx.actgate)
-        .args(["exec", "--label", label, "--"])
-        .arg(&ctx.guest)
-        .arg("try")
+    let child = ctx
+        .labelled_probe(label)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -607,15 +604,8 @@ fn metrics_after_start(ctx: &Ctx, _: &Daemon) -> Outcome {
         Some("# EOF"),
         "the last line of the OpenMetrics scrape"
     );
+    expect_verified(&body, 1, "")?;
     for a in ACTIONS {
-        expect_eq!(
-            sample(
-                &body,
-                &format!("actgate_enforcement_verified{{action=\"{a}\"}}")
-            )?,
-            1,
-            "actgate_enforcement_verified for {a}"
-        );
         sample(
             &body,
             &format!("actgate_events_dropped_total{{action=\"{a}\"}}"),
@@ -1113,10 +1103,8 @@ impl HeldProbe {
             // SAFETY: clears O_NONBLOCK on a descriptor we own, so the probe's write blocks.
             unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, 0) };
         }
-        let child = Command::new(&ctx.actgate)
-            .args(["exec", "--label", label, "--"])
-            .arg(&ctx.guest)
-            .arg("try")
+        let child = ctx
+            .labelled_probe(label)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(write))
@@ -1141,10 +1129,7 @@ impl HeldProbe {
 
 impl Drop for HeldProbe {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        harness::kill_and_reap(&mut self.child);
     }
 }
 
@@ -1198,12 +1183,8 @@ fn event_of_exited_process_names_its_exe_and_cgroup(ctx: &Ctx, daemon: &Daemon) 
         "read go; exec {} try open-read {rdenied}",
         ctx.guest.display()
     );
-    let mut child = Command::new(&ctx.actgate)
-        .args(["exec", "--label", LABEL, "--", "/bin/sh", "-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let mut child = ctx
+        .spawn_labelled_sh(LABEL, &script)
         .map_err(anyhow::Error::from)?;
     let pid = child.id();
     // `actgate exec` needs the daemon; once it runs sh, the label is joined.
@@ -1326,17 +1307,9 @@ struct Unverified {
 impl Unverified {
     fn spawn(ctx: &Ctx, extra: &[&str]) -> Result<Unverified> {
         let log = ctx.path("tele/unverified.log");
-        let child = Command::new(&ctx.actgate)
-            .arg("run")
-            .arg("--policies")
-            .arg(ctx.path("tele/policies"))
-            .arg("--test-fake-allow-all")
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&log)?)
-            .stderr(fs::File::options().append(true).open(&log)?)
-            .spawn()
-            .context("starting actgate run --test-fake-allow-all")?;
+        let mut args = vec![OsStr::new("--test-fake-allow-all")];
+        args.extend(extra.iter().map(OsStr::new));
+        let child = harness::spawn_run(&ctx.actgate, &ctx.path("tele/policies"), &args, &log)?;
         Ok(Unverified { child, log })
     }
 
@@ -1346,25 +1319,13 @@ impl Unverified {
 
     /// Its exit status, once it exits within `timeout`.
     fn wait(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(Some(status));
-            }
-            if Instant::now() > deadline {
-                return Ok(None);
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
+        harness::wait_exit(&mut self.child, timeout)
     }
 }
 
 impl Drop for Unverified {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        harness::kill_and_reap(&mut self.child);
     }
 }
 
@@ -1443,16 +1404,7 @@ fn selftest_with_allow_unverified_runs_unready(ctx: &Ctx) -> Outcome {
     expect_eq!(http_get("/healthz")?.0, 200, "/healthz when unverified");
     expect_eq!(http_get("/readyz")?.0, 503, "/readyz when unverified");
     let body = scrape()?;
-    for a in ACTIONS {
-        expect_eq!(
-            sample(
-                &body,
-                &format!("actgate_enforcement_verified{{action=\"{a}\"}}")
-            )?,
-            0,
-            "actgate_enforcement_verified for {a} when unverified"
-        );
-    }
+    expect_verified(&body, 0, " when unverified")?;
     let st = status_json(ctx)?;
     expect_eq!(st["ready"], Value::Bool(false), "ready in {st}");
     for a in ACTIONS {
@@ -1490,7 +1442,6 @@ fn selftest_with_allow_unverified_runs_unready(ctx: &Ctx) -> Outcome {
 // ---------------------------------------------------------------------------------------------
 
 type DaemonTest = (&'static str, fn(&Ctx, &Daemon) -> Outcome);
-type Results = Vec<(&'static str, Outcome)>;
 
 /// Runs the telemetry tests against one daemon, stops it, then runs the self-test's own
 /// daemons one after the other.
@@ -1560,26 +1511,14 @@ pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
         return results;
     }
     if !chosen.is_empty() {
-        match Daemon::start(ctx, &ctx.path("tele/policies"), &[]) {
-            Ok(daemon) => {
-                for (name, test) in chosen {
-                    results.push((name, test(ctx, &daemon)));
-                }
-                let stopped = daemon.stop().map_err(NotPassed::from).and_then(|status| {
-                    expect_eq!(status.code(), Some(0), "daemon exit code after SIGTERM");
-                    Ok(())
-                });
-                results.push((STOP, stopped));
+        let names = chosen.iter().map(|(n, _)| *n);
+        if let Some(daemon) =
+            harness::start_for(ctx, &ctx.path("tele/policies"), names, &mut results)
+        {
+            for (name, test) in chosen {
+                results.push((name, test(ctx, &daemon)));
             }
-            Err(e) => {
-                let why = format!("{e:#}");
-                for (name, _) in chosen {
-                    results.push((
-                        name,
-                        Err(NotPassed::Fail(format!("daemon did not start: {why}"))),
-                    ));
-                }
-            }
+            results.push((STOP, daemon.stop_cleanly().map_err(NotPassed::from)));
         }
     }
     for (name, test) in chosen_own {
