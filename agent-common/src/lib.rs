@@ -106,6 +106,12 @@ pub const MODE_AUDIT: u8 = 1;
 pub const RULE_ALLOW: u8 = 1;
 pub const RULE_DENY: u8 = 2;
 
+/// Bits of `LabelInfo::has_rules[Action::Connect]`: which of the two network lookups (with the
+/// connection's port, and with port 0 for rules without a port) can match, so a policy whose
+/// rules all have a port, or all lack one, costs one trie lookup per connection.
+pub const NET_ANY_PORT_RULES: u8 = 1;
+pub const NET_PORT_RULES: u8 = 2;
+
 /// Key of the `LABELS` hash map: a label's cgroup (its cgroup v2 id, i.e. the directory's
 /// inode number) in one policy generation. Keying by generation lets a reload write the new
 /// policy beside the old one and switch every label with one write to `CONFIG`.
@@ -129,8 +135,8 @@ pub struct LabelInfo {
     pub _pad: u8,
     /// Per action: `RULE_ALLOW` or `RULE_DENY` when no rule matches.
     pub defaults: [u8; Action::COUNT],
-    /// Per action: whether the policy has any rule at all, so the hook can skip resolving
-    /// the path when only the default can apply.
+    /// Per action: non-zero when the policy has any rule at all, so the hook can skip
+    /// resolving the path when only the default can apply. For connect, the `NET_*_RULES` bits.
     pub has_rules: [u8; Action::COUNT],
 }
 

@@ -4,8 +4,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{
     Action, COMM_LEN, ERR_SCRATCH, Event, GUARD_ACTION, InodeKey, LabelInfo, MODE_AUDIT,
-    NET_KEY_DATA, NET_KEY_HEADER, PATH_KEY_DATA, RULE_ALLOW, RULE_DENY, Verdict, decision_index,
-    net_key_header, path_key_header, path_key_header_raw,
+    NET_ANY_PORT_RULES, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA, RULE_ALLOW,
+    RULE_DENY, Verdict, decision_index, net_key_header, path_key_header, path_key_header_raw,
 };
 use aya_ebpf::{
     helpers::{
@@ -268,14 +268,15 @@ pub struct Dest {
 }
 
 /// Judges a connection to `d`: one trie lookup with the port, one with port 0 (rules without
-/// a port), combined.
+/// a port), combined; each only when the policy has rules of its kind.
 #[inline(always)]
 pub fn net_action(info: &LabelInfo, d: &Dest) -> Verdict {
     let action = Action::Connect;
     let a = action as usize;
     let mut flags = 0;
-    if info.has_rules.get(a).copied().unwrap_or(0) != 0 {
-        for port in [d.port, 0] {
+    let kinds = info.has_rules.get(a).copied().unwrap_or(0);
+    for (port, kind) in [(d.port, NET_PORT_RULES), (0, NET_ANY_PORT_RULES)] {
+        if kinds & kind != 0 {
             let mut data = [0u8; NET_KEY_DATA];
             data[..NET_KEY_HEADER].copy_from_slice(&net_key_header(info.ruleset, port, d.family));
             data[NET_KEY_HEADER..NET_KEY_HEADER + 16].copy_from_slice(&d.addr);
@@ -314,7 +315,6 @@ pub fn record(info: &LabelInfo, action: Action, v: Verdict, fill_target: impl Fn
     e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     e.pid = pid_tgid as u32;
     e.tgid = (pid_tgid >> 32) as u32;
-    e.ppid = parent_tgid();
     e.uid = bpf_get_current_uid_gid() as u32;
     e.label = info.label;
     e.action = action as u8;
@@ -326,17 +326,9 @@ pub fn record(info: &LabelInfo, action: Action, v: Verdict, fill_target: impl Fn
     e.addr = [0; 16];
     e.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     e.path[0] = 0;
-    crate::process::fill_exe(e);
+    crate::process::fill_process(e);
     fill_target(e);
     entry.submit(0);
-}
-
-/// The tgid of the current task's parent, through BTF offsets the daemon passed in.
-#[inline(always)]
-fn parent_tgid() -> u32 {
-    let task = crate::process::current_task();
-    let parent = read::<usize>(task, get(&kernel::TASK_STRUCT_REAL_PARENT)) as *const u8;
-    read(parent, get(&kernel::TASK_STRUCT_TGID))
 }
 
 /// The frame of every hook: an earlier LSM's denial stands (the verdict of the previous

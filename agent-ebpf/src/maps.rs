@@ -43,10 +43,14 @@ pub static EVENTS_DROPPED: PerCpuArray<u64> =
 #[map]
 pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_SLOTS, 0);
 
+/// BPF_F_NO_COMMON_LRU: each CPU keeps its own LRU list, so an exec's update takes no
+/// lock shared with the other CPUs.
+const NO_COMMON_LRU: u32 = 1 << 1;
+
 /// The binary each labelled process last executed, for events (see `process.rs`).
 #[map]
 pub static EXES: LruHashMap<ProcessKey, [u8; EVENT_PATH]> =
-    LruHashMap::with_max_entries(MAX_PROCESSES, 0);
+    LruHashMap::with_max_entries(MAX_PROCESSES, NO_COMMON_LRU);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);

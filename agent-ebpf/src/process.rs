@@ -2,15 +2,13 @@
 //!
 //! The daemon reads events after the fact, when a short-lived process (a `cat` denied a
 //! secret) is often gone and /proc can no longer say what it was. So `bprm_check_security`
-//! stores the path it resolved in `EXES`, a fork hands the parent's entry to the child, and
-//! `record` copies the entry into each event.
+//! stores the path it resolved in `EXES`, and `record` copies the entry into each event while
+//! the process still runs. A child that forked without an exec runs its parent's binary, so it
+//! gets the parent's entry; forks themselves are not hooked, because most are followed by an
+//! exec and would pay for a copy nobody reads.
 
 use agent_common::{EVENT_PATH, Event, PATH_BUF, ProcessKey};
-use aya_ebpf::{
-    helpers::generated::{bpf_get_current_task, bpf_probe_read_kernel},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
-};
+use aya_ebpf::helpers::generated::{bpf_get_current_task, bpf_probe_read_kernel};
 
 use crate::{
     decide::read,
@@ -20,7 +18,7 @@ use crate::{
 
 /// The current task (`struct task_struct *`).
 #[inline(always)]
-pub fn current_task() -> *const u8 {
+fn current_task() -> *const u8 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_get_current_task() as *const u8 }
 }
@@ -47,11 +45,18 @@ pub fn remember_exe(path: &[u8; PATH_BUF]) {
     let _ = maps::EXES.insert(key_of(current_task()), exe, 0);
 }
 
-/// Copies the current process's remembered binary into `e.exe`, or leaves it empty.
+/// Fills the event's `ppid`, and its `exe` with the remembered binary of the current process
+/// (or else of its parent, for a child that forked without an exec), or leaves it empty.
 #[inline(always)]
-pub fn fill_exe(e: &mut Event) {
+pub fn fill_process(e: &mut Event) {
+    let task = current_task();
+    let parent = read::<usize>(task, get(&kernel::TASK_STRUCT_REAL_PARENT)) as *const u8;
+    e.ppid = read(parent, get(&kernel::TASK_STRUCT_TGID));
     e.exe[0] = 0;
-    if let Some(exe) = maps::EXES.get_ptr(key_of(current_task())) {
+    let found = maps::EXES
+        .get_ptr(key_of(task))
+        .or_else(|| maps::EXES.get_ptr(key_of(parent)));
+    if let Some(exe) = found {
         // SAFETY: copies from our own map value into the ring buffer entry, both EVENT_PATH bytes.
         let _ = unsafe {
             bpf_probe_read_kernel(
@@ -61,28 +66,4 @@ pub fn fill_exe(e: &mut Event) {
             )
         };
     }
-}
-
-/// A new process of a labelled parent runs the parent's binary until it executes its own.
-/// Threads (same tgid) share the parent's entry already.
-#[btf_tracepoint(function = "sched_process_fork")]
-pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
-    if crate::label::current().is_none() {
-        return 0;
-    }
-    // The tracepoint's arguments are (struct task_struct *parent, *child).
-    let (parent, child): (*const u8, *const u8) = (ctx.arg(0), ctx.arg(1));
-    let child_key = key_of(child);
-    let parent_key = key_of(parent);
-    if child_key.tgid == parent_key.tgid {
-        return 0;
-    }
-    if let Some(exe) = maps::EXES.get_ptr(parent_key) {
-        // SAFETY: a map value of the right type, read by the helper during the call.
-        let exe = unsafe { &*exe };
-        // By reference: the helper reads the parent's map value in place, where a by-value
-        // argument would first copy 256 bytes onto the 512-byte stack.
-        let _ = maps::EXES.insert(child_key, exe, 0);
-    }
-    0
 }

@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 
 use agent_common::{
-    Action, GUARD_ACTION, NET_FAMILY_V4, NET_FAMILY_V6, NET_KEY_DATA, NET_KEY_HEADER, NetKey,
-    PATH_KEY_DATA, PATH_KEY_HEADER, PathKey, RULE_ALLOW, RULE_DENY, net_key_header,
-    path_key_header, path_key_header_raw,
+    Action, GUARD_ACTION, NET_ANY_PORT_RULES, NET_FAMILY_V4, NET_FAMILY_V6, NET_KEY_DATA,
+    NET_KEY_HEADER, NET_PORT_RULES, NetKey, PATH_KEY_DATA, PATH_KEY_HEADER, PathKey, RULE_ALLOW,
+    RULE_DENY, net_key_header, path_key_header, path_key_header_raw,
 };
 use ipnet::IpNet;
 
@@ -202,13 +202,20 @@ pub fn defaults(policy: &Policy) -> [u8; Action::COUNT] {
     out
 }
 
-/// Per action: 1 if the policy has any allow or deny rule for it, else 0.
+/// Per action: 0 if the policy has no allow or deny rule for it. Path actions with rules get
+/// 1; connect gets `NET_ANY_PORT_RULES` and/or `NET_PORT_RULES`, for the lookups that can match.
 pub fn has_rules(policy: &Policy) -> [u8; Action::COUNT] {
     let mut out = [0; Action::COUNT];
     out[Action::Exec as usize] = u8::from(!policy.exec.is_empty());
     out[Action::FileWrite as usize] = u8::from(!policy.file_write.is_empty());
     out[Action::FileRead as usize] = u8::from(!policy.file_read.is_empty());
-    out[Action::Connect as usize] = u8::from(!policy.connect.is_empty());
+    out[Action::Connect as usize] = flagged(&policy.connect).fold(0, |bits, (p, _)| {
+        bits | if p.port.is_some() {
+            NET_PORT_RULES
+        } else {
+            NET_ANY_PORT_RULES
+        }
+    });
     out
 }
 
@@ -385,7 +392,16 @@ mod tests {
                 NET_KEY_HEADER * 8 + width,
             )
         };
-        kernel_verdict(policy, lookup(port) | lookup(0), Action::Connect)
+        // Only the lookups `has_rules` says can match, as the kernel does.
+        let kinds = has_rules(policy)[Action::Connect as usize];
+        let mut flags = 0;
+        if kinds & NET_PORT_RULES != 0 {
+            flags |= lookup(port);
+        }
+        if kinds & NET_ANY_PORT_RULES != 0 {
+            flags |= lookup(0);
+        }
+        kernel_verdict(policy, flags, Action::Connect)
     }
 
     fn fallback() -> impl Strategy<Value = Fallback> {
@@ -578,6 +594,22 @@ mod tests {
         p.file_read.deny = vec![exact("/etc/shadow")];
         assert_eq!(defaults(&p), [RULE_ALLOW, RULE_DENY, RULE_ALLOW, RULE_DENY]);
         assert_eq!(has_rules(&p), [0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn connect_has_rules_names_the_lookups_that_can_match() {
+        let net = |text: &str, port: Option<u16>| NetPattern {
+            net: text.parse().unwrap(),
+            port,
+        };
+        let connect = |p: &Policy| has_rules(p)[Action::Connect as usize];
+        let mut p = policy();
+        p.connect.allow = vec![net("10.0.0.0/8", None)];
+        assert_eq!(connect(&p), NET_ANY_PORT_RULES);
+        p.connect.allow = vec![net("10.0.0.0/8", Some(443))];
+        assert_eq!(connect(&p), NET_PORT_RULES);
+        p.connect.deny = vec![net("::1/128", None)];
+        assert_eq!(connect(&p), NET_ANY_PORT_RULES | NET_PORT_RULES);
     }
 
     #[test]

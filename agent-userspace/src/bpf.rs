@@ -4,10 +4,7 @@ use std::{fs, path::Path};
 
 use agent_common::HOOKS;
 use anyhow::{Context, Result, bail};
-use aya::{
-    Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, Lsm},
-};
+use aya::{Btf, Ebpf, EbpfLoader, programs::Lsm};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::info;
 
@@ -15,9 +12,6 @@ use crate::{btf, cgroup::LabelRoot};
 
 /// The object built by build.rs from agent-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
-
-/// The tracepoint that hands a labelled parent's binary to a forked child, for events' `exe`.
-const FORK_TRACEPOINT: &str = "sched_process_fork";
 
 /// Map sizes that the daemon chooses at load time.
 pub struct Sizes {
@@ -95,15 +89,6 @@ pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<(Eb
             .with_context(|| format!("attaching LSM program {hook}"))?;
         info!(hook, "attached");
     }
-    let fork: &mut BtfTracePoint = ebpf
-        .program_mut(FORK_TRACEPOINT)
-        .with_context(|| format!("program {FORK_TRACEPOINT} is missing from the eBPF object"))?
-        .try_into()
-        .with_context(|| format!("program {FORK_TRACEPOINT} is not a BTF tracepoint"))?;
-    fork.load(FORK_TRACEPOINT, &btf)
-        .with_context(|| format!("the kernel refused tracepoint program {FORK_TRACEPOINT}"))?;
-    fork.attach()
-        .with_context(|| format!("attaching tracepoint program {FORK_TRACEPOINT}"))?;
     info!(offsets = ?offsets, label_level = level, "kernel programs loaded");
     Ok((ebpf, logger))
 }
