@@ -33,14 +33,14 @@ fn pretty(line: &str) -> Option<String> {
         _ => GREEN,
     };
     Some(format!(
-        "    {colour}{:<5}{RESET} {:<10} {:<40} {DIM}label={} policy={} pid={} comm={}{RESET}",
+        "    {colour}{:<5}{RESET} {:<10} {:<40} {DIM}label={} policy={} pid={} exe={}{RESET}",
         s("verdict").to_uppercase(),
         s("action"),
         s("target"),
         s("label"),
         s("policy"),
         v.get("pid").and_then(|x| x.as_u64()).unwrap_or(0),
-        s("comm"),
+        s("exe"),
     ))
 }
 
