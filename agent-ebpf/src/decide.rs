@@ -4,8 +4,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{
     Action, COMM_LEN, ERR_SCRATCH, Event, GUARD_ACTION, InodeKey, LabelInfo, MODE_AUDIT,
-    NET_ANY_PORT_RULES, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA, RULE_ALLOW,
-    RULE_DENY, Verdict, decision_index, net_key_header, path_key_header, path_key_header_raw,
+    NET_ANY_PORT_RULES, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA,
+    PATH_KEY_HEADER, RULE_ALLOW, RULE_DENY, Verdict, decision_index, net_key_header,
+    path_key_header, path_key_header_raw,
 };
 use aya_ebpf::{
     helpers::{
@@ -191,7 +192,12 @@ fn judge_path(
     actions: &[Action],
     guard: bool,
 ) -> Result<Verdict, u32> {
-    let mut need_path = guard && info.has_rules.iter().take(3).any(|r| *r != 0);
+    // A guard protects the targets of every path action's deny rules.
+    let path_actions = [Action::Exec, Action::FileWrite, Action::FileRead];
+    let mut need_path = guard
+        && path_actions
+            .iter()
+            .any(|a| info.has_rules[*a as usize] != 0);
     for action in actions {
         let a = *action as usize;
         let has_rules = info.has_rules.get(a).copied().unwrap_or(0) != 0;
@@ -233,21 +239,11 @@ fn judge_resolved(
 ) -> Verdict {
     let a = action as usize;
     let mut flags = 0;
-    s.prefix_len = (8 * PATH_KEY_DATA) as u32;
     if guarded {
-        s.header = path_key_header_raw(info.ruleset, GUARD_ACTION);
-        // SAFETY: `Scratch` starts with an LPM key: prefix_len, then PATH_KEY_DATA bytes.
-        let key = unsafe { &*(s as *const Scratch as *const Key<[u8; PATH_KEY_DATA]>) };
-        flags |= maps::PATH_RULES.get(key).copied().unwrap_or(0) & RULE_DENY;
+        flags |= path_rule_flags(s, path_key_header_raw(info.ruleset, GUARD_ACTION)) & RULE_DENY;
     }
     if info.has_rules.get(a).copied().unwrap_or(0) != 0 {
-        s.header = path_key_header(info.ruleset, action);
-        // The key's own length: the trie compares each rule's prefix against it. Bytes
-        // bpf_d_path leaves after the NUL never matter, because no rule has a NUL before its end.
-        s.prefix_len = (8 * PATH_KEY_DATA) as u32;
-        // SAFETY: `Scratch` starts with an LPM key: prefix_len, then PATH_KEY_DATA bytes.
-        let key = unsafe { &*(s as *const Scratch as *const Key<[u8; PATH_KEY_DATA]>) };
-        flags |= maps::PATH_RULES.get(key).copied().unwrap_or(0);
+        flags |= path_rule_flags(s, path_key_header(info.ruleset, action));
         if let Some(i) = inode {
             flags |= i.flags(info.ruleset, action);
         }
@@ -258,6 +254,19 @@ fn judge_resolved(
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
     });
     v
+}
+
+/// The flags of the longest `PATH_RULES` entry under `header` that is a prefix of the path
+/// resolved in `s`.
+#[inline(always)]
+fn path_rule_flags(s: &mut Scratch, header: [u8; PATH_KEY_HEADER]) -> u8 {
+    s.header = header;
+    // The key's own length: the trie compares each rule's prefix against it. Bytes
+    // bpf_d_path leaves after the NUL never matter, because no rule has a NUL before its end.
+    s.prefix_len = (8 * PATH_KEY_DATA) as u32;
+    // SAFETY: `Scratch` starts with an LPM key: prefix_len, then PATH_KEY_DATA bytes.
+    let key = unsafe { &*(s as *const Scratch as *const Key<[u8; PATH_KEY_DATA]>) };
+    maps::PATH_RULES.get(key).copied().unwrap_or(0)
 }
 
 /// An IPv4 or IPv6 destination, the address in network order, IPv4 in the first 4 bytes.

@@ -5,7 +5,7 @@
 //! hidden by the longest match, so every entry carries the union of its own flags and those
 //! of all its ancestors (entries whose key is a prefix of it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use agent_common::{
     Action, GUARD_ACTION, NET_ANY_PORT_RULES, NET_FAMILY_V4, NET_FAMILY_V6, NET_KEY_DATA,
@@ -32,7 +32,7 @@ pub fn compile_paths(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
         let mut own: BTreeMap<Vec<u8>, u8> = BTreeMap::new();
         for (pattern, flag) in flagged(rules) {
             let bytes = path_bytes(pattern);
-            if PATH_KEY_HEADER + bytes.len() <= PATH_KEY_DATA {
+            if fits(&bytes) {
                 *own.entry(bytes).or_default() |= flag;
             }
         }
@@ -46,11 +46,7 @@ pub fn compile_paths(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
             let combined = flags | stack.last().map_or(0, |(_, f)| *f);
             stack.push((bytes, combined));
 
-            let mut data = [0u8; PATH_KEY_DATA];
-            data[..PATH_KEY_HEADER].copy_from_slice(&header);
-            data[PATH_KEY_HEADER..PATH_KEY_HEADER + bytes.len()].copy_from_slice(bytes);
-            let prefix_len = 8 * (PATH_KEY_HEADER + bytes.len()) as u32;
-            out.push((PathKey { prefix_len, data }, combined));
+            out.push((path_key(header, bytes), combined));
         }
     }
     out
@@ -62,7 +58,7 @@ pub fn compile_paths(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
 /// under a name no rule mentions.
 pub fn compile_guards(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
     let header = path_key_header_raw(ruleset, GUARD_ACTION);
-    let mut guarded: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut guarded: BTreeSet<&str> = BTreeSet::new();
     for rules in [&policy.exec, &policy.file_write, &policy.file_read] {
         for pattern in &rules.deny {
             let path = match pattern {
@@ -79,16 +75,25 @@ pub fn compile_guards(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
     }
     guarded
         .into_iter()
-        .filter(|p| PATH_KEY_HEADER + p.len() < PATH_KEY_DATA)
-        .map(|p| {
-            let mut data = [0u8; PATH_KEY_DATA];
-            data[..PATH_KEY_HEADER].copy_from_slice(&header);
-            data[PATH_KEY_HEADER..PATH_KEY_HEADER + p.len()].copy_from_slice(p.as_bytes());
-            // The NUL after the path is part of the key: only the exact path matches.
-            let prefix_len = 8 * (PATH_KEY_HEADER + p.len() + 1) as u32;
-            (PathKey { prefix_len, data }, RULE_DENY)
-        })
+        // As an exact pattern, so the NUL after the path is part of the key.
+        .map(|p| path_bytes(&PathPattern::Exact(p.to_owned())))
+        .filter(|bytes| fits(bytes))
+        .map(|bytes| (path_key(header, &bytes), RULE_DENY))
         .collect()
+}
+
+/// Whether a pattern's key bytes fit a trie key after the header.
+fn fits(bytes: &[u8]) -> bool {
+    PATH_KEY_HEADER + bytes.len() <= PATH_KEY_DATA
+}
+
+/// A trie key that matches `header` followed by `bytes` (which must `fit`).
+fn path_key(header: [u8; PATH_KEY_HEADER], bytes: &[u8]) -> PathKey {
+    let mut data = [0u8; PATH_KEY_DATA];
+    data[..PATH_KEY_HEADER].copy_from_slice(&header);
+    data[PATH_KEY_HEADER..PATH_KEY_HEADER + bytes.len()].copy_from_slice(bytes);
+    let prefix_len = 8 * (PATH_KEY_HEADER + bytes.len()) as u32;
+    PathKey { prefix_len, data }
 }
 
 /// The key bytes of a pattern after the header: `path\0` for an exact path (the NUL stops it

@@ -55,9 +55,7 @@ impl LabelRoot {
             .with_context(|| format!("reading {}", dir.display()))?
             .ino())
     }
-}
 
-impl LabelRoot {
     /// The path of the cgroup with this id beneath actgate's cgroup, as /proc/PID/cgroup
     /// names it ("/actgate/<label>/…"). It outlives the process, unlike /proc/PID/cgroup.
     pub fn cgroup_path(&self, id: u64) -> Option<String> {
