@@ -5,7 +5,8 @@
 //! label's cgroup across daemon restarts, and one unlabelled. Each worker times one kind of
 //! operation in a tight loop and answers with per-iteration means of small batches.
 //!
-//! The runs alternate: A with the daemon stopped, B with it running and enforcing a policy of
+//! The runs alternate: A with the daemon stopped, F (the floor, `floor.rs`) with a no-op BPF
+//! LSM program on each of actgate's hooks, B with the daemon running and enforcing a policy of
 //! 1,000 rules per action that never matches the benchmarked targets, so B measures the allow
 //! path. Only ratios within one boot mean anything: the VM runs under software emulation.
 //! Nothing here asserts a timing.
@@ -27,7 +28,10 @@ use agent_common::HOOKS;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::harness::{self, Daemon, metric};
+use crate::{
+    floor::Floor,
+    harness::{self, Daemon, metric},
+};
 
 const LABEL: &str = "bench";
 const DIR: &str = "/tmp/actgate-bench";
@@ -113,6 +117,8 @@ impl Op {
 enum Phase {
     /// Daemon stopped.
     A,
+    /// Daemon stopped, a no-op program on each of its hooks: what attaching costs by itself.
+    Floor,
     /// Daemon enforcing RULES rules per action.
     B,
     /// Daemon enforcing this many rules per action (scaling runs).
@@ -731,12 +737,15 @@ impl Results {
             .unwrap_or(0)
     }
 
-    /// A against B at RULES rules: pooled medians, quartiles, and each round's own ratio.
+    /// A against B at RULES rules: pooled medians, quartiles, and each round's own ratio; and
+    /// the floor F against both.
     fn compare(&self, labelled: bool, op: Op) -> Value {
         let a = self.pooled(labelled, op, Phase::A);
         let b = self.pooled(labelled, op, Phase::B);
+        let fl = self.pooled(labelled, op, Phase::Floor);
         let (am, a25, a75) = summary(&a);
         let (bm, b25, b75) = summary(&b);
+        let (fm, f25, f75) = summary(&fl);
         // Each round's own B/A ratio, and the labelled worker against the unlabelled one in
         // the same interleaved slices (immune to the host's load changing between runs).
         let ratios = |num: (bool, Phase), den: (bool, Phase)| -> Vec<f64> {
@@ -749,6 +758,7 @@ impl Results {
                 .collect()
         };
         let per_round = ratios((labelled, Phase::B), (labelled, Phase::A));
+        let above_floor = ratios((labelled, Phase::B), (labelled, Phase::Floor));
         let mut v = json!({
             "baseline_ns": r1(am),
             "enforced_ns": r1(bm),
@@ -759,7 +769,13 @@ impl Results {
             "enforced_p75_ns": r1(b75),
             "round_overhead_pct": per_round.iter().map(|x| r2(*x)).collect::<Vec<_>>(),
             "round_overhead_median_pct": r2(summary(&per_round).0),
-            "samples": {"baseline": a.len(), "enforced": b.len()},
+            "floor_ns": r1(fm),
+            "floor_p25_ns": r1(f25),
+            "floor_p75_ns": r1(f75),
+            "floor_pct": r2(pct(am, fm)),
+            "above_floor_pct": r2(pct(fm, bm)),
+            "round_above_floor_median_pct": r2(summary(&above_floor).0),
+            "samples": {"baseline": a.len(), "floor": fl.len(), "enforced": b.len()},
             "iterations_per_sample": op.batch(),
         });
         if labelled {
@@ -1094,7 +1110,10 @@ impl Bench {
     /// Per-program run time while each worker repeats each operation, with the kernel's
     /// statistics on only for this (they add two clock reads per program run). Every
     /// operation runs in STATS_SLICES slices; a program's ns per call is the median over the
-    /// slices, so one slice the host stalled doesn't decide it.
+    /// slices, so one slice the host stalled doesn't decide it. Each operation also gets the
+    /// run time of all programs per operation, and its share of the operation's A median:
+    /// the work actgate's own code does, which emulation inflates about as much as the
+    /// kernel's (both are translated x86 code).
     fn bpf_stats(&mut self, daemon: &Daemon) -> Result<Value> {
         set_bpf_stats(true)?;
         let names = prog_names();
@@ -1105,16 +1124,19 @@ impl Bench {
             for op in [Op::Exec, Op::OpenRead, Op::OpenWrite, Op::Connect] {
                 // Program name → per-slice (calls, ns).
                 let mut seen: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+                let mut iterations = 0;
                 for _ in 0..STATS_SLICES {
                     let before = prog_stats(daemon.pid());
                     let cmd = self.command(op, ms);
-                    self.worker(labelled).call(&cmd)?;
+                    iterations +=
+                        self.worker(labelled).call(&cmd)?.len() as u64 * op.batch() as u64;
                     let after = prog_stats(daemon.pid());
                     for (name, calls, ns) in stats_delta(&before, &after, &names) {
                         seen.entry(name).or_default().push((calls, ns));
                     }
                 }
                 let mut progs = serde_json::Map::new();
+                let mut total_ns = 0;
                 for (name, slices) in seen {
                     let per_call: Vec<f64> = slices
                         .iter()
@@ -1122,6 +1144,7 @@ impl Bench {
                         .collect();
                     let calls: u64 = slices.iter().map(|s| s.0).sum();
                     let ns: u64 = slices.iter().map(|s| s.1).sum();
+                    total_ns += ns;
                     progs.insert(
                         name,
                         json!({
@@ -1131,7 +1154,17 @@ impl Bench {
                         }),
                     );
                 }
-                per_op.insert(op.name().into(), Value::Object(progs));
+                let per_op_ns = total_ns as f64 / iterations.max(1) as f64;
+                let (baseline, _, _) = summary(&self.results.pooled(labelled, op, Phase::A));
+                per_op.insert(
+                    op.name().into(),
+                    json!({
+                        "programs": progs,
+                        "iterations": iterations,
+                        "program_ns_per_operation": r1(per_op_ns),
+                        "share_of_baseline_pct": r2(100.0 * per_op_ns / baseline),
+                    }),
+                );
             }
             out.insert(
                 (if labelled { "labelled" } else { "unlabelled" }).into(),
@@ -1273,21 +1306,30 @@ fn table(r: &Value) -> String {
         t.push('\n');
     };
     line(format!(
-        "actgate benchmark: Linux {}, {} rules per action, {} rounds of A (daemon stopped) / B (enforcing)",
+        "actgate benchmark: Linux {}, {} rules per action, {} rounds of A (daemon stopped) / F (floor: no-op programs) / B (enforcing)",
         r["kernel"].as_str().unwrap_or("?"),
         r["rules_per_label"],
         r["method"]["rounds"]
     ));
     line(
         "Medians of per-iteration means [p25 .. p75], pooled over rounds. overhead = B/A - 1 of \
-         those; rounds = median of each round's own B/A - 1; vs unl. = labelled against \
-         unlabelled in the same interleaved slices of the B runs (median over rounds)."
+         those; rounds = median of each round's own B/A - 1; floor = F/A - 1, a no-op BPF LSM \
+         program on each hook; B/F = B/F - 1, what actgate adds above that floor; vs unl. = \
+         labelled against unlabelled in the same interleaved slices of the B runs (median over \
+         rounds)."
             .into(),
     );
     line(String::new());
     line(format!(
-        "{:<37} {:>34} {:>34} {:>9} {:>9} {:>9}  per round",
-        "operation", "A: daemon stopped", "B: enforcing", "overhead", "rounds", "vs unl."
+        "{:<37} {:>34} {:>34} {:>9} {:>9} {:>9} {:>9} {:>9}  per round",
+        "operation",
+        "A: daemon stopped",
+        "B: enforcing",
+        "overhead",
+        "rounds",
+        "floor",
+        "B/F",
+        "vs unl."
     ));
     let row = |name: &str, v: &Value| -> String {
         let span = |m: &str, lo: &str, hi: &str| {
@@ -1307,12 +1349,14 @@ fn table(r: &Value) -> String {
             })
             .unwrap_or_default();
         format!(
-            "{:<37} {:>34} {:>34} {:>9} {:>9} {:>9}  {}",
+            "{:<37} {:>34} {:>34} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
             name,
             span("baseline_ns", "baseline_p25_ns", "baseline_p75_ns"),
             span("enforced_ns", "enforced_p25_ns", "enforced_p75_ns"),
             signed(f(v, "overhead_pct")),
             signed(f(v, "round_overhead_median_pct")),
+            signed(f(v, "floor_pct")),
+            signed(f(v, "above_floor_pct")),
             signed(f(v, "vs_unlabelled_enforced_pct")),
             rounds.join(" ")
         )
@@ -1377,19 +1421,25 @@ fn table(r: &Value) -> String {
     if let Some(stats) = r["bpf_stats"].as_object() {
         line(String::new());
         line(
-            "Per-program run time with kernel.bpf_stats_enabled=1 (median ns per call over slices, \
-             calls), by operation:"
+            "Program run time with kernel.bpf_stats_enabled=1, by operation: all programs' ns per \
+             operation and its share of the A median; per program, median ns per call over slices \
+             and calls:"
                 .into(),
         );
         for (who, ops) in stats {
-            for (op, progs) in ops.as_object().into_iter().flatten() {
-                let cells: Vec<String> = progs
+            for (op, v) in ops.as_object().into_iter().flatten() {
+                let cells: Vec<String> = v["programs"]
                     .as_object()
                     .into_iter()
                     .flatten()
                     .map(|(name, v)| format!("{name} {} ns x{}", v["ns_per_call"], v["calls"]))
                     .collect();
-                line(format!("  {who:<10} {op:<16} {}", cells.join(", ")));
+                line(format!(
+                    "  {who:<10} {op:<16} {} ns per operation = {} of A; {}",
+                    v["program_ns_per_operation"],
+                    signed(f(v, "share_of_baseline_pct")),
+                    cells.join(", ")
+                ));
             }
         }
     }
@@ -1465,6 +1515,14 @@ pub fn run(opts: &Options) -> Result<()> {
             opts.rounds
         ));
         bench.measure(Phase::A, round, &Op::ALL, &[true, false], ms)?;
+        progress(&format!(
+            "round {} of {}: F (floor: a no-op program on each hook)",
+            round + 1,
+            opts.rounds
+        ));
+        let floor = Floor::attach()?;
+        bench.measure(Phase::Floor, round, &Op::ALL, &[true, false], ms)?;
+        drop(floor);
         let daemon = bench.start(RULES)?;
         progress(&format!(
             "round {} of {}: B (enforcing)",
@@ -1537,7 +1595,8 @@ pub fn run(opts: &Options) -> Result<()> {
         "machine": {"cpus": cpus, "cpu": model, "emulation": "QEMU TCG (no KVM)"},
         "method": {
             "rounds": opts.rounds,
-            "order": "S10, then A B per round, then S10000 (A: daemon stopped, B: enforcing 1000 rules per action, S: enforcing N rules)",
+            "order": "S10, then A F B per round, then S10000 (A: daemon stopped, F: daemon stopped and a no-op BPF LSM program on each of its hooks, B: enforcing 1000 rules per action, S: enforcing N rules)",
+            "floor": "floor_pct = F/A - 1, the cost of attaching any BPF LSM program; above_floor_pct = B/F - 1, what actgate's own programs add to that",
             "seconds_per_run": opts.secs,
             "slices_per_run": PASSES,
             "statistic": "median (p25, p75) of per-iteration means of small batches, pooled over rounds; overhead_pct = enforced/baseline - 1",

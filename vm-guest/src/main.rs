@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod floor;
 mod harness;
 mod probe;
 mod tests;
