@@ -349,9 +349,24 @@ pub fn hook(
     nargs: usize,
     judge: impl FnOnce(&LabelInfo) -> Result<Verdict, u32>,
 ) -> i32 {
+    hook_when(ctx, nargs, || true, judge)
+}
+
+/// `hook` for a hook that also sees calls no rule is about (`concerns` returns false): those
+/// pass before the label lookup, which is most of what an unlabelled task pays.
+#[inline(always)]
+pub fn hook_when(
+    ctx: &aya_ebpf::programs::LsmContext,
+    nargs: usize,
+    concerns: impl FnOnce() -> bool,
+    judge: impl FnOnce(&LabelInfo) -> Result<Verdict, u32>,
+) -> i32 {
     let previous: i32 = ctx.arg(nargs);
     if previous != 0 {
         return previous;
+    }
+    if !concerns() {
+        return 0;
     }
     let Some(info) = crate::label::current() else {
         return 0;

@@ -36,15 +36,17 @@ fn path_inode(p: *const u8) -> *const u8 {
 
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 1, |info| {
-        let file: *const u8 = ctx.arg(0);
-        let mode: u32 = field(file, get(&kernel::FILE_F_MODE));
+    let file: *const u8 = ctx.arg(0);
+    let mode: u32 = field(file, get(&kernel::FILE_F_MODE));
+    // open_exec() marks its opens with __FMODE_EXEC in f_flags; FMODE_EXEC in f_mode is not
+    // set on every kernel. Every open of a file on overlayfs (a container's root, the VM's
+    // /tmp) comes twice, the second time as a backing file; it leaves before the label
+    // lookup.
+    let concerns = || {
         let flags: u32 = field(file, get(&kernel::FILE_F_FLAGS));
-        // open_exec() marks its opens with __FMODE_EXEC in f_flags; FMODE_EXEC in f_mode is
-        // not set on every kernel.
-        if (mode | flags) & FMODE_EXEC != 0 || mode & FMODE_NOACCOUNT != 0 {
-            return Ok(Verdict::Allow);
-        }
+        (mode | flags) & FMODE_EXEC == 0 && mode & FMODE_NOACCOUNT == 0
+    };
+    decide::hook_when(&ctx, 1, concerns, |info| {
         // Direct pointer arithmetic on the BTF-typed `file` keeps `&file->f_path` typed for
         // bpf_d_path.
         let target =
