@@ -6,7 +6,7 @@ use agent_common::{NET_FAMILY_V4, NET_FAMILY_V6, Verdict};
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
-    decide::{self, Dest, read},
+    decide::{self, Dest, field, read},
     kernel::{self, get},
 };
 
@@ -47,9 +47,14 @@ fn destination(addr: *const u8, len: i32) -> Option<Dest> {
 
 #[lsm(hook = "socket_connect")]
 pub fn socket_connect(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 3, |info| {
-        let addr: *const u8 = ctx.arg(1);
-        let len: i32 = ctx.arg(2);
+    let addr: *const u8 = ctx.arg(1);
+    let len: i32 = ctx.arg(2);
+    // Local families (AF_UNIX above all) leave before the label lookup.
+    let concerns = || {
+        let family: u16 = field(addr, 0);
+        len >= 2 && matches!(family, AF_INET | AF_INET6)
+    };
+    decide::hook_when(&ctx, 3, concerns, |info| {
         Ok(match destination(addr, len) {
             Some(d) => decide::net_action(info, &d),
             None => Verdict::Allow,
@@ -59,12 +64,13 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "socket_sendmsg")]
 pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 3, |info| {
-        let msg: *const u8 = ctx.arg(1);
-        // msg_name points at the kernel's copy of the address, NULL on a connected socket
-        // (judged at connect time).
-        let name = read::<usize>(msg, get(&kernel::MSGHDR_MSG_NAME)) as *const u8;
-        let len: i32 = read(msg, get(&kernel::MSGHDR_MSG_NAMELEN));
+    let msg: *const u8 = ctx.arg(1);
+    // msg_name points at the kernel's copy of the address, NULL on a connected socket (judged
+    // at connect time). Every write to a connected socket passes here, so those leave before
+    // the label lookup.
+    let name = field::<usize>(msg, get(&kernel::MSGHDR_MSG_NAME)) as *const u8;
+    decide::hook_when(&ctx, 3, || !name.is_null(), |info| {
+        let len: i32 = field(msg, get(&kernel::MSGHDR_MSG_NAMELEN));
         Ok(match destination(name, len) {
             Some(d) => decide::net_action(info, &d),
             None => Verdict::Allow,
