@@ -69,7 +69,8 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     // at connect time). Every write to a connected socket passes here, so those leave before
     // the label lookup.
     let name = field::<usize>(msg, get(&kernel::MSGHDR_MSG_NAME)) as *const u8;
-    decide::hook_when(&ctx, 3, || !name.is_null(), |info| {
+    let concerns = || !name.is_null();
+    decide::hook_when(&ctx, 3, concerns, |info| {
         let len: i32 = field(msg, get(&kernel::MSGHDR_MSG_NAMELEN));
         Ok(match destination(name, len) {
             Some(d) => decide::net_action(info, &d),
