@@ -3,10 +3,11 @@
 //! loads a policy, and the kernel checks the inode of any file that has more than one link.
 //!
 //! Covered: every file named by an exact deny path, and files with several links found beneath
-//! a denied tree (a bounded walk). Not covered: a file created beneath a denied tree after the
-//! load and then hard-linked by an unlabelled process.
+//! a denied tree (a bounded walk), as they are at each load. Not covered until the next load: a
+//! file created at a denied path or beneath a denied tree after the load and then hard-linked by
+//! an unlabelled process.
 
-use std::{fs, os::unix::fs::MetadataExt, path::Path};
+use std::{collections::HashMap, ffi::CString, fs, os::unix::ffi::OsStrExt, path::Path};
 
 use agent_common::{Action, InodeKey};
 use agent_policy::{PathPattern, Policy};
@@ -16,22 +17,90 @@ pub const MAX_ENTRIES: u32 = 1 << 16;
 /// Most directory entries one tree walk visits, so a huge denied tree can't stall a load.
 const WALK_BUDGET: usize = 100_000;
 
-/// The kernel's `dev_t` for a `stat` st_dev (MKDEV: major << 20 | minor).
-fn kernel_dev(st_dev: u64) -> u64 {
-    (u64::from(libc::major(st_dev)) << 20) | u64::from(libc::minor(st_dev))
+/// The kernel's `dev_t` for a major and minor number (MKDEV: major << 20 | minor).
+fn kernel_dev(major: u32, minor: u32) -> u64 {
+    (u64::from(major) << 20) | u64::from(minor)
 }
 
-fn key(meta: &fs::Metadata, ruleset: u16, action: Action) -> InodeKey {
+/// A file as the kernel's hooks see it: `inode->i_sb->s_dev` and `inode->i_ino`.
+struct FileId {
+    dev: u64,
+    ino: u64,
+    nlink: u32,
+    mode: u32,
+}
+
+/// Finds the kernel's identity of files.
+///
+/// `stat`'s `st_dev` is not always the `s_dev` of the superblock the hooks see. An overlayfs
+/// whose layers are on different file systems reports a regular file's st_dev as its layer's
+/// (the guest's /tmp under virtme-ng is such an overlay); btrfs reports a subvolume's. The
+/// mount a file is on names the superblock's device in mountinfo, so the device comes from
+/// there. The inode number needs no such care: overlayfs gives its inodes the st_ino it reports.
+struct Identities {
+    /// mountinfo's mount ID → the kernel dev_t of the mount's superblock.
+    mounts: HashMap<u64, u64>,
+}
+
+impl Identities {
+    fn load() -> Identities {
+        let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Identities {
+            mounts: parse_mountinfo(&text),
+        }
+    }
+
+    /// statx(2) of `path` (of the link itself unless `follow`), with the device of its mount.
+    fn of(&self, path: &Path, follow: bool) -> Option<FileId> {
+        let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+        let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+        let mask = libc::STATX_TYPE | libc::STATX_INO | libc::STATX_NLINK | libc::STATX_MNT_ID;
+        // SAFETY: an all-zero statx is a valid value of a plain C struct.
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a statx buffer, both outliving the call.
+        if unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), flags, mask, &mut st) } != 0 {
+            return None;
+        }
+        // Without a mount ID (kernels before 5.8) st_dev is the best there is; it is right on
+        // every file system but the stacked ones above.
+        let dev = (st.stx_mask & libc::STATX_MNT_ID != 0)
+            .then(|| self.mounts.get(&st.stx_mnt_id).copied())
+            .flatten()
+            .unwrap_or_else(|| kernel_dev(st.stx_dev_major, st.stx_dev_minor));
+        Some(FileId {
+            dev,
+            ino: st.stx_ino,
+            nlink: st.stx_nlink,
+            mode: u32::from(st.stx_mode) & libc::S_IFMT,
+        })
+    }
+}
+
+/// Mount ID → kernel dev_t, from /proc/self/mountinfo lines
+/// (`36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw`).
+fn parse_mountinfo(text: &str) -> HashMap<u64, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let id = fields.next()?.parse().ok()?;
+            let (major, minor) = fields.nth(1)?.split_once(':')?;
+            Some((id, kernel_dev(major.parse().ok()?, minor.parse().ok()?)))
+        })
+        .collect()
+}
+
+fn key(file: &FileId, ruleset: u16, action: Action) -> InodeKey {
     InodeKey {
-        dev: kernel_dev(meta.dev()),
-        ino: meta.ino(),
+        dev: file.dev,
+        ino: file.ino,
         ruleset,
         action: action as u8,
         _pad: [0; 5],
     }
 }
 
-fn walk(dir: &Path, budget: &mut usize, found: &mut Vec<fs::Metadata>) {
+/// Files with more than one link beneath `dir`, within `budget` directory entries.
+fn walk(ids: &Identities, dir: &Path, budget: &mut usize, found: &mut Vec<FileId>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -40,19 +109,21 @@ fn walk(dir: &Path, budget: &mut usize, found: &mut Vec<fs::Metadata>) {
             return;
         }
         *budget -= 1;
-        let Ok(meta) = entry.path().symlink_metadata() else {
+        let path = entry.path();
+        let Some(file) = ids.of(&path, false) else {
             continue;
         };
-        if meta.is_dir() {
-            walk(&entry.path(), budget, found);
-        } else if meta.is_file() && meta.nlink() > 1 {
-            found.push(meta);
+        if file.mode == libc::S_IFDIR {
+            walk(ids, &path, budget, found);
+        } else if file.mode == libc::S_IFREG && file.nlink > 1 {
+            found.push(file);
         }
     }
 }
 
 /// The inode entries of one policy's deny rules.
 pub fn denied_inodes(policy: &Policy, ruleset: u16) -> Vec<InodeKey> {
+    let ids = Identities::load();
     let mut keys = Vec::new();
     let mut budget = WALK_BUDGET;
     for (action, rules) in [
@@ -63,15 +134,15 @@ pub fn denied_inodes(policy: &Policy, ruleset: u16) -> Vec<InodeKey> {
         for pattern in &rules.deny {
             match pattern {
                 PathPattern::Exact(p) => {
-                    if let Ok(meta) = fs::metadata(p) {
-                        keys.push(key(&meta, ruleset, action));
+                    if let Some(file) = ids.of(Path::new(p), true) {
+                        keys.push(key(&file, ruleset, action));
                     }
                 }
                 PathPattern::Tree(d) => {
                     let mut found = Vec::new();
                     let dir = if d.is_empty() { "/" } else { d.as_str() };
-                    walk(Path::new(dir), &mut budget, &mut found);
-                    keys.extend(found.iter().map(|m| key(m, ruleset, action)));
+                    walk(&ids, Path::new(dir), &mut budget, &mut found);
+                    keys.extend(found.iter().map(|file| key(file, ruleset, action)));
                 }
             }
         }
@@ -85,8 +156,33 @@ mod tests {
 
     #[test]
     fn kernel_dev_matches_mkdev() {
-        // 8:1 (sda1) in the glibc encoding is 0x801; the kernel keeps 8 << 20 | 1.
-        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
-        assert_eq!(kernel_dev(libc::makedev(259, 70000)), (259 << 20) | 70000);
+        // 8:1 (sda1): the kernel keeps 8 << 20 | 1.
+        assert_eq!(kernel_dev(8, 1), (8 << 20) | 1);
+        assert_eq!(kernel_dev(259, 70000), (259 << 20) | 70000);
+    }
+
+    #[test]
+    fn mountinfo_maps_mount_ids_to_devices() {
+        let text = "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw\n\
+                    56 25 0:48 / /tmp rw,relatime - overlay ovl rw,lowerdir=/tmp\n\
+                    garbage\n";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(mounts[&36], kernel_dev(98, 0));
+        assert_eq!(mounts[&56], 48);
+    }
+
+    #[test]
+    fn a_file_gets_the_device_of_its_mount() {
+        // On the host, whatever file system the build directory is on: the device must be
+        // the one mountinfo gives its mount, and the inode the one stat gives.
+        use std::os::unix::fs::MetadataExt;
+        let ids = Identities::load();
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let file = ids.of(&here, true).expect("statx of Cargo.toml");
+        let meta = fs::metadata(&here).unwrap();
+        assert_eq!(file.ino, meta.ino());
+        assert_eq!(file.mode, libc::S_IFREG);
+        assert!(ids.mounts.values().any(|d| *d == file.dev));
     }
 }

@@ -3,6 +3,7 @@
 //! Everything CI does goes through here, in Rust, so that the README's two commands
 //! (`cargo xtask demo`, `cargo xtask test`) are all a newcomer or CI needs.
 
+mod apt;
 mod bench;
 mod setup;
 mod vm;

@@ -1,10 +1,10 @@
 //! `cargo xtask setup`: installs what is missing, and nothing when everything is present.
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use crate::run;
+use crate::{apt, run};
 
 fn quiet_ok(cmd: &mut Command) -> bool {
     cmd.output().map(|o| o.status.success()).unwrap_or(false)
@@ -52,14 +52,6 @@ fn natural(s: &str) -> Vec<u64> {
     s.split(|c: char| !c.is_ascii_digit())
         .filter_map(|p| p.parse().ok())
         .collect()
-}
-
-fn apt_install(args: &[&str]) -> Result<()> {
-    let mut cmd = Command::new("apt-get");
-    cmd.env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(args);
-    run(&mut cmd)
 }
 
 pub fn setup() -> Result<()> {
@@ -110,22 +102,29 @@ pub fn setup() -> Result<()> {
         ]))?;
     }
 
-    let backports = Path::new("/etc/apt/sources.list.d/actgate-backports.list");
     // virtme-ng builds the guest's initramfs from a static busybox.
-    let need_apt = !have("qemu-system-x86_64")
-        || !have("busybox")
-        || matrix_kernels().len() < KERNEL_SERIES.len();
-    if need_apt {
-        if !backports.exists() && !bookworm_backports_configured() {
-            std::fs::write(
-                backports,
-                "deb http://deb.debian.org/debian bookworm-backports main\n",
-            )
-            .with_context(|| format!("writing {}", backports.display()))?;
-        }
+    let need_qemu = !have("qemu-system-x86_64");
+    let need_busybox = !have("busybox");
+    let need_kernels = matrix_kernels().len() < KERNEL_SERIES.len();
+    if need_qemu || need_busybox || need_kernels {
+        let codename = apt::codename()?;
+        let backports = format!("{codename}-backports");
+        apt::ensure_suite(&codename, &backports)?;
         run(Command::new("apt-get").arg("update"))?;
-        apt_install(&["qemu-system-x86", "busybox-static", "linux-image-amd64"])?;
-        apt_install(&["-t", "bookworm-backports", "linux-image-amd64"])?;
+        if need_qemu {
+            // QEMU's packages must come from one suite: a machine that already has a backported
+            // qemu-utils can't take the release's own qemu-system-x86 (apt exits 100).
+            let suite = apt::installed_backport("qemu-").then_some(backports.as_str());
+            apt::install(suite, &["qemu-system-x86"])?;
+        }
+        if need_busybox {
+            apt::install(None, &["busybox-static"])?;
+        }
+        if need_kernels {
+            // The matrix: the release's kernel (6.1) and the backported one (6.12).
+            apt::install(None, &["linux-image-amd64"])?;
+            apt::install(Some(&backports), &["linux-image-amd64"])?;
+        }
     }
     let kernels = matrix_kernels();
     if kernels.len() < KERNEL_SERIES.len() {
@@ -146,11 +145,4 @@ pub fn setup() -> Result<()> {
             .join(", ")
     );
     Ok(())
-}
-
-fn bookworm_backports_configured() -> bool {
-    quiet_ok(Command::new("sh").args([
-        "-c",
-        "grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/",
-    ]))
 }

@@ -6,6 +6,7 @@
 
 use std::{
     fs,
+    io::{self, Read, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -23,6 +24,10 @@ fn target_dir() -> PathBuf {
 
 /// Boots `vmlinuz` and runs `command` in it as root, streaming its output. KVM is off: on this
 /// machine kind KVM guests hang or die on an MSR error, so QEMU emulates (TCG).
+///
+/// The VM's output passes through pipes of ours: QEMU reopens its stdout and stderr by path
+/// (`/proc/self/fd/N`), which truncates a regular file, so a redirected log would lose what was
+/// printed before the boot and keep a hole of NULs where it had been.
 pub fn boot(vmlinuz: &str, rwdir: &Path, command: &str) -> Result<std::process::ExitStatus> {
     let mut cmd = Command::new("timeout");
     cmd.arg(VM_TIMEOUT_SECS.to_string())
@@ -32,9 +37,29 @@ pub fn boot(vmlinuz: &str, rwdir: &Path, command: &str) -> Result<std::process::
         .arg(rwdir)
         .args(["--exec", command])
         .current_dir(root())
-        .stdin(Stdio::null());
-    cmd.status()
-        .context("starting vng (virtme-ng); run `cargo xtask setup`")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .context("starting vng (virtme-ng); run `cargo xtask setup`")?;
+    let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+        bail!("vng started without the pipes it was given");
+    };
+    // A relay that fails (our own stdout closed) must not leave the VM blocked on a full pipe,
+    // so each side drains to the end whatever happens to the copy.
+    let errs = std::thread::spawn(move || relay(&mut err, &mut io::stderr()));
+    relay(&mut out, &mut io::stdout());
+    let _ = errs.join();
+    child.wait().context("waiting for vng")
+}
+
+/// Copies `from` to `to` until `from` ends; once `to` fails, keeps reading and drops the rest.
+fn relay(from: &mut impl Read, to: &mut impl Write) {
+    if io::copy(from, to).is_err() {
+        let _ = io::copy(from, &mut io::sink());
+    }
+    let _ = to.flush();
 }
 
 fn guest_bin(name: &str) -> PathBuf {

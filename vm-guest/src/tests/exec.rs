@@ -4,6 +4,7 @@ use std::os::unix::fs::symlink;
 
 use anyhow::Result;
 
+use super::files::{own_tmpfs, unmount};
 use crate::{
     expect_eq,
     harness::{self, Ctx, NotPassed, Outcome, RAN, Results, http_get},
@@ -11,10 +12,15 @@ use crate::{
 
 const LABEL: &str = "vmtest";
 
+/// A tmpfs of the suite's own, beside the guest's /tmp (an overlayfs whose layers are on two
+/// file systems): the hard-link tests run on both.
+const TMPFS: &str = "tmpfs";
+
 fn policy(ctx: &Ctx) -> String {
     format!(
-        "name: vmtest-exec\nlabels: [{LABEL}]\nmode: enforce\nexec:\n  default: allow\n  deny: [{}, {}/**]\n",
+        "name: vmtest-exec\nlabels: [{LABEL}]\nmode: enforce\nexec:\n  default: allow\n  deny: [{}, {}, {}/**]\n",
         ctx.path("bin/denied").display(),
+        ctx.path(&format!("{TMPFS}/bin/denied")).display(),
         ctx.path("denytree").display()
     )
 }
@@ -22,6 +28,10 @@ fn policy(ctx: &Ctx) -> String {
 fn fixtures(ctx: &Ctx) -> Result<()> {
     harness::install("/bin/true", &ctx.path("bin/allowed"))?;
     harness::install("/bin/true", &ctx.path("bin/denied"))?;
+    own_tmpfs(&ctx.path(TMPFS))?;
+    harness::install("/bin/true", &ctx.path(&format!("{TMPFS}/bin/denied")))?;
+    std::fs::create_dir_all(ctx.path(&format!("{TMPFS}/ws")))?;
+    std::fs::create_dir_all(ctx.path("ws"))?;
     harness::install("/bin/true", &ctx.path("denytree/sub/tool"))?;
     symlink(ctx.path("bin/denied"), ctx.path("bin/link-to-denied"))?;
     harness::write(&ctx.path("denytree/script.sh"), "#!/bin/sh\nexit 0\n")?;
@@ -94,6 +104,30 @@ fn file_in_denied_tree_is_eperm(ctx: &Ctx) -> Outcome {
         "EPERM",
         "script inside a denied tree"
     );
+    Ok(())
+}
+
+/// A hard link to a binary denied by its exact path, made by an unlabelled process while the
+/// daemon enforces, names the same file: the label's exec of it is denied, on the guest's
+/// /tmp and on a tmpfs alike, and an unlabelled exec of it still runs.
+fn hard_link_made_while_enforcing_is_eperm(ctx: &Ctx) -> Outcome {
+    for dir in [".", TMPFS] {
+        let denied = p(ctx, &format!("{dir}/bin/denied"));
+        let link = p(ctx, &format!("{dir}/ws/hardlink"));
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&denied, &link)
+            .map_err(|e| NotPassed::Fail(format!("ln {denied} {link}: {e}")))?;
+        expect_eq!(
+            ctx.attempt(Some(LABEL), &["exec", &link]),
+            "EPERM",
+            "labelled exec of {link}, a hard link to {denied}"
+        );
+        expect_eq!(
+            ctx.attempt(None, &["exec", &link]),
+            RAN,
+            "unlabelled exec of {link}"
+        );
+    }
     Ok(())
 }
 
@@ -208,7 +242,13 @@ fn check_reports_every_problem_with_position(ctx: &Ctx) -> Outcome {
 
 /// Runs the exec tests against one daemon, then stops it and checks the exit.
 pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
-    let with_daemon: [crate::tests::Test; 8] = [
+    let results = with_fixtures(ctx, selected);
+    unmount(&ctx.path(TMPFS));
+    results
+}
+
+fn with_fixtures(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
+    let with_daemon: [crate::tests::Test; 9] = [
         ("healthz_and_readyz_answer", healthz_and_readyz_answer),
         ("labelled_allowed_exec_runs", allowed_exec_runs),
         ("labelled_denied_exec_is_eperm", denied_path_is_eperm),
@@ -223,6 +263,10 @@ pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
         (
             "labelled_exec_in_denied_tree_is_eperm",
             file_in_denied_tree_is_eperm,
+        ),
+        (
+            "labelled_exec_of_hard_link_made_while_enforcing_is_eperm",
+            hard_link_made_while_enforcing_is_eperm,
         ),
         (
             "labelled_grandchild_denied_exec_is_eperm",

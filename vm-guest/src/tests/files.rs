@@ -37,14 +37,19 @@ files:
     deny: [{ws}/locked/**, {secret}, {ovl}/secret.key]
   read:
     default: allow
-    deny: [{secret}, {vault}/**, {ws}/private/**, {ovl}/secret.key]
+    deny: [{secret}, {vault}/**, {ws}/private/**, {ovl}/secret.key, {guest}/secret.key]
 ",
         ws = f(ctx, "ws"),
+        guest = ctx.path(GUEST_TMP).display(),
         secret = f(ctx, "secret.key"),
         vault = f(ctx, "vault"),
         ovl = f(ctx, OVL),
     )
 }
+
+/// A directory in the guest's own /tmp, outside the suite's tmpfs: virtme-ng's overlayfs,
+/// whose layers are on two file systems, so `stat` reports another st_dev than the kernel's.
+const GUEST_TMP: &str = "files-guest-tmp";
 
 /// The merged directory of the suite's overlayfs mount, relative to the suite's directory.
 const OVL: &str = "ovl/merged";
@@ -154,6 +159,11 @@ fn fixtures(ctx: &Ctx) -> Result<()> {
     symlink(f(ctx, "outside"), f(ctx, "ws/link-to-outside"))?;
     symlink(f(ctx, "ws/a.txt"), f(ctx, "outside/link-to-ws"))?;
     overlay_fixtures(ctx)?;
+    harness::write(
+        &ctx.path(&format!("{GUEST_TMP}/secret.key")),
+        "guest secret\n",
+    )?;
+    fs::create_dir_all(ctx.path(&format!("{GUEST_TMP}/ws")))?;
     harness::write(&ctx.path("files/policies/files.yaml"), &policy(ctx))
 }
 
@@ -1239,6 +1249,34 @@ fn overlay_write_open_is_judged_on_the_visible_path(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// A hard link to a read-denied secret made by an unlabelled process while the daemon enforces,
+/// on the suite's tmpfs and in the guest's /tmp: the label can't read it under the new name.
+fn hard_link_made_while_enforcing_is_judged_as_the_file(ctx: &Ctx) -> Outcome {
+    let guest = |rel: &str| {
+        ctx.path(&format!("{GUEST_TMP}/{rel}"))
+            .display()
+            .to_string()
+    };
+    for (secret, link) in [
+        (f(ctx, "secret.key"), f(ctx, "ws/key-link-late")),
+        (guest("secret.key"), guest("ws/key-link-late")),
+    ] {
+        let _ = fs::remove_file(&link);
+        fs::hard_link(&secret, &link).with_context(|| format!("ln {secret} {link}"))?;
+        expect_eq!(
+            labelled(ctx, &["open-read", &link]),
+            "EPERM",
+            "labelled read of {link}, a hard link to {secret}"
+        );
+        expect_eq!(
+            unlabelled(ctx, &["open-read", &link]),
+            "OK",
+            "unlabelled read of {link}"
+        );
+    }
+    Ok(())
+}
+
 fn overlay_hard_link_made_before_start_is_judged_as_the_file(ctx: &Ctx) -> Outcome {
     let link = f(ctx, &format!("{OVL}/ws/key-link"));
     for probe in ["open-read", "open-write"] {
@@ -1335,7 +1373,7 @@ fn denied_read_event_names_the_resolved_file(ctx: &Ctx, daemon: &Daemon) -> Outc
 
 /// Runs the file tests against one daemon, then stops it.
 pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
-    let tests: [crate::tests::Test; 33] = [
+    let tests: [crate::tests::Test; 34] = [
         (
             "labelled_open_for_write_follows_write_rules",
             open_for_write_follows_write_rules,
@@ -1439,6 +1477,10 @@ pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
         (
             "labelled_access_through_hard_link_made_before_start_is_eperm",
             hard_link_made_before_start_is_judged_as_the_file,
+        ),
+        (
+            "labelled_read_of_hard_link_made_while_enforcing_is_eperm",
+            hard_link_made_while_enforcing_is_judged_as_the_file,
         ),
         (
             "labelled_rename_or_link_of_read_denied_file_is_eperm",
