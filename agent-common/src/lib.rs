@@ -4,6 +4,15 @@
 //! one side and read by the other through BPF maps and the ring buffer.
 #![no_std]
 
+mod errors;
+mod hooks;
+pub mod maps;
+mod offsets;
+
+pub use errors::KernelError;
+pub use hooks::{HOOKS, Hook};
+pub use offsets::{KERNEL_OFFSETS, KernelOffset};
+
 /// The actions a policy governs. The discriminant indexes counters and lives in map keys.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,26 +74,6 @@ impl Verdict {
     }
 }
 
-/// Every LSM hook actgate attaches a program to; each program is named after its hook. The
-/// daemon attaches them by these names, and the benchmark recognises them by these names
-/// (the kernel keeps only 15 characters of a program's name).
-pub const HOOKS: &[&str] = &[
-    "bprm_check_security",
-    "file_open",
-    "path_truncate",
-    "path_chmod",
-    "path_chown",
-    "path_unlink",
-    "path_rmdir",
-    "path_mkdir",
-    "path_symlink",
-    "path_mknod",
-    "path_link",
-    "path_rename",
-    "socket_connect",
-    "socket_sendmsg",
-];
-
 /// Most labels the maps hold at once. Label indexes are never reused while the daemon runs, so
 /// counters stay attached to their label across reloads.
 pub const MAX_LABELS: u32 = 1024;
@@ -105,6 +94,25 @@ pub const MODE_AUDIT: u8 = 1;
 /// also matches, so one longest-prefix lookup answers "did any deny match? any allow?".
 pub const RULE_ALLOW: u8 = 1;
 pub const RULE_DENY: u8 = 2;
+
+/// Turns the flags of the longest matching rule into a verdict: deny beats allow, and the
+/// label's default (`RULE_ALLOW` or `RULE_DENY`) applies when no rule matched. `mode` is the
+/// label's `MODE_*`. The kernel decides every action with this.
+#[inline(always)]
+pub fn verdict(flags: u8, default: u8, mode: u8) -> Verdict {
+    let denied = if flags & RULE_DENY != 0 {
+        true
+    } else if flags & RULE_ALLOW != 0 {
+        false
+    } else {
+        default == RULE_DENY
+    };
+    match (denied, mode == MODE_AUDIT) {
+        (false, _) => Verdict::Allow,
+        (true, false) => Verdict::Deny,
+        (true, true) => Verdict::Audit,
+    }
+}
 
 /// Bits of `LabelInfo::has_rules[Action::Connect]`: which of the two network lookups (with the
 /// connection's port, and with port 0 for rules without a port) can match, so a policy whose
@@ -244,7 +252,8 @@ pub struct Event {
     pub label: u32,
     pub action: u8,
     pub verdict: u8,
-    /// Address family of a connect target (`AF_INET`/`AF_INET6`), 0 for paths.
+    /// Address family of a connect target (`NET_FAMILY_V4` or `NET_FAMILY_V6`: 4 or 6, not
+    /// `AF_INET`), 0 for paths.
     pub family: u8,
     pub _pad: u8,
     /// Port of a connect target, host byte order.
@@ -273,11 +282,6 @@ pub struct ProcessKey {
 
 /// Processes whose executable the kernel remembers (least recently used ones are evicted).
 pub const MAX_PROCESSES: u32 = 16384;
-
-/// Kernel-side error counters, indexed by these slots.
-pub const ERR_PATH: u32 = 0;
-pub const ERR_SCRATCH: u32 = 1;
-pub const ERR_SLOTS: u32 = 4;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -308,6 +312,28 @@ mod tests {
         }
         assert_eq!(seen.len() as u32, DECISION_SLOTS);
         assert_eq!(*seen.iter().next_back().unwrap(), DECISION_SLOTS - 1);
+    }
+
+    #[test]
+    fn deny_beats_allow_and_the_default_fills_in_only_without_a_match() {
+        for mode in [MODE_ENFORCE, MODE_AUDIT] {
+            let denied = if mode == MODE_AUDIT {
+                Verdict::Audit
+            } else {
+                Verdict::Deny
+            };
+            for default in [RULE_ALLOW, RULE_DENY] {
+                let fallback = if default == RULE_DENY {
+                    denied
+                } else {
+                    Verdict::Allow
+                };
+                assert_eq!(verdict(0, default, mode), fallback);
+                assert_eq!(verdict(RULE_ALLOW, default, mode), Verdict::Allow);
+                assert_eq!(verdict(RULE_DENY, default, mode), denied);
+                assert_eq!(verdict(RULE_ALLOW | RULE_DENY, default, mode), denied);
+            }
+        }
     }
 
     #[test]

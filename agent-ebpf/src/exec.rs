@@ -3,17 +3,19 @@
 //! caller used. The last binary checked is the one the process runs, which `process.rs`
 //! remembers for the process's events.
 
+use agent_common::Hook;
 use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
 
 use crate::{
-    decide::{self, Inode, field},
-    kernel::{self, get},
+    hook::frame,
+    judge,
+    kernel::{self, Inode, field, get},
     path::Target,
 };
 
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 1, |info| {
+    frame(&ctx, Hook::BPRM_CHECK_SECURITY, |info| {
         let bprm: *const u8 = ctx.arg(0);
         // SAFETY: a direct load through the BTF-typed `bprm` keeps the verifier's type of
         // `bprm->file`, which bpf_d_path requires (a bpf_probe_read_kernel result would not).
@@ -28,6 +30,6 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
             field::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8,
             false,
         );
-        decide::exec_action(info, Target::Resolved(target), inode)
+        judge::exec_action(info, Target::Resolved(target), inode)
     })
 }

@@ -2,12 +2,13 @@
 //! (CONFIG_SECURITY_PATH) for every other change to the file system. Each hook is given the
 //! kernel's resolved path (or directory plus entry name), never the caller's string.
 
-use agent_common::{Action, Verdict};
+use agent_common::{Action, Hook, Verdict};
 use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
 
 use crate::{
-    decide::{self, Inode, field, path_actions, worst},
-    kernel::{self, get},
+    hook::{frame, frame_when},
+    judge::{moved_path, path_actions, worst},
+    kernel::{self, Inode, field, get},
     path::Target,
 };
 
@@ -46,7 +47,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         let flags: u32 = field(file, get(&kernel::FILE_F_FLAGS));
         (mode | flags) & FMODE_EXEC == 0 && mode & FMODE_NOACCOUNT == 0
     };
-    decide::hook_when(&ctx, 1, concerns, |info| {
+    frame_when(&ctx, Hook::FILE_OPEN, concerns, |info| {
         // Direct pointer arithmetic on the BTF-typed `file` keeps `&file->f_path` typed for
         // bpf_d_path.
         let target =
@@ -68,10 +69,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 /// A hook whose first argument is the `struct path` of an existing file that it changes
 /// (truncate, chmod, chown).
 macro_rules! existing_write_hook {
-    ($name:ident, $hook:literal, $nargs:literal) => {
+    ($name:ident, $hook:literal, $konst:ident) => {
         #[lsm(hook = $hook)]
         pub fn $name(ctx: LsmContext) -> i32 {
-            decide::hook(&ctx, $nargs, |info| {
+            frame(&ctx, Hook::$konst, |info| {
                 let p: *const path = ctx.arg(0);
                 let inode = Inode::of(path_inode(p as *const u8), false);
                 path_actions(info, Target::at(p), inode, &[Action::FileWrite])
@@ -80,16 +81,16 @@ macro_rules! existing_write_hook {
     };
 }
 
-existing_write_hook!(path_truncate, "path_truncate", 1);
-existing_write_hook!(path_chmod, "path_chmod", 2);
-existing_write_hook!(path_chown, "path_chown", 3);
+existing_write_hook!(path_truncate, "path_truncate", PATH_TRUNCATE);
+existing_write_hook!(path_chmod, "path_chmod", PATH_CHMOD);
+existing_write_hook!(path_chown, "path_chown", PATH_CHOWN);
 
 /// A hook whose first two arguments are (directory, entry) and that writes that entry.
 macro_rules! entry_write_hook {
-    ($name:ident, $hook:literal, $nargs:literal) => {
+    ($name:ident, $hook:literal, $konst:ident) => {
         #[lsm(hook = $hook)]
         pub fn $name(ctx: LsmContext) -> i32 {
-            decide::hook(&ctx, $nargs, |info| {
+            frame(&ctx, Hook::$konst, |info| {
                 let target = Target::Walk(ctx.arg(0), ctx.arg(1));
                 path_actions(info, target, None, &[Action::FileWrite])
             })
@@ -97,16 +98,16 @@ macro_rules! entry_write_hook {
     };
 }
 
-entry_write_hook!(path_unlink, "path_unlink", 2);
-entry_write_hook!(path_rmdir, "path_rmdir", 2);
-entry_write_hook!(path_mkdir, "path_mkdir", 3);
-entry_write_hook!(path_symlink, "path_symlink", 3);
+entry_write_hook!(path_unlink, "path_unlink", PATH_UNLINK);
+entry_write_hook!(path_rmdir, "path_rmdir", PATH_RMDIR);
+entry_write_hook!(path_mkdir, "path_mkdir", PATH_MKDIR);
+entry_write_hook!(path_symlink, "path_symlink", PATH_SYMLINK);
 
 /// mknod, mkfifo, and every O_CREAT open that creates a file (may_o_create in fs/namei.c), so
 /// a denied create leaves no empty file behind.
 #[lsm(hook = "path_mknod")]
 pub fn path_mknod(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 4, |info| {
+    frame(&ctx, Hook::PATH_MKNOD, |info| {
         let target = Target::Walk(ctx.arg(0), ctx.arg(1));
         path_actions(info, target, None, &[Action::FileWrite])
     })
@@ -116,14 +117,14 @@ pub fn path_mknod(ctx: LsmContext) -> i32 {
 /// must be writable, readable, not a guarded path, and not a file denied by identity.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 3, |info| {
+    frame(&ctx, Hook::PATH_LINK, |info| {
         let old: *const u8 = ctx.arg(0);
         let new_dir: *const path = ctx.arg(1);
         // A hard link can't cross mounts (do_linkat returns EXDEV first), so the source sits on
         // new_dir's mount and the walk can rebuild its path too.
         let source = Target::Walk(new_dir, old);
         let inode = Inode::of(dentry_inode(old), true);
-        let v = decide::moved_path(info, source, inode, &[Action::FileWrite, Action::FileRead])?;
+        let v = moved_path(info, source, inode, &[Action::FileWrite, Action::FileRead])?;
         if v == Verdict::Deny {
             return Ok(v);
         }
@@ -139,11 +140,11 @@ pub fn path_link(ctx: LsmContext) -> i32 {
 /// read-denied tree would otherwise make it readable under its new name.
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
-    decide::hook(&ctx, 5, |info| {
+    frame(&ctx, Hook::PATH_RENAME, |info| {
         let from = Target::Walk(ctx.arg(0), ctx.arg(1));
         let to = Target::Walk(ctx.arg(2), ctx.arg(3));
         let flags: u32 = ctx.arg(4);
-        let mut v = decide::moved_path(info, from, None, &[Action::FileWrite, Action::FileRead])?;
+        let mut v = moved_path(info, from, None, &[Action::FileWrite, Action::FileRead])?;
         if v != Verdict::Deny {
             // An exchange moves the target's file to the source's name as well.
             let to_actions: &[Action] = if flags & RENAME_EXCHANGE != 0 {

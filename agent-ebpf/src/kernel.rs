@@ -1,56 +1,20 @@
-//! Values the daemon writes into .rodata before loading.
+//! Kernel memory: the values the daemon writes into .rodata before loading, and the two ways
+//! the programs read kernel objects with them.
 //!
-//! Rust eBPF has no CO-RE, and kernel struct offsets differ between kernels (`file.f_path` is at
-//! 16 on 6.1 and at 64 on 6.12), so the daemon reads them from /sys/kernel/btf/vmlinux.
+//! Rust eBPF has no CO-RE, and kernel struct offsets differ between kernels, so the daemon
+//! reads them from /sys/kernel/btf/vmlinux (see `agent_common::kernel_offsets!`).
 
-#[unsafe(no_mangle)]
-pub static LINUX_BINPRM_FILE: u64 = 0;
-#[unsafe(no_mangle)]
-pub static FILE_F_PATH: u64 = 0;
-#[unsafe(no_mangle)]
-pub static TASK_STRUCT_REAL_PARENT: u64 = 0;
-#[unsafe(no_mangle)]
-pub static TASK_STRUCT_TGID: u64 = 0;
-#[unsafe(no_mangle)]
-pub static TASK_STRUCT_GROUP_LEADER: u64 = 0;
-#[unsafe(no_mangle)]
-pub static TASK_STRUCT_START_TIME: u64 = 0;
-#[unsafe(no_mangle)]
-pub static FILE_F_MODE: u64 = 0;
-#[unsafe(no_mangle)]
-pub static FILE_F_INODE: u64 = 0;
-#[unsafe(no_mangle)]
-pub static FILE_F_FLAGS: u64 = 0;
-#[unsafe(no_mangle)]
-pub static DENTRY_D_NAME: u64 = 0;
-#[unsafe(no_mangle)]
-pub static DENTRY_D_INODE: u64 = 0;
-#[unsafe(no_mangle)]
-pub static QSTR_NAME: u64 = 0;
-#[unsafe(no_mangle)]
-pub static INODE_I_NLINK: u64 = 0;
-#[unsafe(no_mangle)]
-pub static INODE_I_SB: u64 = 0;
-#[unsafe(no_mangle)]
-pub static INODE_I_INO: u64 = 0;
-#[unsafe(no_mangle)]
-pub static SUPER_BLOCK_S_DEV: u64 = 0;
-#[unsafe(no_mangle)]
-pub static DENTRY_D_PARENT: u64 = 0;
-#[unsafe(no_mangle)]
-pub static QSTR_LEN: u64 = 0;
-#[unsafe(no_mangle)]
-pub static MOUNT_MNT: u64 = 0;
-#[unsafe(no_mangle)]
-pub static MOUNT_MNT_PARENT: u64 = 0;
-#[unsafe(no_mangle)]
-pub static MOUNT_MNT_MOUNTPOINT: u64 = 0;
-#[unsafe(no_mangle)]
-pub static VFSMOUNT_MNT_ROOT: u64 = 0;
-#[unsafe(no_mangle)]
-pub static MSGHDR_MSG_NAME: u64 = 0;
-#[unsafe(no_mangle)]
-pub static MSGHDR_MSG_NAMELEN: u64 = 0;
+macro_rules! offset_globals {
+    ($($global:ident: $ty:ident . $member:ident,)+) => {
+        $(
+            #[doc = concat!("Offset of `", stringify!($ty), ".", stringify!($member), "`.")]
+            #[unsafe(no_mangle)]
+            pub static $global: u64 = 0;
+        )+
+    };
+}
+
+agent_common::kernel_offsets!(offset_globals);
 
 /// Depth of the label cgroups (`<cgroup2>/actgate/<label>`) below the cgroup v2 root.
 #[unsafe(no_mangle)]
@@ -67,4 +31,54 @@ pub static FAKE_ALLOW_ALL: u64 = 0;
 pub fn get(global: &'static u64) -> u64 {
     // SAFETY: a plain read of a static.
     unsafe { core::ptr::read_volatile(global) }
+}
+
+/// Reads a kernel value through a pointer, 0 when the read fails.
+#[inline(always)]
+pub fn read<T: Default>(base: *const u8, offset: u64) -> T {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T)
+    }
+    .unwrap_or_default()
+}
+
+/// Loads a field of a kernel object whose BTF type the verifier knows: a hook's argument, or a
+/// pointer loaded through `field` from one. The verifier turns the plain load into a
+/// fault-safe PROBE_MEM load, which costs far less than `read`'s helper call. `offset` must be
+/// one of the frozen .rodata globals above, which the verifier reads as constants.
+#[inline(always)]
+pub fn field<T>(base: *const u8, offset: u64) -> T {
+    // SAFETY: see above; the verifier checks the access against the BTF type, and a faulting
+    // PROBE_MEM load yields 0.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize) as *const T) }
+}
+
+/// A file identified by inode, for rules that must also hold for its other names.
+#[derive(Clone, Copy)]
+pub struct Inode {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl Inode {
+    /// The inode of a BTF-typed `struct inode *` (see `field`), but only when it has more than
+    /// one name (or `always`): a file with a single link can only be reached through the path
+    /// judged anyway.
+    #[inline(always)]
+    pub fn of(inode: *const u8, always: bool) -> Option<Inode> {
+        if inode.is_null() {
+            return None;
+        }
+        let nlink: u32 = field(inode, get(&INODE_I_NLINK));
+        if nlink <= 1 && !always {
+            return None;
+        }
+        let sb = field::<usize>(inode, get(&INODE_I_SB)) as *const u8;
+        let dev: u32 = field(sb, get(&SUPER_BLOCK_S_DEV));
+        Some(Inode {
+            dev: u64::from(dev),
+            ino: field(inode, get(&INODE_I_INO)),
+        })
+    }
 }

@@ -1,24 +1,33 @@
 //! actgate's kernel side: BPF LSM programs that judge the actions of labelled workloads
 //! against the rule maps the daemon fills, and deny with -EPERM before the action happens.
 //!
-//! One file per hook family (`exec.rs`, `file.rs`, `net.rs`); `label.rs` finds the calling
-//! task's label, `decide.rs` turns rule lookups into a verdict, counts it and reports it, and
-//! `process.rs` remembers which binary each labelled process runs, for its events.
+//! Modules in layers, each using only those below it:
+//! - `kernel.rs` (offsets and reads of kernel memory) and `maps.rs`;
+//! - `path.rs` (a hook's target → absolute path), `label.rs` (the calling task's label) and
+//!   `process.rs` (the binary each labelled process runs, for its events);
+//! - `record.rs` (counters and events) and `hook.rs` (the frame every hook runs in);
+//! - `judge.rs` (rule lookups → verdict);
+//! - one file per hook family: `exec.rs`, `file.rs`, `net.rs`.
+//!
+//! Adding a hook takes an entry in `agent_common::Hook`'s list and a function in its family's
+//! file.
 #![no_std]
 #![no_main]
-// Atomic adds for exact per-CPU counters; see decide::bump.
+// Atomic adds for exact per-CPU counters; see record::bump.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-mod decide;
 mod exec;
 mod file;
+mod hook;
+mod judge;
 mod kernel;
 mod label;
 mod maps;
 mod net;
 mod path;
 mod process;
+mod record;
 
 #[cfg(not(test))]
 #[panic_handler]

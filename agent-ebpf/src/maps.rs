@@ -1,7 +1,9 @@
-//! Every map the programs share with the daemon. The daemon finds them by these names.
+//! Every map the programs use. aya names each map after its static, and the daemon opens the
+//! shared ones by the names in `agent_common::maps`, which a test of the daemon checks against
+//! the built object.
 
 use agent_common::{
-    Action, Config, DECISION_SLOTS, ERR_SLOTS, EVENT_PATH, InodeKey, LabelInfo, LabelKey,
+    Action, Config, DECISION_SLOTS, EVENT_PATH, InodeKey, KernelError, LabelInfo, LabelKey,
     MAX_LABELS, MAX_PROCESSES, NET_KEY_DATA, PATH_BUF, PATH_KEY_DATA, PATH_KEY_HEADER, ProcessKey,
 };
 use aya_ebpf::{
@@ -39,9 +41,9 @@ pub static DECISIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECISION_
 pub static EVENTS_DROPPED: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(Action::COUNT as u32, 0);
 
-/// Internal errors, per `agent_common::ERR_*` slot. An error never denies.
+/// Internal errors, per `agent_common::KernelError`. An error never denies.
 #[map]
-pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ERR_SLOTS, 0);
+pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KernelError::COUNT, 0);
 
 /// BPF_F_NO_COMMON_LRU: each CPU keeps its own LRU list, so an exec's update takes no
 /// lock shared with the other CPUs.

@@ -2,12 +2,13 @@
 //! an explicit destination (UDP without connect, TCP Fast Open). Only IPv4 and IPv6 are
 //! network actions; AF_UNIX and other local families pass.
 
-use agent_common::{NET_FAMILY_V4, NET_FAMILY_V6, Verdict};
+use agent_common::{Hook, NET_FAMILY_V4, NET_FAMILY_V6, Verdict};
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
-    decide::{self, Dest, field, read},
-    kernel::{self, get},
+    hook::frame_when,
+    judge::{self, Dest},
+    kernel::{self, field, get, read},
 };
 
 const AF_INET: u16 = 2;
@@ -54,9 +55,9 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
         let family: u16 = field(addr, 0);
         len >= 2 && matches!(family, AF_INET | AF_INET6)
     };
-    decide::hook_when(&ctx, 3, concerns, |info| {
+    frame_when(&ctx, Hook::SOCKET_CONNECT, concerns, |info| {
         Ok(match destination(addr, len) {
-            Some(d) => decide::net_action(info, &d),
+            Some(d) => judge::net_action(info, &d),
             None => Verdict::Allow,
         })
     })
@@ -70,10 +71,10 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     // the label lookup.
     let name = field::<usize>(msg, get(&kernel::MSGHDR_MSG_NAME)) as *const u8;
     let concerns = || !name.is_null();
-    decide::hook_when(&ctx, 3, concerns, |info| {
+    frame_when(&ctx, Hook::SOCKET_SENDMSG, concerns, |info| {
         let len: i32 = field(msg, get(&kernel::MSGHDR_MSG_NAMELEN));
         Ok(match destination(name, len) {
-            Some(d) => decide::net_action(info, &d),
+            Some(d) => judge::net_action(info, &d),
             None => Verdict::Allow,
         })
     })

@@ -5,15 +5,14 @@
 //! the path is rebuilt by walking dentries and mounts up to the root, as the kernel's own
 //! prepend_path does.
 
-use agent_common::{ERR_PATH, PATH_BUF};
+use agent_common::{KernelError, PATH_BUF};
 use aya_ebpf::{
     bindings::path,
     helpers::generated::{bpf_d_path, bpf_probe_read_kernel},
 };
 
 use crate::{
-    decide::read,
-    kernel::{self, get},
+    kernel::{self, get, read},
     maps::{self, Scratch},
 };
 
@@ -40,7 +39,7 @@ impl Target {
 
 /// Resolves a target into `s.path` (NUL-terminated).
 #[inline(always)]
-pub fn resolve(s: &mut Scratch, target: Target) -> Result<(), u32> {
+pub fn resolve(s: &mut Scratch, target: Target) -> Result<(), KernelError> {
     match target {
         Target::Walk(at, dentry) => walk(s, at, dentry),
         Target::Resolved(p) => {
@@ -52,7 +51,11 @@ pub fn resolve(s: &mut Scratch, target: Target) -> Result<(), u32> {
                     PATH_BUF as u32,
                 )
             };
-            if len <= 0 { Err(ERR_PATH) } else { Ok(()) }
+            if len <= 0 {
+                Err(KernelError::DPathFailed)
+            } else {
+                Ok(())
+            }
         }
     }
 }
@@ -68,8 +71,10 @@ const MAX_DEPTH: u32 = 40;
 /// verifier sees an unknown, masked offset instead of tracking a different exact value on
 /// every path through the loop, which made it give up after a million instructions.
 #[inline(always)]
-fn walk(s: &mut Scratch, at: *const path, dentry: *const u8) -> Result<(), u32> {
-    let w = maps::WALK.get_ptr_mut(0).ok_or(ERR_PATH)?;
+fn walk(s: &mut Scratch, at: *const path, dentry: *const u8) -> Result<(), KernelError> {
+    let w = maps::WALK
+        .get_ptr_mut(0)
+        .ok_or(KernelError::ScratchUnavailable)?;
     // SAFETY: per-CPU map memory, ours for the life of this program run.
     let (pos, buf) = unsafe { (&raw mut (*w).pos, (&raw mut (*w).buf) as *mut u8) };
     unsafe { core::ptr::write_volatile(pos, PATH_BUF as u64) };
@@ -112,13 +117,13 @@ fn walk(s: &mut Scratch, at: *const path, dentry: *const u8) -> Result<(), u32> 
     }
     // A deeper path would be judged by its last components only: refuse to guess.
     if !at_root {
-        return Err(ERR_PATH);
+        return Err(KernelError::PathTooDeep);
     }
     // SAFETY: as above.
     let start = unsafe { core::ptr::read_volatile(pos) } as usize;
     // 0 would leave no room for the NUL.
     if start == 0 || start > PATH_BUF {
-        return Err(ERR_PATH);
+        return Err(KernelError::PathTooLong);
     }
     if start == PATH_BUF {
         s.path[0] = b'/';

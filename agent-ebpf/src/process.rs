@@ -11,8 +11,7 @@ use agent_common::{EVENT_PATH, Event, PATH_BUF, ProcessKey};
 use aya_ebpf::helpers::generated::{bpf_get_current_task, bpf_probe_read_kernel};
 
 use crate::{
-    decide::read,
-    kernel::{self, get},
+    kernel::{self, get, read},
     maps,
 };
 

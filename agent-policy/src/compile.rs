@@ -337,18 +337,13 @@ mod tests {
             .map_or(0, |(_, _, flags)| flags)
     }
 
+    /// The kernel's own verdict on the flags of its lookups.
     fn kernel_verdict(policy: &Policy, flags: u8, action: Action) -> Verdict {
-        let default = defaults(policy)[action as usize];
-        verdict(
-            policy,
-            flags & RULE_DENY != 0,
-            flags & RULE_ALLOW != 0,
-            if default == RULE_DENY {
-                Fallback::Deny
-            } else {
-                Fallback::Allow
-            },
-        )
+        let mode = match policy.mode {
+            Mode::Enforce => agent_common::MODE_ENFORCE,
+            Mode::Audit => agent_common::MODE_AUDIT,
+        };
+        agent_common::verdict(flags, defaults(policy)[action as usize], mode)
     }
 
     /// What the kernel decides from the compiled entries: one lookup of header + path + NUL,

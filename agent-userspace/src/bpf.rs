@@ -2,7 +2,7 @@
 
 use std::{fs, path::Path};
 
-use agent_common::HOOKS;
+use agent_common::{Hook, maps};
 use anyhow::{Context, Result, bail};
 use aya::{Btf, Ebpf, EbpfLoader, programs::Lsm};
 use tokio::io::{Interest, unix::AsyncFd};
@@ -63,9 +63,9 @@ pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<(Eb
     loader
         .override_global("LABEL_LEVEL", &level, true)
         .override_global("FAKE_ALLOW_ALL", &fake, true)
-        .map_max_entries("PATH_RULES", sizes.path_rules)
-        .map_max_entries("NET_RULES", sizes.net_rules)
-        .map_max_entries("INODE_RULES", sizes.inode_rules);
+        .map_max_entries(maps::PATH_RULES, sizes.path_rules)
+        .map_max_entries(maps::NET_RULES, sizes.net_rules)
+        .map_max_entries(maps::INODE_RULES, sizes.inode_rules);
     let mut ebpf = loader
         .load(OBJECT)
         .context("loading actgate's eBPF object into the kernel")?;
@@ -73,7 +73,7 @@ pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<(Eb
     let logger = aya_log::EbpfLogger::init(&mut ebpf)
         .context("setting up the kernel programs' log (AYA_LOGS)")?;
     let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux")?;
-    for hook in HOOKS {
+    for Hook { name: hook, .. } in Hook::ALL {
         let prog: &mut Lsm = ebpf
             .program_mut(hook)
             .with_context(|| format!("program {hook} is missing from the eBPF object"))?
@@ -106,4 +106,35 @@ pub fn forward_kernel_log(logger: KernelLog) -> Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use agent_common::{HOOKS, maps};
+    use aya_obj::{Object, ProgramSection};
+
+    use super::OBJECT;
+
+    /// The built object against the lists in agent-common, which the daemon trusts: a map or
+    /// program named on one side only would fail at load time, or never be attached.
+    #[test]
+    fn the_object_has_every_shared_map_and_exactly_the_listed_lsm_programs() {
+        let obj = Object::parse(OBJECT).expect("parsing the eBPF object");
+        for name in maps::ALL {
+            assert!(
+                obj.maps.contains_key(*name),
+                "map {name} is not in the object"
+            );
+        }
+        let programs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        assert_eq!(programs, HOOKS.iter().copied().collect());
+        for (name, p) in &obj.programs {
+            assert!(
+                matches!(p.section, ProgramSection::Lsm { sleepable: false }),
+                "{name} is not an LSM program"
+            );
+        }
+    }
 }

@@ -7,6 +7,7 @@
 
 use std::{collections::HashMap, fs, path::Path};
 
+use agent_common::KERNEL_OFFSETS;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -159,40 +160,11 @@ impl Btf {
     }
 }
 
-/// The offsets the eBPF programs read, as (global, struct, member); the globals are those in
-/// agent-ebpf/src/kernel.rs.
-const NEEDED: [(&str, &str, &str); 24] = [
-    ("FILE_F_FLAGS", "file", "f_flags"),
-    ("DENTRY_D_PARENT", "dentry", "d_parent"),
-    ("QSTR_LEN", "qstr", "len"),
-    ("MOUNT_MNT", "mount", "mnt"),
-    ("MOUNT_MNT_PARENT", "mount", "mnt_parent"),
-    ("MOUNT_MNT_MOUNTPOINT", "mount", "mnt_mountpoint"),
-    ("VFSMOUNT_MNT_ROOT", "vfsmount", "mnt_root"),
-    ("LINUX_BINPRM_FILE", "linux_binprm", "file"),
-    ("FILE_F_PATH", "file", "f_path"),
-    ("FILE_F_MODE", "file", "f_mode"),
-    ("FILE_F_INODE", "file", "f_inode"),
-    ("TASK_STRUCT_REAL_PARENT", "task_struct", "real_parent"),
-    ("TASK_STRUCT_TGID", "task_struct", "tgid"),
-    ("TASK_STRUCT_GROUP_LEADER", "task_struct", "group_leader"),
-    ("TASK_STRUCT_START_TIME", "task_struct", "start_time"),
-    ("DENTRY_D_NAME", "dentry", "d_name"),
-    ("DENTRY_D_INODE", "dentry", "d_inode"),
-    ("QSTR_NAME", "qstr", "name"),
-    ("INODE_I_NLINK", "inode", "i_nlink"),
-    ("INODE_I_SB", "inode", "i_sb"),
-    ("INODE_I_INO", "inode", "i_ino"),
-    ("SUPER_BLOCK_S_DEV", "super_block", "s_dev"),
-    ("MSGHDR_MSG_NAME", "msghdr", "msg_name"),
-    ("MSGHDR_MSG_NAMELEN", "msghdr", "msg_namelen"),
-];
-
-/// Reads every offset in `NEEDED`.
+/// Reads every offset the programs need (`agent_common::KERNEL_OFFSETS`), as (global, value).
 pub fn kernel_offsets(btf: &Btf) -> Result<Vec<(&'static str, u64)>, BtfError> {
-    NEEDED
+    KERNEL_OFFSETS
         .iter()
-        .map(|(global, ty, member)| Ok((*global, btf.member_offset(ty, member)?)))
+        .map(|o| Ok((o.global, btf.member_offset(o.ty, o.member)?)))
         .collect()
 }
 
@@ -281,6 +253,6 @@ mod tests {
         }
         let btf = Btf::from_file(path).unwrap();
         let offs = kernel_offsets(&btf).unwrap();
-        assert_eq!(offs.len(), NEEDED.len());
+        assert_eq!(offs.len(), KERNEL_OFFSETS.len());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use agent_common::{Action, ERR_SLOTS, Verdict, decision_index};
+use agent_common::{Action, KernelError, Verdict, decision_index, maps};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
@@ -45,9 +45,9 @@ pub type LabelDecisions = [[u64; Verdict::COUNT]; Action::COUNT];
 impl Counters {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
-            decisions: take(ebpf, "DECISIONS")?,
-            dropped: take(ebpf, "EVENTS_DROPPED")?,
-            errors: take(ebpf, "ERRORS")?,
+            decisions: take(ebpf, maps::DECISIONS)?,
+            dropped: take(ebpf, maps::EVENTS_DROPPED)?,
+            errors: take(ebpf, maps::ERRORS)?,
         })
     }
 
@@ -65,7 +65,13 @@ impl Counters {
         sum(&self.dropped, action as u32)
     }
 
+    /// Hook calls that failed for `reason` and were allowed.
+    pub fn errors_of(&self, reason: KernelError) -> u64 {
+        sum(&self.errors, reason as u32)
+    }
+
+    /// Hook calls that failed for any reason.
     pub fn errors(&self) -> u64 {
-        (0..ERR_SLOTS).map(|i| sum(&self.errors, i)).sum()
+        KernelError::ALL.iter().map(|r| self.errors_of(*r)).sum()
     }
 }

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{Action, Event, Verdict};
+use agent_common::{Action, Event, Verdict, maps};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
@@ -187,9 +187,10 @@ impl Sink {
 /// Drains the ring buffer for as long as the daemon runs.
 pub fn spawn(ebpf: &mut Ebpf, state: Arc<State>, mut sink: Option<Sink>) -> Result<()> {
     let map = ebpf
-        .take_map("EVENTS")
-        .context("map EVENTS is missing from the eBPF object")?;
-    let ring = RingBuf::<MapData>::try_from(map).context("map EVENTS is not a ring buffer")?;
+        .take_map(maps::EVENTS)
+        .with_context(|| format!("map {} is missing from the eBPF object", maps::EVENTS))?;
+    let ring = RingBuf::<MapData>::try_from(map)
+        .with_context(|| format!("map {} is not a ring buffer", maps::EVENTS))?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long as
     // the AsyncFd that owns the ring buffer lives.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }

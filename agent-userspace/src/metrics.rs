@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use agent_common::{Action, Verdict};
+use agent_common::{Action, KernelError, Verdict};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
@@ -56,12 +56,17 @@ impl Collector for ActgateCollector {
             ConstCounter::new(self.counters.dropped(a)).encode(m.encode_family(&set)?)?;
         }
 
-        ConstCounter::new(self.counters.errors()).encode(enc.encode_descriptor(
+        let mut m = enc.encode_descriptor(
             "actgate_kernel_errors",
-            "Hook calls that hit an internal error (e.g. an unresolvable path) and were allowed",
+            "Hook calls that hit an internal error (e.g. an unresolvable path) and were allowed, \
+             by reason",
             None,
             prometheus_client::metrics::MetricType::Counter,
-        )?)?;
+        )?;
+        for r in KernelError::ALL {
+            let set: Labels = vec![("reason", r.as_str().into())];
+            ConstCounter::new(self.counters.errors_of(*r)).encode(m.encode_family(&set)?)?;
+        }
 
         ConstGauge::new(self.state.policies_loaded.load(Ordering::Relaxed) as i64).encode(
             enc.encode_descriptor(

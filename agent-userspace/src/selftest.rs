@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::Action;
+use agent_common::{Action, Hook};
 use agent_policy::{Fallback, Mode, NetPattern, PathPattern, Policy, Rules};
 use anyhow::{Context, Result};
 
@@ -106,13 +106,9 @@ impl SelfTest {
     }
 }
 
-/// The hook behind each action, for messages.
+/// The hook each probe action passes through, for messages.
 pub fn hook_of(action: Action) -> &'static str {
-    match action {
-        Action::Exec => "bprm_check_security",
-        Action::FileWrite | Action::FileRead => "file_open",
-        Action::Connect => "socket_connect",
-    }
+    Hook::first_for(action).map_or("none", |h| h.name)
 }
 
 fn outcome(r: std::io::Result<()>) -> String {

@@ -1,0 +1,60 @@
+//! Why a hook could not judge an action. Such a call is allowed (a denial-of-service is not a
+//! policy) and counted per reason in the kernel's `ERRORS` map, which the daemon exports as
+//! `actgate_kernel_errors_total{reason}`.
+
+macro_rules! kernel_errors {
+    ($($(#[$doc:meta])* $variant:ident = $value:literal => $reason:literal,)+) => {
+        /// The discriminant is the reason's slot in `ERRORS`.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum KernelError {
+            $($(#[$doc])* $variant = $value,)+
+        }
+
+        impl KernelError {
+            pub const ALL: &[KernelError] = &[$(KernelError::$variant),+];
+            pub const COUNT: u32 = KernelError::ALL.len() as u32;
+
+            /// The metric's `reason` label: stable, lowercase snake_case.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(KernelError::$variant => $reason,)+
+                }
+            }
+        }
+    };
+}
+
+kernel_errors! {
+    /// `bpf_d_path` refused the path: longer than `PATH_BUF`, or on a file system it can't
+    /// name.
+    DPathFailed = 0 => "d_path_failed",
+    /// The dentry walk of a `path_*` hook met more components than it follows
+    /// (`MAX_DEPTH`); judging the last ones only would be a guess.
+    PathTooDeep = 1 => "path_too_deep",
+    /// The dentry walk built a path longer than `PATH_BUF`.
+    PathTooLong = 2 => "path_too_long",
+    /// A per-CPU scratch buffer (the `SCRATCH` or `WALK` map) could not be looked up.
+    ScratchUnavailable = 3 => "scratch_unavailable",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_dense_slots_with_unique_snake_case_names() {
+        for (i, e) in KernelError::ALL.iter().enumerate() {
+            assert_eq!(*e as u32, i as u32, "{e:?} is not at its slot");
+            let r = e.as_str();
+            assert!(
+                r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{r}"
+            );
+            assert!(
+                !KernelError::ALL[..i].iter().any(|o| o.as_str() == r),
+                "{r} twice"
+            );
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The LSM hooks actgate attaches to: one list, read by the kernel programs (argument counts),
+//! the daemon (which programs to load and attach) and the self-test (which hook proves which
+//! action).
+
+use crate::Action;
+
+/// One LSM hook and the program that judges it. The program is named after the hook (the
+/// kernel keeps only 15 characters of a program's name, so the benchmark matches prefixes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hook {
+    pub name: &'static str,
+    /// The hook's own arguments. The BPF LSM passes the previous program's verdict right after
+    /// them, as argument `nargs`.
+    pub nargs: usize,
+    /// The actions the program judges.
+    pub actions: &'static [Action],
+}
+
+macro_rules! hooks {
+    ($($konst:ident = $name:literal, $nargs:literal, [$($action:ident),+];)+) => {
+        impl Hook {
+            $(pub const $konst: Hook = Hook {
+                name: $name,
+                nargs: $nargs,
+                actions: &[$(Action::$action),+],
+            };)+
+            /// Every hook, in attach order.
+            pub const ALL: &[Hook] = &[$(Hook::$konst),+];
+        }
+
+        /// The name of every hook, in the order of `Hook::ALL`.
+        pub const HOOKS: &[&str] = &[$($name),+];
+    };
+}
+
+hooks! {
+    BPRM_CHECK_SECURITY = "bprm_check_security", 1, [Exec];
+    FILE_OPEN = "file_open", 1, [FileWrite, FileRead];
+    PATH_TRUNCATE = "path_truncate", 1, [FileWrite];
+    PATH_CHMOD = "path_chmod", 2, [FileWrite];
+    PATH_CHOWN = "path_chown", 3, [FileWrite];
+    PATH_UNLINK = "path_unlink", 2, [FileWrite];
+    PATH_RMDIR = "path_rmdir", 2, [FileWrite];
+    PATH_MKDIR = "path_mkdir", 3, [FileWrite];
+    PATH_SYMLINK = "path_symlink", 3, [FileWrite];
+    PATH_MKNOD = "path_mknod", 4, [FileWrite];
+    PATH_LINK = "path_link", 3, [FileWrite, FileRead];
+    PATH_RENAME = "path_rename", 5, [FileWrite, FileRead];
+    SOCKET_CONNECT = "socket_connect", 3, [Connect];
+    SOCKET_SENDMSG = "socket_sendmsg", 3, [Connect];
+}
+
+impl Hook {
+    /// The first hook in `ALL` that judges `action`: the one an exec, an open or a connect(2)
+    /// passes through, which is what the start-up self-test tries. Every action has one (see
+    /// the test below).
+    pub fn first_for(action: Action) -> Option<Hook> {
+        Hook::ALL
+            .iter()
+            .copied()
+            .find(|h| h.actions.contains(&action))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_has_a_hook_and_names_are_unique() {
+        for a in Action::ALL {
+            assert!(Hook::first_for(a).is_some(), "{a:?}");
+        }
+        for (i, h) in Hook::ALL.iter().enumerate() {
+            assert_eq!(HOOKS[i], h.name);
+            assert!(!HOOKS[..i].contains(&h.name), "{} twice", h.name);
+        }
+    }
+
+    #[test]
+    fn the_self_test_probes_the_hooks_of_exec_open_and_connect() {
+        let hook = |a| Hook::first_for(a).map(|h| h.name);
+        assert_eq!(hook(Action::Exec), Some("bprm_check_security"));
+        assert_eq!(hook(Action::FileWrite), Some("file_open"));
+        assert_eq!(hook(Action::FileRead), Some("file_open"));
+        assert_eq!(hook(Action::Connect), Some("socket_connect"));
+    }
+}

@@ -1,0 +1,32 @@
+//! The names of the maps the daemon opens. aya's `#[map]` names each map after its static, so
+//! the kernel side's statics carry these names; a test of the daemon checks the built object
+//! against `ALL`.
+
+macro_rules! map_names {
+    ($($(#[$doc:meta])* $name:ident,)+) => {
+        $($(#[$doc])* pub const $name: &str = stringify!($name);)+
+        /// Every map the daemon opens by name.
+        pub const ALL: &[&str] = &[$($name),+];
+    };
+}
+
+map_names! {
+    /// `Config`, one element.
+    CONFIG,
+    /// `LabelKey` → `LabelInfo`.
+    LABELS,
+    /// The `PathKey` trie.
+    PATH_RULES,
+    /// The `NetKey` trie.
+    NET_RULES,
+    /// `InodeKey` → rule flags.
+    INODE_RULES,
+    /// Per-CPU decision counters, indexed by `decision_index`.
+    DECISIONS,
+    /// Per-CPU counts of events lost to a full ring buffer, per action.
+    EVENTS_DROPPED,
+    /// Per-CPU error counts, indexed by `KernelError`.
+    ERRORS,
+    /// The ring buffer of `Event`s.
+    EVENTS,
+}

@@ -1,0 +1,63 @@
+//! The kernel struct members the programs read. Rust eBPF has no CO-RE and layouts move between
+//! kernels (`file.f_path` is at 16 on 6.1 and at 64 on 6.12), so the daemon looks each one up
+//! in /sys/kernel/btf/vmlinux and writes it into the program's global of the same name before
+//! loading. Both sides are generated from the one list in `kernel_offsets!`, so a global can't
+//! exist on one side only and silently stay 0.
+
+/// Calls `$apply! { GLOBAL: struct.member, ... }` with every offset the programs read: the
+/// kernel side defines a global per entry, the daemon reads each from BTF.
+#[macro_export]
+macro_rules! kernel_offsets {
+    ($apply:ident) => {
+        $apply! {
+            LINUX_BINPRM_FILE: linux_binprm.file,
+            FILE_F_PATH: file.f_path,
+            FILE_F_MODE: file.f_mode,
+            FILE_F_FLAGS: file.f_flags,
+            FILE_F_INODE: file.f_inode,
+            TASK_STRUCT_REAL_PARENT: task_struct.real_parent,
+            TASK_STRUCT_TGID: task_struct.tgid,
+            TASK_STRUCT_GROUP_LEADER: task_struct.group_leader,
+            TASK_STRUCT_START_TIME: task_struct.start_time,
+            DENTRY_D_NAME: dentry.d_name,
+            DENTRY_D_INODE: dentry.d_inode,
+            DENTRY_D_PARENT: dentry.d_parent,
+            QSTR_NAME: qstr.name,
+            QSTR_LEN: qstr.len,
+            INODE_I_NLINK: inode.i_nlink,
+            INODE_I_SB: inode.i_sb,
+            INODE_I_INO: inode.i_ino,
+            SUPER_BLOCK_S_DEV: super_block.s_dev,
+            MOUNT_MNT: mount.mnt,
+            MOUNT_MNT_PARENT: mount.mnt_parent,
+            MOUNT_MNT_MOUNTPOINT: mount.mnt_mountpoint,
+            VFSMOUNT_MNT_ROOT: vfsmount.mnt_root,
+            MSGHDR_MSG_NAME: msghdr.msg_name,
+            MSGHDR_MSG_NAMELEN: msghdr.msg_namelen,
+        }
+    };
+}
+
+/// One entry of `kernel_offsets!`, for the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffset {
+    /// The program's global that receives the offset.
+    pub global: &'static str,
+    /// The kernel struct, without `struct`.
+    pub ty: &'static str,
+    /// The member, looked up through anonymous structs and unions.
+    pub member: &'static str,
+}
+
+macro_rules! offset_table {
+    ($($global:ident: $ty:ident . $member:ident,)+) => {
+        /// Every offset the programs read.
+        pub const KERNEL_OFFSETS: &[KernelOffset] = &[$(KernelOffset {
+            global: stringify!($global),
+            ty: stringify!($ty),
+            member: stringify!($member),
+        }),+];
+    };
+}
+
+kernel_offsets!(offset_table);

@@ -1,0 +1,68 @@
+//! The frame of every hook: an earlier LSM's denial stands, unlabelled tasks pass untouched, a
+//! labelled task's action is judged, and an internal error is counted and allowed.
+
+use agent_common::{Hook, KernelError, LabelInfo, Verdict};
+use aya_ebpf::programs::LsmContext;
+
+use crate::{
+    kernel::{self, get},
+    label, record,
+};
+
+const EPERM: i32 = 1;
+
+/// The hook's return value for a verdict.
+#[inline(always)]
+fn errno(v: Verdict) -> i32 {
+    if v == Verdict::Deny && get(&kernel::FAKE_ALLOW_ALL) == 0 {
+        -EPERM
+    } else {
+        0
+    }
+}
+
+/// Runs `judge` for a labelled task on `hook`. The verdict of the previous program is the
+/// argument after the hook's own (`Hook::nargs`).
+#[inline(always)]
+pub fn frame(
+    ctx: &LsmContext,
+    hook: Hook,
+    judge: impl FnOnce(&LabelInfo) -> Result<Verdict, KernelError>,
+) -> i32 {
+    frame_when(ctx, hook, || true, judge)
+}
+
+/// `frame` for a hook that also sees calls no rule is about (`concerns` returns false): those
+/// pass before the label lookup, which is most of what an unlabelled task pays.
+#[inline(always)]
+pub fn frame_when(
+    ctx: &LsmContext,
+    hook: Hook,
+    concerns: impl FnOnce() -> bool,
+    judge: impl FnOnce(&LabelInfo) -> Result<Verdict, KernelError>,
+) -> i32 {
+    let previous: i32 = ctx.arg(hook.nargs);
+    if previous != 0 {
+        return previous;
+    }
+    if !concerns() {
+        return 0;
+    }
+    let Some(info) = label::current() else {
+        return 0;
+    };
+    match judge(&info) {
+        Ok(v) => errno(v),
+        Err(e) => {
+            aya_log_ebpf::warn!(
+                ctx,
+                "label {}: could not judge an action (kernel error {}); allowed and counted",
+                info.label,
+                e as u32
+            );
+            // A denial-of-service is not a policy.
+            record::error(e);
+            0
+        }
+    }
+}

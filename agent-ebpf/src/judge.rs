@@ -1,0 +1,213 @@
+//! Rule lookups: from a labelled task's action to a verdict, recorded. Path actions resolve
+//! the path once and look it up in `PATH_RULES` (and, for hard links, the file in
+//! `INODE_RULES`); connections look the destination up in `NET_RULES`.
+
+use agent_common::{
+    Action, GUARD_ACTION, InodeKey, KernelError, LabelInfo, NET_ANY_PORT_RULES, NET_KEY_DATA,
+    NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA, PATH_KEY_HEADER, RULE_DENY, Verdict,
+    net_key_header, path_key_header, path_key_header_raw, verdict,
+};
+use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, maps::lpm_trie::Key};
+
+use crate::{
+    kernel::Inode,
+    maps::{self, Scratch},
+    path::{self, Target},
+    process,
+    record::{self, record},
+};
+
+/// The flags of the label's rule set for `action` on the file `inode`.
+#[inline(always)]
+fn inode_flags(inode: &Inode, ruleset: u16, action: Action) -> u8 {
+    let key = InodeKey {
+        dev: inode.dev,
+        ino: inode.ino,
+        ruleset,
+        action: action as u8,
+        _pad: [0; 5],
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { maps::INODE_RULES.get(key) }.copied().unwrap_or(0)
+}
+
+/// The per-CPU scratch buffer.
+#[inline(always)]
+fn scratch() -> Result<&'static mut Scratch, KernelError> {
+    // SAFETY: per-CPU and the program doesn't migrate, so nobody else holds it meanwhile.
+    maps::SCRATCH
+        .get_ptr_mut(0)
+        .map(|p| unsafe { &mut *p })
+        .ok_or(KernelError::ScratchUnavailable)
+}
+
+/// Judges `actions` on one path (and, for hard links, on the file's inode) for a labelled
+/// task, stopping at the first denial. The path is resolved once, and only when a rule or an
+/// event needs it.
+#[inline(always)]
+pub fn path_actions(
+    info: &LabelInfo,
+    target: Target,
+    inode: Option<Inode>,
+    actions: &[Action],
+) -> Result<Verdict, KernelError> {
+    judge_path(info, target, inode, actions, false)
+}
+
+/// An exec of the binary at `target`. Unlike other path actions its path is always resolved:
+/// a binary the process may run is remembered as its `exe` (see `process.rs`).
+#[inline(always)]
+pub fn exec_action(
+    info: &LabelInfo,
+    target: Target,
+    inode: Option<Inode>,
+) -> Result<Verdict, KernelError> {
+    let s = scratch()?;
+    path::resolve(s, target)?;
+    let v = judge_resolved(info, Action::Exec, s, inode, false);
+    if v != Verdict::Deny {
+        process::remember_exe(&s.path);
+    }
+    Ok(v)
+}
+
+/// Like `path_actions` for the source of a rename or hard link: its file_write decision also
+/// denies when the path holds something a deny rule protects (see `GUARD_ACTION`).
+#[inline(always)]
+pub fn moved_path(
+    info: &LabelInfo,
+    target: Target,
+    inode: Option<Inode>,
+    actions: &[Action],
+) -> Result<Verdict, KernelError> {
+    judge_path(info, target, inode, actions, true)
+}
+
+#[inline(always)]
+fn judge_path(
+    info: &LabelInfo,
+    target: Target,
+    inode: Option<Inode>,
+    actions: &[Action],
+    guard: bool,
+) -> Result<Verdict, KernelError> {
+    // A guard protects the targets of every path action's deny rules.
+    let path_actions = [Action::Exec, Action::FileWrite, Action::FileRead];
+    let mut need_path = guard
+        && path_actions
+            .iter()
+            .any(|a| info.has_rules[*a as usize] != 0);
+    for action in actions {
+        let a = *action as usize;
+        let has_rules = info.has_rules.get(a).copied().unwrap_or(0) != 0;
+        let default = info.defaults.get(a).copied().unwrap_or(0);
+        need_path |= has_rules || verdict(0, default, info.mode) != Verdict::Allow;
+    }
+    if !need_path && !record::events_allow() {
+        // Only allowing defaults can apply: count them without resolving the path.
+        for action in actions {
+            record::count(info, *action, Verdict::Allow);
+        }
+        return Ok(Verdict::Allow);
+    }
+    let s = scratch()?;
+    path::resolve(s, target)?;
+    let mut result = Verdict::Allow;
+    for action in actions {
+        let guarded = guard && *action == Action::FileWrite;
+        let v = judge_resolved(info, *action, s, inode, guarded);
+        result = worst(result, v);
+        if v == Verdict::Deny {
+            break;
+        }
+    }
+    Ok(result)
+}
+
+/// One action on the path already resolved in `s`: one trie lookup, plus the inode's rules.
+#[inline(always)]
+fn judge_resolved(
+    info: &LabelInfo,
+    action: Action,
+    s: &mut Scratch,
+    inode: Option<Inode>,
+    guarded: bool,
+) -> Verdict {
+    let a = action as usize;
+    let mut flags = 0;
+    if guarded {
+        flags |= path_rule_flags(s, path_key_header_raw(info.ruleset, GUARD_ACTION)) & RULE_DENY;
+    }
+    if info.has_rules.get(a).copied().unwrap_or(0) != 0 {
+        flags |= path_rule_flags(s, path_key_header(info.ruleset, action));
+        if let Some(i) = inode {
+            flags |= inode_flags(&i, info.ruleset, action);
+        }
+    }
+    let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
+    record(info, action, v, |e| {
+        // SAFETY: reads our own map memory.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
+    });
+    v
+}
+
+/// The flags of the longest `PATH_RULES` entry under `header` that is a prefix of the path
+/// resolved in `s`.
+#[inline(always)]
+fn path_rule_flags(s: &mut Scratch, header: [u8; PATH_KEY_HEADER]) -> u8 {
+    s.header = header;
+    // The key's own length: the trie compares each rule's prefix against it. Bytes
+    // bpf_d_path leaves after the NUL never matter, because no rule has a NUL before its end.
+    s.prefix_len = (8 * PATH_KEY_DATA) as u32;
+    // SAFETY: `Scratch` starts with an LPM key: prefix_len, then PATH_KEY_DATA bytes.
+    let key = unsafe { &*(s as *const Scratch as *const Key<[u8; PATH_KEY_DATA]>) };
+    maps::PATH_RULES.get(key).copied().unwrap_or(0)
+}
+
+/// An IPv4 or IPv6 destination, the address in network order, IPv4 in the first 4 bytes.
+pub struct Dest {
+    /// `NET_FAMILY_V4` or `NET_FAMILY_V6`.
+    pub family: u8,
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+/// Judges a connection to `d`: one trie lookup with the port, one with port 0 (rules without
+/// a port), combined; each only when the policy has rules of its kind.
+#[inline(always)]
+pub fn net_action(info: &LabelInfo, d: &Dest) -> Verdict {
+    let action = Action::Connect;
+    let a = action as usize;
+    let mut flags = 0;
+    let kinds = info.has_rules.get(a).copied().unwrap_or(0);
+    for (port, kind) in [(d.port, NET_PORT_RULES), (0, NET_ANY_PORT_RULES)] {
+        if kinds & kind != 0 {
+            let mut data = [0u8; NET_KEY_DATA];
+            data[..NET_KEY_HEADER].copy_from_slice(&net_key_header(info.ruleset, port, d.family));
+            data[NET_KEY_HEADER..NET_KEY_HEADER + 16].copy_from_slice(&d.addr);
+            let key = Key::new((8 * NET_KEY_DATA) as u32, data);
+            flags |= maps::NET_RULES.get(&key).copied().unwrap_or(0);
+        }
+    }
+    let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
+    record(info, action, v, |e| {
+        e.family = d.family;
+        e.port = d.port;
+        e.addr = d.addr;
+    });
+    v
+}
+
+/// The worse of two verdicts (deny over audit over allow), so a hook that judges several
+/// things refuses when any of them is refused.
+#[inline(always)]
+pub fn worst(a: Verdict, b: Verdict) -> Verdict {
+    if a == Verdict::Deny || b == Verdict::Deny {
+        Verdict::Deny
+    } else if a == Verdict::Audit || b == Verdict::Audit {
+        Verdict::Audit
+    } else {
+        Verdict::Allow
+    }
+}

@@ -1,0 +1,83 @@
+//! What every decision leaves behind: a per-CPU count, and for denials, audits and (if asked)
+//! allows, an event on the ring buffer.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use agent_common::{Action, COMM_LEN, Event, KernelError, LabelInfo, Verdict, decision_index};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        generated::bpf_get_current_cgroup_id,
+    },
+    maps::PerCpuArray,
+};
+
+use crate::{maps, process};
+
+/// Adds one to a per-CPU counter. The add is atomic because BPF programs can be preempted by
+/// another task on the same CPU (they only disable migration), and a lost update would make
+/// the exported counts wrong. (`AtomicU64` has no `fetch_add` on the BPF target; the
+/// intrinsic compiles to BPF_ATOMIC_ADD.)
+#[inline(always)]
+fn bump(counters: &PerCpuArray<u64>, index: u32) {
+    if let Some(p) = counters.get_ptr_mut(index) {
+        // SAFETY: the map value is a valid, aligned u64 for the life of the program.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
+    }
+}
+
+/// Counts an internal error under its reason.
+#[inline(always)]
+pub fn error(e: KernelError) {
+    bump(&maps::ERRORS, e as u32);
+}
+
+/// Counts a decision without an event: an allow when allows send none.
+#[inline(always)]
+pub fn count(info: &LabelInfo, action: Action, v: Verdict) {
+    bump(&maps::DECISIONS, decision_index(info.label, action, v));
+}
+
+/// Whether allow decisions are sent as events too (`--events-allow`).
+#[inline(always)]
+pub fn events_allow() -> bool {
+    maps::CONFIG.get(0).map(|c| c.events_allow).unwrap_or(0) != 0
+}
+
+/// Counts a decision and, for denials, audits and (if asked) allows, sends an event. A full
+/// ring buffer is counted per action, never silent.
+#[inline(always)]
+pub fn record(info: &LabelInfo, action: Action, v: Verdict, fill_target: impl FnOnce(&mut Event)) {
+    count(info, action, v);
+    if v == Verdict::Allow && !events_allow() {
+        return;
+    }
+    let Some(mut entry) = maps::EVENTS.reserve::<Event>(0) else {
+        bump(&maps::EVENTS_DROPPED, action as u32);
+        return;
+    };
+    // SAFETY: the entry is ours until submitted; every field is written below.
+    let e = unsafe { &mut *entry.as_mut_ptr() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helpers without pointer arguments.
+    e.time_ns = unsafe { bpf_ktime_get_ns() };
+    // The task's own cgroup (the label's or one beneath it), for the event's `cgroup`.
+    // SAFETY: a helper without arguments.
+    e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    e.pid = pid_tgid as u32;
+    e.tgid = (pid_tgid >> 32) as u32;
+    e.uid = bpf_get_current_uid_gid() as u32;
+    e.label = info.label;
+    e.action = action as u8;
+    e.verdict = v as u8;
+    e.family = 0;
+    e._pad = 0;
+    e.port = 0;
+    e._pad2 = [0; 6];
+    e.addr = [0; 16];
+    e.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    e.path[0] = 0;
+    process::fill_process(e);
+    fill_target(e);
+    entry.submit(0);
+}
