@@ -56,7 +56,8 @@ pub fn frame_when(
         Err(e) => {
             aya_log_ebpf::warn!(
                 ctx,
-                "label {}: could not judge an action (kernel error {}); allowed and counted",
+                "label {}: an internal error (slot {} of actgate_kernel_errors_total's reasons) \
+                 left an action unjudged; it was allowed",
                 info.label,
                 e as u32
             );

@@ -68,11 +68,11 @@ where
 impl RuleMaps {
     pub fn new(ebpf: &mut Ebpf, events_allow: bool) -> Result<Self> {
         let mut maps = Self {
-            config: take(ebpf, "CONFIG")?,
-            labels: take(ebpf, "LABELS")?,
-            paths: take(ebpf, "PATH_RULES")?,
-            nets: take(ebpf, "NET_RULES")?,
-            inodes: take(ebpf, "INODE_RULES")?,
+            config: take(ebpf, agent_common::maps::CONFIG)?,
+            labels: take(ebpf, agent_common::maps::LABELS)?,
+            paths: take(ebpf, agent_common::maps::PATH_RULES)?,
+            nets: take(ebpf, agent_common::maps::NET_RULES)?,
+            inodes: take(ebpf, agent_common::maps::INODE_RULES)?,
             current: Config {
                 generation: 1,
                 events_allow: u32::from(events_allow),
