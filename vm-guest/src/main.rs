@@ -4,7 +4,6 @@
 
 mod bench;
 mod demo;
-mod floor;
 mod harness;
 mod probe;
 mod tests;

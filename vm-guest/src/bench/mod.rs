@@ -1,0 +1,468 @@
+//! `vm-guest bench`: what enforcement costs, measured on the VM's real kernel (issue 5).
+//!
+//! The orchestrator (this process, unlabelled) drives two long-lived workers over pipes: one
+//! started with `actgate exec --label bench`, so it and everything it forks stay in the
+//! label's cgroup across daemon restarts, and one unlabelled. Each worker times one kind of
+//! operation in a tight loop and answers with per-iteration means of small batches.
+//!
+//! The runs alternate: A with the daemon stopped, F (the floor, `floor.rs`) with a no-op BPF
+//! LSM program on each of actgate's hooks, B with the daemon running and enforcing a policy of
+//! 1,000 rules per action that never matches the benchmarked targets, so B measures the allow
+//! path. Only ratios within one boot mean anything: the VM runs under software emulation.
+//! Nothing here asserts a timing.
+//!
+//! This file runs the phases. `worker.rs` holds the timed operations, `fixtures.rs` what they
+//! operate on, `stats.rs` turns samples into figures, `programs.rs` reads each BPF program's
+//! run time, and `report.rs` is results.json and its table.
+
+mod fixtures;
+mod floor;
+mod machine;
+mod programs;
+mod report;
+mod stats;
+mod worker;
+
+use std::{
+    fs,
+    io::{self, Write},
+    net::TcpListener,
+    os::unix::io::AsRawFd,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use self::{
+    fixtures::Paths,
+    floor::Floor,
+    machine::{fs_type, kernel_release, quiesce},
+    report::{Flood, Machine, Method, Outcome, Report, human},
+    stats::{Results, r1, r2, summary},
+    worker::{Worker, pin, worker_cpu},
+};
+use crate::harness::{self, Daemon, metric};
+
+pub use worker::worker;
+
+const LABEL: &str = "bench";
+const DIR: &str = "/tmp/actgate-bench";
+/// Rules per action of the main runs.
+const RULES: usize = 1000;
+/// Rule counts of the scaling runs (1,000 comes from the main runs).
+const SCALES: [usize; 3] = [10, 1000, 10000];
+const FLOOD_PROCS: u32 = 4;
+const FLOOD_MS: u64 = 3000;
+/// Loading and proving the programs takes ~30–60 s under emulation.
+const READY_SECS: u64 = 180;
+/// Slices each run's time is cut into, operations taking turns.
+const PASSES: u64 = 8;
+/// Slices of each operation in the per-program statistics.
+const STATS_SLICES: u64 = 5;
+
+/// Options of `vm-guest bench`.
+pub struct Options {
+    pub actgate: PathBuf,
+    pub out: PathBuf,
+    /// Pairs of A and B runs at 1,000 rules.
+    pub rounds: u32,
+    /// Seconds each operation is timed per run.
+    pub secs: f64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Op {
+    Exec,
+    OpenRead,
+    OpenWrite,
+    Connect,
+    /// getppid(2): a system call no hook sees, timed beside the others to show how steady
+    /// the emulated machine ran.
+    Control,
+}
+
+impl Op {
+    const ALL: [Op; 5] = [
+        Op::Exec,
+        Op::OpenRead,
+        Op::OpenWrite,
+        Op::Connect,
+        Op::Control,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Exec => "exec",
+            Op::OpenRead => "file_open_read",
+            Op::OpenWrite => "file_open_write",
+            Op::Connect => "connect",
+            Op::Control => "control_getppid",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Op::Exec => "exec (spawn+wait)",
+            Op::OpenRead => "file_open read",
+            Op::OpenWrite => "file_open write",
+            Op::Connect => "connect 127.0.0.1",
+            Op::Control => "control: getppid (no hook)",
+        }
+    }
+
+    /// Iterations per timed sample: an exec takes milliseconds under emulation, an open
+    /// microseconds.
+    fn batch(self) -> u32 {
+        match self {
+            Op::Exec | Op::Connect => 1,
+            Op::OpenRead | Op::OpenWrite => 5,
+            Op::Control => 50,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Daemon stopped.
+    A,
+    /// Daemon stopped, a no-op program on each of its hooks: what attaching costs by itself.
+    Floor,
+    /// Daemon enforcing RULES rules per action.
+    B,
+    /// Daemon enforcing this many rules per action (scaling runs).
+    Scale(usize),
+}
+
+/// One timed run of one operation by one worker.
+struct Run {
+    labelled: bool,
+    op: Op,
+    phase: Phase,
+    round: u32,
+    /// Mean ns per iteration of each batch.
+    samples: Vec<f64>,
+}
+
+fn progress(msg: &str) {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed().as_secs();
+    println!("[bench {:>3}:{:02}] {msg}", t / 60, t % 60);
+    let _ = io::stdout().flush();
+}
+
+/// The orchestrator: its workers, what it set up, and every run timed so far.
+struct Bench {
+    paths: Paths,
+    actgate: PathBuf,
+    labelled: Option<Worker>,
+    unlabelled: Worker,
+    port: u16,
+    ms: u64,
+    starts: u32,
+    results: Results,
+}
+
+impl Bench {
+    fn command(&self, op: Op, ms: u64) -> String {
+        let target = match op {
+            Op::Exec => self.paths.exe().display().to_string(),
+            Op::OpenRead => self.paths.read_target().display().to_string(),
+            Op::OpenWrite => self.paths.write_target().display().to_string(),
+            Op::Connect => self.port.to_string(),
+            Op::Control => "-".into(),
+        };
+        let verb = match op {
+            Op::Exec => "exec",
+            Op::OpenRead => "open_read",
+            Op::OpenWrite => "open_write",
+            Op::Connect => "connect",
+            Op::Control => "getppid",
+        };
+        format!("{verb} {target} {} {ms}", op.batch())
+    }
+
+    fn worker(&mut self, labelled: bool) -> &mut Worker {
+        if labelled {
+            self.labelled.as_mut().expect("the labelled worker runs")
+        } else {
+            &mut self.unlabelled
+        }
+    }
+
+    /// Times `ops` in each worker of `who` for `ms` each, in PASSES interleaved slices so
+    /// that a change in the emulator's speed touches every operation alike.
+    fn measure(
+        &mut self,
+        phase: Phase,
+        round: u32,
+        ops: &[Op],
+        who: &[bool],
+        ms: u64,
+    ) -> Result<()> {
+        let (waited, busy) = quiesce();
+        progress(&format!(
+            "  machine settled after {waited:.0} s ({:.0}% busy over the last second)",
+            busy * 100.0
+        ));
+        let first = self.results.runs.len();
+        for &op in ops {
+            for &labelled in who {
+                self.results.runs.push(Run {
+                    labelled,
+                    op,
+                    phase,
+                    round,
+                    samples: Vec::new(),
+                });
+            }
+        }
+        let slice = (ms / PASSES).max(50);
+        for pass in 0..PASSES {
+            for &op in ops {
+                // Alternate which worker goes first.
+                let order: Vec<bool> = if pass % 2 == 0 {
+                    who.to_vec()
+                } else {
+                    who.iter().rev().copied().collect()
+                };
+                for labelled in order {
+                    let cmd = self.command(op, slice);
+                    let samples = self.worker(labelled).call(&cmd)?;
+                    let run = self.results.runs[first..]
+                        .iter_mut()
+                        .find(|r| r.op == op && r.labelled == labelled)
+                        .expect("a run per operation and worker");
+                    run.samples.extend(samples);
+                }
+            }
+        }
+        for r in &self.results.runs[first..] {
+            progress(&format!(
+                "  {:?} round {} {:<10} {:<16} median {} ({} samples)",
+                phase,
+                round + 1,
+                if r.labelled { "labelled" } else { "unlabelled" },
+                r.op.name(),
+                human(summary(&r.samples).0),
+                r.samples.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, rules: usize) -> Result<Daemon> {
+        self.starts += 1;
+        let root = &self.paths.root;
+        let policies = self.paths.policies(rules);
+        let t = Instant::now();
+        let daemon = Daemon::launch(
+            &self.actgate,
+            &policies,
+            &root.join(format!("events-{}.jsonl", self.starts)),
+            &root.join(format!("daemon-{}.log", self.starts)),
+            &[],
+            Duration::from_secs(READY_SECS),
+        )?;
+        progress(&format!(
+            "daemon ready with {} in {:.0} s",
+            policies.display(),
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(daemon)
+    }
+
+    fn flood(&mut self, daemon: &Daemon) -> Result<Flood> {
+        let series_deny = harness::decision_series(LABEL, "file_read", "deny");
+        let series_drop = "actgate_events_dropped_total{action=\"file_read\"}";
+        let scrape = || -> Result<(f64, f64)> {
+            let body = harness::scrape()?;
+            Ok((metric(&body, &series_deny), metric(&body, series_drop)))
+        };
+        let count = || count_events(&daemon.events);
+        let (deny0, drop0) = scrape()?;
+        let ev0 = count();
+        let t0 = Instant::now();
+        let cmd = format!(
+            "flood {} {FLOOD_PROCS} {FLOOD_MS}",
+            self.paths.flood_target().display()
+        );
+        let v = self.worker(true).call(&cmd)?;
+        let flood_secs = t0.elapsed().as_secs_f64();
+        let [attempts, eperm, other] = [v[0] as u64, v[1] as u64, v[2] as u64];
+        // Wait for the daemon to write what it received: until the count stops growing.
+        let mut last = count();
+        let mut last_growth = Instant::now();
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while last_growth.elapsed() < Duration::from_millis(2000) && Instant::now() < give_up {
+            thread::sleep(Duration::from_millis(250));
+            let n = count();
+            if n != last {
+                last = n;
+                last_growth = Instant::now();
+            }
+        }
+        let written_secs = (last_growth - t0).as_secs_f64().max(flood_secs);
+        let (deny1, drop1) = scrape()?;
+        let received = last - ev0;
+        let denies = (deny1 - deny0) as u64;
+        let dropped = (drop1 - drop0) as u64;
+        Ok(Flood {
+            attempts,
+            attempts_per_sec: r1(attempts as f64 / flood_secs),
+            eperm,
+            events_dropped: dropped,
+            events_per_sec: r1(received as f64 / written_secs),
+            events_received: received,
+            events_received_plus_dropped: received + dropped,
+            kernel_denies: denies,
+            kernel_denies_equal_attempts: denies == attempts,
+            other_results: other,
+            processes: FLOOD_PROCS,
+            seconds: r2(flood_secs),
+            seconds_until_last_event: r2(written_secs),
+        })
+    }
+}
+
+/// The fields of a daemon's event line that the flood counts by.
+#[derive(Deserialize)]
+struct Event {
+    label: String,
+    action: String,
+    verdict: String,
+}
+
+/// Deny events for the bench label's file reads in an events file.
+fn count_events(path: &Path) -> u64 {
+    let Ok(text) = fs::read_to_string(path) else {
+        return 0;
+    };
+    text.lines()
+        .filter(|l| l.ends_with('}'))
+        .filter_map(|l| serde_json::from_str::<Event>(l).ok())
+        .filter(|e| e.label == LABEL && e.action == "file_read" && e.verdict == "deny")
+        .count() as u64
+}
+
+/// `vm-guest bench`.
+pub fn run(opts: &Options) -> Result<()> {
+    let kernel = kernel_release();
+    progress(&format!("kernel {kernel}"));
+    // The orchestrator, the listener and the daemon (started from here) keep off the
+    // workers' CPU.
+    if worker_cpu().is_some() {
+        pin(Some(0));
+    }
+    let paths = Paths {
+        root: PathBuf::from(DIR),
+    };
+    fixtures::create(&paths, &opts.actgate)?;
+    let ms = (opts.secs * 1000.0) as u64;
+
+    // The connect target: an unlabelled listener that accepts and closes, with a deep
+    // backlog so no SYN is ever dropped (a dropped SYN costs a 1 s retransmit).
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    // SAFETY: raising the backlog of our own listening socket.
+    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+    let port = listener.local_addr()?.port();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+
+    let guest = std::env::current_exe()?;
+    let mut unlabelled_cmd = Command::new(&guest);
+    unlabelled_cmd.arg("bench-worker");
+    let mut bench = Bench {
+        paths,
+        actgate: opts.actgate.clone(),
+        labelled: None,
+        unlabelled: Worker::spawn(unlabelled_cmd)?,
+        port,
+        ms,
+        starts: 0,
+        results: Results::default(),
+    };
+    if bench.unlabelled.cgroup.contains("/actgate/") {
+        bail!("the unlabelled worker is in {}", bench.unlabelled.cgroup);
+    }
+
+    // The first daemon enforces the 10-rule policy: its run is the first scaling run, and it
+    // lets `actgate exec` put the labelled worker in the label's cgroup, where it stays.
+    let scale_ops = [Op::OpenRead, Op::OpenWrite, Op::Connect, Op::Control];
+    let daemon = bench.start(10)?;
+    let mut cmd = Command::new(&opts.actgate);
+    cmd.args(["exec", "--label", LABEL, "--"])
+        .arg(&guest)
+        .arg("bench-worker");
+    let w = Worker::spawn(cmd)?;
+    if !w.cgroup.ends_with(&format!("/actgate/{LABEL}")) {
+        bail!("the labelled worker is in cgroup {}", w.cgroup);
+    }
+    progress(&format!("labelled worker in cgroup {}", w.cgroup));
+    bench.labelled = Some(w);
+    bench.measure(Phase::Scale(10), 0, &scale_ops, &[true], ms * 2)?;
+    daemon.stop_cleanly()?;
+
+    let mut flood = None;
+    let mut bpf_stats = None;
+    for round in 0..opts.rounds {
+        progress(&format!(
+            "round {} of {}: A (daemon stopped)",
+            round + 1,
+            opts.rounds
+        ));
+        bench.measure(Phase::A, round, &Op::ALL, &[true, false], ms)?;
+        progress(&format!(
+            "round {} of {}: F (floor: a no-op program on each hook)",
+            round + 1,
+            opts.rounds
+        ));
+        let floor = Floor::attach()?;
+        bench.measure(Phase::Floor, round, &Op::ALL, &[true, false], ms)?;
+        drop(floor);
+        let daemon = bench.start(RULES)?;
+        progress(&format!(
+            "round {} of {}: B (enforcing)",
+            round + 1,
+            opts.rounds
+        ));
+        bench.measure(Phase::B, round, &Op::ALL, &[true, false], ms)?;
+        if round + 1 == opts.rounds {
+            progress("flood of denied opens");
+            let outcome = Outcome::of(bench.flood(&daemon));
+            progress(&format!("flood: {}", serde_json::to_string(&outcome)?));
+            flood = Some(outcome);
+            progress("per-program run time (kernel.bpf_stats_enabled)");
+            bpf_stats = Some(Outcome::of(bench.bpf_stats(&daemon)));
+        }
+        daemon.stop_cleanly()?;
+    }
+    let daemon = bench.start(10000)?;
+    bench.measure(Phase::Scale(10000), 0, &scale_ops, &[true], ms * 2)?;
+    daemon.stop_cleanly()?;
+
+    let report = Report::new(
+        kernel,
+        &bench.results,
+        flood,
+        bpf_stats,
+        Machine::probe(),
+        Method::new(opts.rounds, opts.secs, &fs_type(&bench.paths.root)),
+    );
+    let text = report::table(&report);
+    println!("\n{text}");
+    if let Some(dir) = opts.out.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(&opts.out, report.json()?)
+        .with_context(|| format!("writing {}", opts.out.display()))?;
+    let _ = fs::write(opts.out.with_extension("txt"), &text);
+    progress(&format!("wrote {}", opts.out.display()));
+    Ok(())
+}

@@ -1,0 +1,565 @@
+//! What the benchmark reports: results.json, typed, and the table printed beside it.
+//!
+//! results.json's key order is part of what it promises (BENCHMARKS.md and the README quote
+//! it): the top level in issue 5's order, then every nested object's keys in alphabetical
+//! order, which is how serde_json wrote them when the report was an untyped map. A struct
+//! serialises its fields in the order they are declared, so the nested structs declare theirs
+//! alphabetically; `nested_keys_are_alphabetical` holds them to it.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{
+    Op, PASSES, RULES, SCALES,
+    stats::{Results, pct, r1, r2},
+};
+
+/// The whole of results.json.
+#[derive(Serialize)]
+pub struct Report {
+    pub kernel: String,
+    pub rules_per_label: usize,
+    pub exec: Comparison,
+    pub file_open: FileOpen,
+    pub connect: Comparison,
+    /// By operation name.
+    pub unlabelled: BTreeMap<&'static str, Comparison>,
+    pub scaling: Scaling,
+    /// null when no round ran.
+    pub flood: Option<Outcome<Flood>>,
+    pub control_getppid: Comparison,
+    /// null when no round ran.
+    pub bpf_stats: Option<Outcome<BpfStats>>,
+    pub machine: Machine,
+    pub method: Method,
+}
+
+/// A part of the report measured on its own: when it fails, the rest still stands and the
+/// part says why.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Outcome<T> {
+    Done(T),
+    Failed { error: String },
+}
+
+impl<T> Outcome<T> {
+    pub fn of(result: Result<T>) -> Self {
+        match result {
+            Ok(part) => Outcome::Done(part),
+            Err(e) => Outcome::Failed {
+                error: format!("{e:#}"),
+            },
+        }
+    }
+}
+
+/// One operation in one worker: A (daemon stopped) against B (enforcing RULES rules), and the
+/// floor F against both. Times in ns, rounded to 0.1; percentages rounded to 0.01; null where
+/// there was nothing to measure.
+#[derive(Serialize)]
+pub struct Comparison {
+    pub above_floor_pct: f64,
+    pub baseline_ns: f64,
+    pub baseline_p25_ns: f64,
+    pub baseline_p75_ns: f64,
+    pub enforced_ns: f64,
+    pub enforced_p25_ns: f64,
+    pub enforced_p75_ns: f64,
+    pub floor_ns: f64,
+    pub floor_p25_ns: f64,
+    pub floor_p75_ns: f64,
+    pub floor_pct: f64,
+    pub iterations_per_sample: u32,
+    pub overhead_pct: f64,
+    pub round_above_floor_median_pct: f64,
+    pub round_overhead_median_pct: f64,
+    pub round_overhead_pct: Vec<f64>,
+    pub samples: Samples,
+    /// Labelled worker only: against the unlabelled one in the same slices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_unlabelled_enforced_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_unlabelled_stopped_pct: Option<f64>,
+}
+
+/// Samples pooled per phase.
+#[derive(Serialize)]
+pub struct Samples {
+    pub baseline: usize,
+    pub enforced: usize,
+    pub floor: usize,
+}
+
+#[derive(Serialize)]
+pub struct FileOpen {
+    pub baseline_ns: f64,
+    pub enforced_ns: f64,
+    pub note: &'static str,
+    pub overhead_pct: f64,
+    pub read: Comparison,
+    pub write: Comparison,
+}
+
+/// By rule count, for each operation.
+#[derive(Serialize)]
+pub struct Scaling {
+    pub connect: BTreeMap<usize, Scaled>,
+    pub control_getppid: BTreeMap<usize, Scaled>,
+    pub file_open_read: BTreeMap<usize, Scaled>,
+    pub file_open_write: BTreeMap<usize, Scaled>,
+    pub note: &'static str,
+}
+
+/// The labelled worker at one rule count, against the pooled A median.
+#[derive(Serialize)]
+pub struct Scaled {
+    pub enforced_ns: f64,
+    pub overhead_pct: f64,
+    pub p25_ns: f64,
+    pub p75_ns: f64,
+    pub samples: usize,
+}
+
+/// Denied opens as fast as several processes can make them, and what reached the daemon.
+#[derive(Serialize)]
+pub struct Flood {
+    pub attempts: u64,
+    pub attempts_per_sec: f64,
+    pub eperm: u64,
+    pub events_dropped: u64,
+    pub events_per_sec: f64,
+    pub events_received: u64,
+    pub events_received_plus_dropped: u64,
+    pub kernel_denies: u64,
+    pub kernel_denies_equal_attempts: bool,
+    pub other_results: u64,
+    pub processes: u32,
+    pub seconds: f64,
+    pub seconds_until_last_event: f64,
+}
+
+/// Per-program run time, by worker, then by operation name.
+#[derive(Serialize)]
+pub struct BpfStats {
+    pub labelled: BTreeMap<&'static str, OpPrograms>,
+    pub unlabelled: BTreeMap<&'static str, OpPrograms>,
+}
+
+/// The programs that ran while one worker repeated one operation.
+#[derive(Serialize)]
+pub struct OpPrograms {
+    pub iterations: u64,
+    pub program_ns_per_operation: f64,
+    /// By program name.
+    pub programs: BTreeMap<String, Program>,
+    pub share_of_baseline_pct: f64,
+}
+
+#[derive(Serialize)]
+pub struct Program {
+    pub calls: u64,
+    /// Median over the slices.
+    pub ns_per_call: f64,
+    pub ns_per_call_mean: f64,
+}
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cpus: usize,
+    pub emulation: &'static str,
+}
+
+/// How the figures were taken, in words, for whoever reads results.json alone.
+#[derive(Serialize)]
+pub struct Method {
+    pub caveat: &'static str,
+    pub connect: &'static str,
+    pub control: &'static str,
+    pub cpus: &'static str,
+    pub exec_program: &'static str,
+    pub file_open: String,
+    pub floor: &'static str,
+    pub order: &'static str,
+    pub rounds: u32,
+    pub rules: &'static str,
+    pub seconds_per_run: f64,
+    pub slices_per_run: u64,
+    pub statistic: &'static str,
+}
+
+impl Report {
+    pub fn new(
+        kernel: String,
+        res: &Results,
+        flood: Option<Outcome<Flood>>,
+        bpf_stats: Option<Outcome<BpfStats>>,
+        machine: Machine,
+        method: Method,
+    ) -> Report {
+        let read = res.compare(true, Op::OpenRead);
+        let write = res.compare(true, Op::OpenWrite);
+        // From the rounded medians, as results.json shows them.
+        let base = (read.baseline_ns + write.baseline_ns) / 2.0;
+        let enf = (read.enforced_ns + write.enforced_ns) / 2.0;
+        Report {
+            kernel,
+            rules_per_label: RULES,
+            exec: res.compare(true, Op::Exec),
+            file_open: FileOpen {
+                baseline_ns: r1(base),
+                enforced_ns: r1(enf),
+                note: "top-level figures are the mean of the read and write medians",
+                overhead_pct: r2(pct(base, enf)),
+                read,
+                write,
+            },
+            connect: res.compare(true, Op::Connect),
+            unlabelled: Op::ALL
+                .into_iter()
+                .map(|op| (op.name(), res.compare(false, op)))
+                .collect(),
+            scaling: Scaling {
+                connect: res.scaling(Op::Connect),
+                control_getppid: res.scaling(Op::Control),
+                file_open_read: res.scaling(Op::OpenRead),
+                file_open_write: res.scaling(Op::OpenWrite),
+                note: "labelled, daemon enforcing N deny rules per action; overhead against the pooled A median; 1000 is the main B runs",
+            },
+            flood,
+            control_getppid: res.compare(true, Op::Control),
+            bpf_stats,
+            machine,
+            method,
+        }
+    }
+
+    /// results.json's text.
+    pub fn json(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(self)? + "\n")
+    }
+}
+
+impl Method {
+    /// `file_system`: the type of the file system the opened files are on.
+    pub fn new(rounds: u32, seconds_per_run: f64, file_system: &str) -> Method {
+        Method {
+            caveat: "the VM runs under QEMU software emulation (TCG): absolute times are far slower than native; only ratios measured within one boot mean anything",
+            connect: "socket + SO_LINGER 0 + connect to a 127.0.0.1 listener + close",
+            control: "getppid(2), which no hook sees: a steadiness check of the emulated machine",
+            cpus: "workers and their children pinned to the last CPU; orchestrator, listener and daemon to CPU 0; flood processes unpinned",
+            exec_program: "a 132-byte static x86-64 ELF that calls exit(0); posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK) + execve) + waitpid",
+            file_open: format!(
+                "open(O_RDONLY or O_WRONLY) + close of an allowed file on {file_system}"
+            ),
+            floor: "floor_pct = F/A - 1, the cost of attaching any BPF LSM program; above_floor_pct = B/F - 1, what actgate's own programs add to that",
+            order: "S10, then A F B per round, then S10000 (A: daemon stopped, F: daemon stopped and a no-op BPF LSM program on each of its hooks, B: enforcing 1000 rules per action, S: enforcing N rules)",
+            rounds,
+            rules: "deny rules per action (exec, files.write, files.read, network.connect), defaults allow, none matching a benchmarked target",
+            seconds_per_run,
+            slices_per_run: PASSES,
+            statistic: "median (p25, p75) of per-iteration means of small batches, pooled over rounds; overhead_pct = enforced/baseline - 1",
+        }
+    }
+}
+
+pub fn human(ns: f64) -> String {
+    if !ns.is_finite() {
+        "-".into()
+    } else if ns >= 1e6 {
+        format!("{:.3} ms", ns / 1e6)
+    } else if ns >= 1e4 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn signed(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:+.2}%")
+    } else {
+        "-".into()
+    }
+}
+
+/// A number as results.json writes it (`1.0`, `null`), so the table quotes the file exactly.
+fn json(v: f64) -> String {
+    serde_json::Value::from(v).to_string()
+}
+
+fn row(name: &str, v: &Comparison) -> String {
+    let span = |m: f64, lo: f64, hi: f64| format!("{} [{} .. {}]", human(m), human(lo), human(hi));
+    let rounds: Vec<String> = v.round_overhead_pct.iter().map(|x| signed(*x)).collect();
+    format!(
+        "{:<37} {:>34} {:>34} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+        name,
+        span(v.baseline_ns, v.baseline_p25_ns, v.baseline_p75_ns),
+        span(v.enforced_ns, v.enforced_p25_ns, v.enforced_p75_ns),
+        signed(v.overhead_pct),
+        signed(v.round_overhead_median_pct),
+        signed(v.floor_pct),
+        signed(v.above_floor_pct),
+        signed(v.vs_unlabelled_enforced_pct.unwrap_or(f64::NAN)),
+        rounds.join(" ")
+    )
+}
+
+/// The table printed at the end and written beside results.json.
+pub fn table(r: &Report) -> String {
+    let mut t = String::new();
+    let mut line = |s: String| {
+        t.push_str(&s);
+        t.push('\n');
+    };
+    line(format!(
+        "actgate benchmark: Linux {}, {} rules per action, {} rounds of A (daemon stopped) / F (floor: no-op programs) / B (enforcing)",
+        r.kernel, r.rules_per_label, r.method.rounds
+    ));
+    line(
+        "Medians of per-iteration means [p25 .. p75], pooled over rounds. overhead = B/A - 1 of \
+         those; rounds = median of each round's own B/A - 1; floor = F/A - 1, a no-op BPF LSM \
+         program on each hook; B/F = B/F - 1, what actgate adds above that floor; vs unl. = \
+         labelled against unlabelled in the same interleaved slices of the B runs (median over \
+         rounds)."
+            .into(),
+    );
+    line(String::new());
+    line(format!(
+        "{:<37} {:>34} {:>34} {:>9} {:>9} {:>9} {:>9} {:>9}  per round",
+        "operation",
+        "A: daemon stopped",
+        "B: enforcing",
+        "overhead",
+        "rounds",
+        "floor",
+        "B/F",
+        "vs unl."
+    ));
+    line(row("labelled   exec (spawn+wait)", &r.exec));
+    line(row("labelled   file_open read", &r.file_open.read));
+    line(row("labelled   file_open write", &r.file_open.write));
+    line(row("labelled   connect 127.0.0.1", &r.connect));
+    line(row(
+        "labelled   control: getppid (no hook)",
+        &r.control_getppid,
+    ));
+    for op in Op::ALL {
+        line(row(
+            &format!("unlabelled {}", op.what()),
+            &r.unlabelled[op.name()],
+        ));
+    }
+    line(String::new());
+    line("Scaling (labelled, enforcing; overhead against the A median):".into());
+    line(format!(
+        "{:<37} {:>22} {:>22} {:>22}",
+        "operation", "10 rules", "1,000 rules", "10,000 rules"
+    ));
+    let s = &r.scaling;
+    for (op, by_rules) in [
+        (Op::OpenRead, &s.file_open_read),
+        (Op::OpenWrite, &s.file_open_write),
+        (Op::Connect, &s.connect),
+        (Op::Control, &s.control_getppid),
+    ] {
+        let cells: Vec<String> = SCALES
+            .iter()
+            .map(|n| {
+                let c = &by_rules[n];
+                format!("{} ({})", human(c.enforced_ns), signed(c.overhead_pct))
+            })
+            .collect();
+        line(format!(
+            "{:<37} {:>22} {:>22} {:>22}",
+            op.what(),
+            cells[0],
+            cells[1],
+            cells[2]
+        ));
+    }
+    line(String::new());
+    match &r.flood {
+        Some(Outcome::Done(fl)) => line(format!(
+            "Flood: {} processes x {} s of denied opens: {} attempts ({} EPERM, {}/s); kernel denies {} (equal: {}); \
+             events received {}, dropped {}; {} events/s written",
+            fl.processes,
+            json(fl.seconds),
+            fl.attempts,
+            fl.eperm,
+            json(fl.attempts_per_sec),
+            fl.kernel_denies,
+            fl.kernel_denies_equal_attempts,
+            fl.events_received,
+            fl.events_dropped,
+            json(fl.events_per_sec)
+        )),
+        other => line(format!(
+            "Flood: {}",
+            serde_json::to_string(other).unwrap_or_default()
+        )),
+    }
+    if let Some(stats) = &r.bpf_stats {
+        line(String::new());
+        line(
+            "Program run time with kernel.bpf_stats_enabled=1, by operation: all programs' ns per \
+             operation and its share of the A median; per program, median ns per call over slices \
+             and calls:"
+                .into(),
+        );
+        if let Outcome::Done(stats) = stats {
+            for (who, ops) in [
+                ("labelled", &stats.labelled),
+                ("unlabelled", &stats.unlabelled),
+            ] {
+                for (op, v) in ops {
+                    let cells: Vec<String> = v
+                        .programs
+                        .iter()
+                        .map(|(name, p)| format!("{name} {} ns x{}", json(p.ns_per_call), p.calls))
+                        .collect();
+                    line(format!(
+                        "  {who:<10} {op:<16} {} ns per operation = {} of A; {}",
+                        json(v.program_ns_per_operation),
+                        signed(v.share_of_baseline_pct),
+                        cells.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{Phase, Run};
+
+    /// A report over three samples of every run, every part present.
+    fn report() -> Report {
+        let mut results = Results::default();
+        let phases = [
+            Phase::A,
+            Phase::Floor,
+            Phase::B,
+            Phase::Scale(10),
+            Phase::Scale(10000),
+        ];
+        for labelled in [true, false] {
+            for op in Op::ALL {
+                for phase in phases {
+                    results.runs.push(Run {
+                        labelled,
+                        op,
+                        phase,
+                        round: 0,
+                        samples: vec![100.0, 110.0, 125.0],
+                    });
+                }
+            }
+        }
+        let by_op = || {
+            let program = Program {
+                calls: 3,
+                ns_per_call: 50.0,
+                ns_per_call_mean: 51.5,
+            };
+            let programs = OpPrograms {
+                iterations: 3,
+                program_ns_per_operation: 150.0,
+                programs: BTreeMap::from([("file_open".to_string(), program)]),
+                share_of_baseline_pct: 1.5,
+            };
+            BTreeMap::from([(Op::OpenRead.name(), programs)])
+        };
+        let flood = Flood {
+            attempts: 10,
+            attempts_per_sec: 3.3,
+            eperm: 10,
+            events_dropped: 0,
+            events_per_sec: 3.3,
+            events_received: 10,
+            events_received_plus_dropped: 10,
+            kernel_denies: 10,
+            kernel_denies_equal_attempts: true,
+            other_results: 0,
+            processes: 4,
+            seconds: 3.0,
+            seconds_until_last_event: 3.0,
+        };
+        let stats = BpfStats {
+            labelled: by_op(),
+            unlabelled: by_op(),
+        };
+        Report::new(
+            "6.12".into(),
+            &results,
+            Some(Outcome::Done(flood)),
+            Some(Outcome::Done(stats)),
+            Machine::probe(),
+            Method::new(1, 0.3, "tmpfs"),
+        )
+    }
+
+    #[test]
+    fn keys_keep_the_order_results_json_always_had() {
+        let report = report();
+        let pretty = report.json().unwrap();
+        let top: Vec<&str> = pretty
+            .lines()
+            .filter_map(|l| l.strip_prefix("  \"")?.split('"').next())
+            .collect();
+        assert_eq!(
+            top,
+            [
+                "kernel",
+                "rules_per_label",
+                "exec",
+                "file_open",
+                "connect",
+                "unlabelled",
+                "scaling",
+                "flood",
+                "control_getppid",
+                "bpf_stats",
+                "machine",
+                "method"
+            ]
+        );
+        // serde_json's own map sorts keys: rebuilding the document from it, field by field in
+        // the order above, must give back the same text.
+        let compact = serde_json::to_string(&report).unwrap();
+        let sorted = serde_json::to_value(&report).unwrap();
+        let rebuilt: Vec<String> = top
+            .iter()
+            .map(|k| format!("\"{k}\":{}", sorted[k]))
+            .collect();
+        assert_eq!(compact, format!("{{{}}}", rebuilt.join(",")));
+    }
+
+    #[test]
+    fn only_the_labelled_worker_is_compared_with_the_unlabelled() {
+        let v = serde_json::to_value(report()).unwrap();
+        assert!(v["exec"]["vs_unlabelled_enforced_pct"].is_number());
+        assert!(
+            v["unlabelled"]["exec"]
+                .get("vs_unlabelled_enforced_pct")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_failed_part_says_why_and_a_missing_one_is_null() {
+        let failed: Option<Outcome<Flood>> = Some(Outcome::of(Err(anyhow::anyhow!("no metrics"))));
+        assert_eq!(
+            serde_json::to_string(&failed).unwrap(),
+            r#"{"error":"no metrics"}"#
+        );
+        let missing: Option<Outcome<Flood>> = None;
+        assert_eq!(serde_json::to_string(&missing).unwrap(), "null");
+    }
+}

@@ -1,0 +1,161 @@
+//! From the workers' samples to the report's figures: medians and quartiles, ratios between
+//! phases, and each round's own ratio.
+
+use std::collections::BTreeMap;
+
+use super::{
+    Op, Phase, RULES, Run, SCALES,
+    report::{Comparison, Samples, Scaled},
+};
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// Median, p25 and p75.
+pub fn summary(samples: &[f64]) -> (f64, f64, f64) {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    (quantile(&s, 0.5), quantile(&s, 0.25), quantile(&s, 0.75))
+}
+
+pub fn pct(base: f64, with: f64) -> f64 {
+    (with - base) / base * 100.0
+}
+
+/// Rounded to 0.1, for times in ns. What isn't finite stays so, and serde_json writes it as
+/// null.
+pub fn r1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// Rounded to 0.01, for percentages.
+pub fn r2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// Every timed run so far.
+#[derive(Default)]
+pub struct Results {
+    pub runs: Vec<Run>,
+}
+
+impl Results {
+    pub fn pooled(&self, labelled: bool, op: Op, phase: Phase) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter(|r| r.labelled == labelled && r.op == op && r.phase == phase)
+            .flat_map(|r| r.samples.iter().copied())
+            .collect()
+    }
+
+    fn run_median(&self, labelled: bool, op: Op, phase: Phase, round: u32) -> Option<f64> {
+        self.runs
+            .iter()
+            .find(|r| r.labelled == labelled && r.op == op && r.phase == phase && r.round == round)
+            .map(|r| summary(&r.samples).0)
+    }
+
+    fn rounds(&self) -> u32 {
+        self.runs
+            .iter()
+            .filter(|r| r.phase == Phase::B)
+            .map(|r| r.round + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A against B at RULES rules: pooled medians, quartiles, and each round's own ratio; and
+    /// the floor F against both.
+    pub fn compare(&self, labelled: bool, op: Op) -> Comparison {
+        let a = self.pooled(labelled, op, Phase::A);
+        let b = self.pooled(labelled, op, Phase::B);
+        let fl = self.pooled(labelled, op, Phase::Floor);
+        let (am, a25, a75) = summary(&a);
+        let (bm, b25, b75) = summary(&b);
+        let (fm, f25, f75) = summary(&fl);
+        // Each round's own B/A ratio, and the labelled worker against the unlabelled one in
+        // the same interleaved slices (immune to the host's load changing between runs).
+        let ratios = |num: (bool, Phase), den: (bool, Phase)| -> Vec<f64> {
+            (0..self.rounds())
+                .filter_map(|r| {
+                    let d = self.run_median(den.0, op, den.1, r)?;
+                    let n = self.run_median(num.0, op, num.1, r)?;
+                    Some(pct(d, n))
+                })
+                .collect()
+        };
+        let per_round = ratios((labelled, Phase::B), (labelled, Phase::A));
+        let above_floor = ratios((labelled, Phase::B), (labelled, Phase::Floor));
+        let vs_unlabelled =
+            |phase: Phase| labelled.then(|| r2(summary(&ratios((true, phase), (false, phase))).0));
+        Comparison {
+            above_floor_pct: r2(pct(fm, bm)),
+            baseline_ns: r1(am),
+            baseline_p25_ns: r1(a25),
+            baseline_p75_ns: r1(a75),
+            enforced_ns: r1(bm),
+            enforced_p25_ns: r1(b25),
+            enforced_p75_ns: r1(b75),
+            floor_ns: r1(fm),
+            floor_p25_ns: r1(f25),
+            floor_p75_ns: r1(f75),
+            floor_pct: r2(pct(am, fm)),
+            iterations_per_sample: op.batch(),
+            overhead_pct: r2(pct(am, bm)),
+            round_above_floor_median_pct: r2(summary(&above_floor).0),
+            round_overhead_median_pct: r2(summary(&per_round).0),
+            round_overhead_pct: per_round.iter().map(|x| r2(*x)).collect(),
+            samples: Samples {
+                baseline: a.len(),
+                enforced: b.len(),
+                floor: fl.len(),
+            },
+            vs_unlabelled_enforced_pct: vs_unlabelled(Phase::B),
+            vs_unlabelled_stopped_pct: vs_unlabelled(Phase::A),
+        }
+    }
+
+    /// The labelled worker at each rule count of SCALES.
+    pub fn scaling(&self, op: Op) -> BTreeMap<usize, Scaled> {
+        let (base, _, _) = summary(&self.pooled(true, op, Phase::A));
+        SCALES
+            .into_iter()
+            .map(|n| {
+                let phase = if n == RULES {
+                    Phase::B
+                } else {
+                    Phase::Scale(n)
+                };
+                let s = self.pooled(true, op, phase);
+                let (m, p25, p75) = summary(&s);
+                let scaled = Scaled {
+                    enforced_ns: r1(m),
+                    overhead_pct: r2(pct(base, m)),
+                    p25_ns: r1(p25),
+                    p75_ns: r1(p75),
+                    samples: s.len(),
+                };
+                (n, scaled)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quartiles_interpolate() {
+        let (m, p25, p75) = summary(&[4.0, 1.0, 3.0, 2.0, 5.0]);
+        assert_eq!((m, p25, p75), (3.0, 2.0, 4.0));
+        let (m, _, _) = summary(&[1.0, 2.0]);
+        assert_eq!(m, 1.5);
+    }
+}
