@@ -318,3 +318,86 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     run.report.line(&closing);
     conclusion.exit_code()
 }
+
+#[cfg(test)]
+mod runner {
+    use super::*;
+
+    /// What the fixtures and tests of `suite` did, in order.
+    static DONE: Mutex<Vec<&str>> = Mutex::new(Vec::new());
+
+    fn did(what: &'static str) {
+        lock(&DONE).push(what);
+    }
+
+    fn first(_: &Ctx) -> Outcome {
+        did("first");
+        Ok(())
+    }
+
+    fn second(_: &Ctx) -> Outcome {
+        did("second");
+        Err(NotPassed::Skip("not here".into()))
+    }
+
+    fn third(_: &Ctx) -> Outcome {
+        did("third");
+        Ok(())
+    }
+
+    fn suite() -> Suite<()> {
+        Suite {
+            name: "unit",
+            start: |_| {
+                did("start");
+                Ok(())
+            },
+            cases: vec![case!(first), case!(second), case!(third)],
+            stop: |()| {
+                did("stop");
+                anyhow::bail!("the daemon exited 1")
+            },
+            stop_test: Some("unit_daemon_stops_with_exit_0"),
+        }
+    }
+
+    fn run_with(args: &[&str]) -> (libtest_mimic::Conclusion, Vec<&'static str>) {
+        lock(&DONE).clear();
+        let mut args = Arguments::from_iter([&"vm-guest"].into_iter().chain(args));
+        args.test_threads = Some(1);
+        // Its own "test result" lines would read as this run's in a log.
+        args.logfile = Some("/dev/null".into());
+        let run = Run {
+            ctx: Arc::new(Ctx {
+                actgate: "actgate".into(),
+                guest: "vm-guest".into(),
+                dir: "/nonexistent".into(),
+            }),
+            report: Arc::new(Report(Mutex::new(None))),
+            args,
+        };
+        let conclusion = libtest_mimic::run(&run.args, suite().trials(&run));
+        (conclusion, lock(&DONE).clone())
+    }
+
+    // One test function: the cases below share DONE.
+    #[test]
+    fn fixtures_live_from_the_first_selected_test_to_the_last() {
+        let (c, done) = run_with(&[]);
+        assert_eq!(done, ["start", "first", "second", "third", "stop"]);
+        assert_eq!((c.num_passed, c.num_ignored, c.num_failed), (2, 1, 1));
+
+        // Without its stop test, the stop's failure fails the last selected test.
+        let (c, done) = run_with(&["--exact", "second"]);
+        assert_eq!(done, ["start", "second", "stop"]);
+        assert_eq!((c.num_passed, c.num_ignored, c.num_failed), (0, 0, 1));
+
+        let (c, done) = run_with(&["--skip", "unit_daemon", "--skip", "second"]);
+        assert_eq!(done, ["start", "first", "third", "stop"]);
+        assert_eq!((c.num_passed, c.num_failed, c.num_filtered_out), (1, 1, 2));
+
+        let (c, done) = run_with(&["no-such-test"]);
+        assert!(done.is_empty());
+        assert_eq!(c.num_filtered_out, 4);
+    }
+}
