@@ -69,14 +69,18 @@ pub struct Suite<F> {
     pub stop_test: Option<&'static str>,
 }
 
-impl Suite<()> {
-    /// Tests that need nothing set up beforehand.
-    pub fn standalone(name: &'static str, cases: Vec<Case<()>>) -> Suite<()> {
+impl<F> Suite<F> {
+    /// Tests on fixtures that tear down without a check: any daemon is a test's own.
+    pub fn unchecked(
+        name: &'static str,
+        start: fn(&Ctx) -> Result<F>,
+        cases: Vec<Case<F>>,
+    ) -> Self {
         Suite {
             name,
-            start: |_| Ok(()),
+            start,
             cases,
-            stop: |()| Ok(()),
+            stop: |_| Ok(()),
             stop_test: None,
         }
     }

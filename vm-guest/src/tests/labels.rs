@@ -72,13 +72,11 @@ fn policies_for_256_labels_load_and_each_label_gets_its_own_rules(ctx: &Ctx) -> 
 
 /// The many-labels test, on a tmpfs of its own, with a daemon of its own.
 pub fn suite() -> Suite<Mount> {
-    Suite {
-        name: "labels",
-        start: |ctx| Mount::tmpfs(&ctx.path("labels")),
-        cases: vec![case!(
+    Suite::unchecked(
+        "labels",
+        |ctx| Mount::tmpfs(&ctx.path("labels")),
+        vec![case!(
             policies_for_256_labels_load_and_each_label_gets_its_own_rules
         )],
-        stop: |_| Ok(()),
-        stop_test: None,
-    }
+    )
 }

@@ -105,13 +105,11 @@ fn policy_with_10000_path_and_10000_network_rules_loads_and_enforces(ctx: &Ctx) 
 
 /// The scale test, on a tmpfs of its own, with a daemon of its own.
 pub fn suite() -> Suite<Mount> {
-    Suite {
-        name: "net",
-        start: |ctx| Mount::tmpfs(&ctx.path("scale")),
-        cases: vec![case!(
+    Suite::unchecked(
+        "net",
+        |ctx| Mount::tmpfs(&ctx.path("scale")),
+        vec![case!(
             policy_with_10000_path_and_10000_network_rules_loads_and_enforces
         )],
-        stop: |_| Ok(()),
-        stop_test: None,
-    }
+    )
 }

@@ -163,14 +163,12 @@ pub(super) fn selftest_with_allow_unverified_runs_unready_and_says_so(ctx: &Ctx)
 
 /// The self-test's tests, each with a daemon of its own, on the suite's files.
 pub fn suite() -> Suite<Mount> {
-    Suite {
-        name: "telemetry",
-        start: files,
-        cases: vec![
+    Suite::unchecked(
+        "telemetry",
+        files,
+        vec![
             case!(selftest_refuses_to_start_when_hooks_allow_everything),
             case!(selftest_with_allow_unverified_runs_unready_and_says_so),
         ],
-        stop: |_| Ok(()),
-        stop_test: None,
-    }
+    )
 }
