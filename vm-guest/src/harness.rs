@@ -181,13 +181,39 @@ pub fn metric(body: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// What a suite reports: each test's name and outcome, in the order they ran.
-pub type Results = Vec<(&'static str, Outcome)>;
+/// The value of `actgate_decisions_total` for one label, action and verdict in a scrape.
+pub fn decisions(body: &str, label: &str, action: &str, verdict: &str) -> f64 {
+    metric(body, &decision_series(label, action, verdict))
+}
 
-/// Records each of `names` as failed for one reason (a daemon or fixtures they all need).
-pub fn fail_all(results: &mut Results, names: impl IntoIterator<Item = &'static str>, why: &str) {
-    for name in names {
-        results.push((name, Err(NotPassed::Fail(why.to_string()))));
+/// Fails unless each `(action, verdict, want)` decision counter of `label` grew by exactly
+/// `want` from the scrape `before` to the scrape `after`.
+pub fn expect_decision_changes(
+    label: &str,
+    before: &str,
+    after: &str,
+    changes: &[(&str, &str, usize)],
+) -> Outcome {
+    for (action, verdict, want) in changes {
+        expect_eq!(
+            decisions(after, label, action, verdict) - decisions(before, label, action, verdict),
+            *want as f64,
+            "change of {}",
+            decision_series(label, action, verdict)
+        );
+    }
+    Ok(())
+}
+
+/// Retries `probe` for up to 10 s until it returns `want`; returns what it said last.
+pub fn eventually(want: &str, mut probe: impl FnMut() -> Result<String>) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = probe()?;
+        if got == want || Instant::now() > deadline {
+            return Ok(got);
+        }
+        thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -327,22 +353,6 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         kill_and_reap(&mut self.child);
-    }
-}
-
-/// Starts a suite's daemon; when it doesn't start, records each of `names` as failed.
-pub fn start_for(
-    ctx: &Ctx,
-    policies: &Path,
-    names: impl IntoIterator<Item = &'static str>,
-    results: &mut Results,
-) -> Option<Daemon> {
-    match Daemon::start(ctx, policies, &[]) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            fail_all(results, names, &format!("daemon did not start: {e:#}"));
-            None
-        }
     }
 }
 

@@ -20,16 +20,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the integration tests against the real daemon.
+    /// Run the integration tests against the real daemon (standard test flags: --list,
+    /// --exact, --skip, FILTER).
     Tests {
-        #[arg(long)]
-        actgate: PathBuf,
+        /// The actgate binary under test.
+        #[arg(long, required_unless_present = "list")]
+        actgate: Option<PathBuf>,
         /// Where to write PASS/FAIL/SKIP lines and the closing count.
-        #[arg(long)]
-        results: PathBuf,
-        /// Only tests whose name contains this.
-        #[arg(long)]
-        filter: Option<String>,
+        #[arg(long, required_unless_present = "list")]
+        results: Option<PathBuf>,
+        /// Only tests whose name contains this: the same as FILTER.
+        #[arg(long = "filter", value_name = "SUBSTRING", conflicts_with = "filter")]
+        substring: Option<String>,
+        #[command(flatten)]
+        libtest: libtest_mimic::Arguments,
     },
     /// The scripted agent demo.
     Demo {
@@ -67,8 +71,12 @@ fn main() -> ExitCode {
         Cmd::Tests {
             actgate,
             results,
-            filter,
-        } => tests::run_all(&actgate, &results, filter.as_deref()),
+            substring,
+            mut libtest,
+        } => {
+            libtest.filter = substring.or(libtest.filter);
+            tests::run(actgate.as_deref(), results.as_deref(), libtest)
+        }
         Cmd::Demo { actgate, policies } => match demo::run(&actgate, &policies) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,53 +1,274 @@
 //! The integration tests. Each drives the real `actgate` binary on the VM's real kernel and
 //! asserts what a user would observe: exit codes, errno names, file contents, metric values.
+//!
+//! They run on libtest-mimic, so the command takes the standard test flags (`--list`,
+//! `--exact`, `--skip`, a filter). A suite's tests share its fixtures, usually a running
+//! daemon: the fixtures are made just before the suite's first selected test and torn down
+//! right after its last, so a filter starts only the daemons its tests need.
 
 mod exec;
 mod files;
 mod labels;
+mod mounts;
 mod net;
+mod session;
 mod telemetry;
 
-use std::{fs, io::Write, path::Path, process::ExitCode};
+use std::{
+    fs,
+    io::Write,
+    mem,
+    panic::{self, AssertUnwindSafe},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
 
-use crate::harness::{Ctx, NotPassed, Outcome};
+use anyhow::Result;
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
-pub type Test = (&'static str, fn(&Ctx) -> Outcome);
+use self::mounts::Mount;
+use crate::harness::{Ctx, Daemon, NotPassed, Outcome};
 
-/// A suite runs the selected tests of one area with the daemons it needs.
-type Suite = fn(&Ctx, &dyn Fn(&str) -> bool) -> Vec<(&'static str, Outcome)>;
-
-/// Writes each result as it comes, so a VM that dies midway still reports what ran.
-struct Report {
-    file: Option<fs::File>,
-    passed: u32,
-    failed: u32,
-    skipped: u32,
+/// One test. Its name is its function's (see `case!`), so the two can't drift apart.
+pub struct Case<F> {
+    pub name: &'static str,
+    pub run: fn(&Ctx, &mut F) -> Outcome,
 }
 
+/// `case!(f)` for a test `fn(&Ctx) -> Outcome`, `case!(f, fixture)` for one that also takes
+/// its suite's fixture; either way the test is named after the function.
+#[macro_export]
+macro_rules! case {
+    ($f:ident) => {
+        $crate::tests::Case {
+            name: stringify!($f),
+            run: |ctx, _| $f(ctx),
+        }
+    };
+    ($f:ident, fixture) => {
+        $crate::tests::Case {
+            name: stringify!($f),
+            run: |ctx, fixture| $f(ctx, fixture),
+        }
+    };
+}
+
+/// Tests that share fixtures `F`, run in the order given.
+pub struct Suite<F> {
+    /// Filters match it as well as the test names: `--filter telemetry` selects the suite.
+    pub name: &'static str,
+    /// Makes the fixtures, e.g. files, mounts and a running daemon.
+    pub start: fn(&Ctx) -> Result<F>,
+    pub cases: Vec<Case<F>>,
+    /// Tears the fixtures down and says whether that went as it should (the daemon exited 0).
+    pub stop: fn(F) -> Result<()>,
+    /// The name under which `stop` is a test of its own, after the others. When that test
+    /// isn't selected, `stop` still runs after the suite's last selected test, and a failure
+    /// of it fails that test.
+    pub stop_test: Option<&'static str>,
+}
+
+impl<F> Suite<F> {
+    /// Tests on fixtures that tear down without a check: any daemon is a test's own.
+    pub fn unchecked(
+        name: &'static str,
+        start: fn(&Ctx) -> Result<F>,
+        cases: Vec<Case<F>>,
+    ) -> Self {
+        Suite {
+            name,
+            start,
+            cases,
+            stop: |_| Ok(()),
+            stop_test: None,
+        }
+    }
+}
+
+impl<F: Send + 'static> Suite<F> {
+    fn trials(self, run: &Run) -> Vec<Trial> {
+        let life = Arc::new(Mutex::new(Lifetime {
+            suite: self.name,
+            start: self.start,
+            stop: self.stop,
+            left: 0,
+            fixture: Fixture::NotStarted,
+        }));
+        let mut trials = Vec::new();
+        for case in self.cases {
+            let (life, ctx, report) = (life.clone(), run.ctx.clone(), run.report.clone());
+            trials.push(Trial::ignorable_test(case.name, move || {
+                let mut life = lock(&life);
+                let outcome = match life.fixture(&ctx) {
+                    Ok(fixture) => guarded(|| (case.run)(&ctx, fixture)),
+                    Err(why) => Err(why),
+                };
+                let outcome = if life.one_done() {
+                    life.after_last(outcome)
+                } else {
+                    outcome
+                };
+                report.record(case.name, outcome)
+            }));
+        }
+        if let Some(name) = self.stop_test {
+            let (life, ctx, report) = (life.clone(), run.ctx.clone(), run.report.clone());
+            trials.push(Trial::ignorable_test(name, move || {
+                let mut life = lock(&life);
+                let outcome = life.fixture(&ctx).map(|_| ());
+                life.one_done();
+                report.record(name, outcome.and_then(|()| life.stop()))
+            }));
+        }
+        let trials: Vec<Trial> = trials.into_iter().map(|t| t.with_kind(self.name)).collect();
+        lock(&life).left = trials.iter().filter(|t| run.selected(t)).count();
+        trials
+    }
+}
+
+/// The usual fixtures: mounts holding a suite's files, and the daemon enforcing its policies.
+pub struct Enforcing {
+    pub daemon: Daemon,
+    pub mounts: Vec<Mount>,
+}
+
+impl Enforcing {
+    /// Stops the daemon, which must exit 0, then detaches the mounts.
+    pub fn stop(self) -> Result<()> {
+        let Enforcing { daemon, mounts } = self;
+        daemon.stop_cleanly()?;
+        drop(mounts);
+        Ok(())
+    }
+}
+
+enum Fixture<F> {
+    NotStarted,
+    Up(F),
+    Failed(String),
+    Stopped,
+}
+
+/// A suite's fixtures from its first selected test to its last.
+struct Lifetime<F> {
+    suite: &'static str,
+    start: fn(&Ctx) -> Result<F>,
+    stop: fn(F) -> Result<()>,
+    /// Selected tests not run yet.
+    left: usize,
+    fixture: Fixture<F>,
+}
+
+impl<F> Lifetime<F> {
+    /// The fixtures, made on first use; an error fails the test that needed them.
+    fn fixture(&mut self, ctx: &Ctx) -> Result<&mut F, NotPassed> {
+        if let Fixture::NotStarted = self.fixture {
+            self.fixture = match (self.start)(ctx) {
+                Ok(f) => Fixture::Up(f),
+                Err(e) => Fixture::Failed(format!("{e:#}")),
+            };
+        }
+        match &mut self.fixture {
+            Fixture::Up(f) => Ok(f),
+            Fixture::Failed(why) => Err(NotPassed::Fail(format!(
+                "the {} suite's fixtures did not start: {why}",
+                self.suite
+            ))),
+            Fixture::NotStarted | Fixture::Stopped => Err(NotPassed::Fail(format!(
+                "the {} suite's fixtures were already torn down",
+                self.suite
+            ))),
+        }
+    }
+
+    /// Counts one selected test as run; true when it was the suite's last.
+    fn one_done(&mut self) -> bool {
+        self.left = self.left.saturating_sub(1);
+        self.left == 0
+    }
+
+    /// Tears the fixtures down, if they are up.
+    fn stop(&mut self) -> Outcome {
+        match mem::replace(&mut self.fixture, Fixture::Stopped) {
+            Fixture::Up(f) => (self.stop)(f).map_err(NotPassed::from),
+            _ => Ok(()),
+        }
+    }
+
+    /// The outcome of the suite's last selected test once the fixtures are torn down, which
+    /// must go as cleanly as the stop test would require.
+    fn after_last(&mut self, outcome: Outcome) -> Outcome {
+        let Err(NotPassed::Fail(stop)) = self.stop() else {
+            return outcome;
+        };
+        let stop = format!("then tearing down the {} suite failed: {stop}", self.suite);
+        match outcome {
+            Err(NotPassed::Fail(why)) => Err(NotPassed::Fail(format!("{why}; {stop}"))),
+            _ => Err(NotPassed::Fail(stop)),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs a test, turning a panic into its failure, so the suite's bookkeeping goes on.
+fn guarded(test: impl FnOnce() -> Outcome) -> Outcome {
+    panic::catch_unwind(AssertUnwindSafe(test)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic without a message");
+        Err(NotPassed::Fail(format!("the test panicked: {what}")))
+    })
+}
+
+/// The results file: each outcome is written as it comes, so a VM that dies midway still
+/// reports what ran.
+struct Report(Mutex<Option<fs::File>>);
+
 impl Report {
-    fn line(&mut self, text: &str) {
-        println!("{text}");
-        if let Some(f) = self.file.as_mut() {
+    fn line(&self, text: &str) {
+        if let Some(f) = lock(&self.0).as_mut() {
             let _ = writeln!(f, "{text}");
             let _ = f.flush();
         }
     }
 
-    fn record(&mut self, name: &str, outcome: Outcome) {
+    /// Writes the outcome's line and hands it to libtest-mimic: a skip is a runtime ignore
+    /// with its reason, which libtest-mimic counts as ignored.
+    fn record(&self, name: &str, outcome: Outcome) -> Result<Completion, Failed> {
         match outcome {
             Ok(()) => {
-                self.passed += 1;
                 self.line(&format!("PASS {name}"));
-            }
-            Err(NotPassed::Fail(why)) => {
-                self.failed += 1;
-                self.line(&format!("FAIL {name}: {why}"));
+                Ok(Completion::Completed)
             }
             Err(NotPassed::Skip(why)) => {
-                self.skipped += 1;
                 self.line(&format!("SKIP {name}: {why}"));
+                Ok(Completion::ignored_with(why))
+            }
+            Err(NotPassed::Fail(why)) => {
+                self.line(&format!("FAIL {name}: {why}"));
+                Err(why.into())
             }
         }
+    }
+}
+
+/// What every trial of a run shares.
+struct Run {
+    ctx: Arc<Ctx>,
+    report: Arc<Report>,
+    args: Arguments,
+}
+
+impl Run {
+    /// Whether libtest-mimic will run `trial`: the same test it applies itself.
+    fn selected(&self, trial: &Trial) -> bool {
+        !self.args.is_filtered_out(trial) && !self.args.is_ignored(trial)
     }
 }
 
@@ -57,43 +278,130 @@ fn kernel() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-pub fn run_all(actgate: &Path, results: &Path, filter: Option<&str>) -> ExitCode {
-    let mut report = Report {
-        file: fs::File::create(results).ok(),
-        passed: 0,
-        failed: 0,
-        skipped: 0,
+/// Runs (or lists) the tests `args` selects; `actgate` and `results` are only needed to run.
+pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) -> ExitCode {
+    // The suites share the daemon's metrics port and control socket, and a suite's tests
+    // share its daemon: one test at a time, in the order listed.
+    args.test_threads = Some(1);
+    let report = results.map(|r| fs::File::create(r).ok());
+    let run = Run {
+        ctx: Arc::new(Ctx {
+            actgate: actgate.map_or_else(|| PathBuf::from("actgate"), Path::to_path_buf),
+            guest: std::env::current_exe().unwrap_or_else(|_| "vm-guest".into()),
+            dir: "/tmp/actgate-vmtest".into(),
+        }),
+        report: Arc::new(Report(Mutex::new(report.flatten()))),
+        args,
     };
-    let ctx = Ctx {
-        actgate: actgate.to_path_buf(),
-        guest: std::env::current_exe().unwrap_or_else(|_| "vm-guest".into()),
-        dir: "/tmp/actgate-vmtest".into(),
-    };
-    let _ = fs::remove_dir_all(&ctx.dir);
-    report.line(&format!("# kernel {}", kernel()));
-    let selected = |name: &str| filter.is_none_or(|f| name.contains(f));
-    // Each suite stops its daemons before the next starts: they share the metrics port and
-    // the control socket.
-    let suites: [Suite; 5] = [
-        exec::suite,
-        files::suite,
-        net::suite,
-        labels::suite,
-        telemetry::suite,
-    ];
-    for suite in suites {
-        for (name, outcome) in suite(&ctx, &selected) {
-            report.record(name, outcome);
+    if !run.args.list {
+        let _ = fs::remove_dir_all(&run.ctx.dir);
+        run.report.line(&format!("# kernel {}", kernel()));
+    }
+    let mut trials = Vec::new();
+    trials.extend(exec::suite().trials(&run));
+    trials.extend(exec::without_daemon().trials(&run));
+    trials.extend(files::suite().trials(&run));
+    trials.extend(net::connect::suite().trials(&run));
+    trials.extend(net::reload::suite().trials(&run));
+    trials.extend(net::scale::suite().trials(&run));
+    trials.extend(labels::suite().trials(&run));
+    trials.extend(telemetry::suite().trials(&run));
+    trials.extend(telemetry::selftest::suite().trials(&run));
+    let conclusion = libtest_mimic::run(&run.args, trials);
+    if run.args.list {
+        return ExitCode::SUCCESS;
+    }
+    let closing = format!(
+        "linux-{}: {} passed, {} failed, {} skipped",
+        kernel(),
+        conclusion.num_passed,
+        conclusion.num_failed,
+        conclusion.num_ignored
+    );
+    println!("{closing}");
+    run.report.line(&closing);
+    conclusion.exit_code()
+}
+
+#[cfg(test)]
+mod runner {
+    use super::*;
+
+    /// What the fixtures and tests of `suite` did, in order.
+    static DONE: Mutex<Vec<&str>> = Mutex::new(Vec::new());
+
+    fn did(what: &'static str) {
+        lock(&DONE).push(what);
+    }
+
+    fn first(_: &Ctx) -> Outcome {
+        did("first");
+        Ok(())
+    }
+
+    fn second(_: &Ctx) -> Outcome {
+        did("second");
+        Err(NotPassed::Skip("not here".into()))
+    }
+
+    fn third(_: &Ctx) -> Outcome {
+        did("third");
+        Ok(())
+    }
+
+    fn suite() -> Suite<()> {
+        Suite {
+            name: "unit",
+            start: |_| {
+                did("start");
+                Ok(())
+            },
+            cases: vec![case!(first), case!(second), case!(third)],
+            stop: |()| {
+                did("stop");
+                anyhow::bail!("the daemon exited 1")
+            },
+            stop_test: Some("unit_daemon_stops_with_exit_0"),
         }
     }
-    let kernel = kernel();
-    report.line(&format!(
-        "linux-{kernel}: {} passed, {} failed, {} skipped",
-        report.passed, report.failed, report.skipped
-    ));
-    if report.failed == 0 && report.passed > 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+
+    fn run_with(args: &[&str]) -> (libtest_mimic::Conclusion, Vec<&'static str>) {
+        lock(&DONE).clear();
+        let mut args = Arguments::from_iter([&"vm-guest"].into_iter().chain(args));
+        args.test_threads = Some(1);
+        // Its own "test result" lines would read as this run's in a log.
+        args.logfile = Some("/dev/null".into());
+        let run = Run {
+            ctx: Arc::new(Ctx {
+                actgate: "actgate".into(),
+                guest: "vm-guest".into(),
+                dir: "/nonexistent".into(),
+            }),
+            report: Arc::new(Report(Mutex::new(None))),
+            args,
+        };
+        let conclusion = libtest_mimic::run(&run.args, suite().trials(&run));
+        (conclusion, lock(&DONE).clone())
+    }
+
+    // One test function: the cases below share DONE.
+    #[test]
+    fn fixtures_live_from_the_first_selected_test_to_the_last() {
+        let (c, done) = run_with(&[]);
+        assert_eq!(done, ["start", "first", "second", "third", "stop"]);
+        assert_eq!((c.num_passed, c.num_ignored, c.num_failed), (2, 1, 1));
+
+        // Without its stop test, the stop's failure fails the last selected test.
+        let (c, done) = run_with(&["--exact", "second"]);
+        assert_eq!(done, ["start", "second", "stop"]);
+        assert_eq!((c.num_passed, c.num_ignored, c.num_failed), (0, 0, 1));
+
+        let (c, done) = run_with(&["--skip", "unit_daemon", "--skip", "second"]);
+        assert_eq!(done, ["start", "first", "third", "stop"]);
+        assert_eq!((c.num_passed, c.num_failed, c.num_filtered_out), (1, 1, 2));
+
+        let (c, done) = run_with(&["no-such-test"]);
+        assert!(done.is_empty());
+        assert_eq!(c.num_filtered_out, 4);
     }
 }

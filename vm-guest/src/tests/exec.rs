@@ -4,10 +4,10 @@ use std::os::unix::fs::symlink;
 
 use anyhow::Result;
 
-use super::files::{own_tmpfs, unmount};
+use super::{Case, Enforcing, Suite, mounts::Mount};
 use crate::{
-    expect_eq,
-    harness::{self, Ctx, NotPassed, Outcome, RAN, Results, http_get},
+    case, expect_eq,
+    harness::{self, Ctx, Daemon, NotPassed, Outcome, RAN, http_get},
 };
 
 const LABEL: &str = "vmtest";
@@ -25,10 +25,11 @@ fn policy(ctx: &Ctx) -> String {
     )
 }
 
-fn fixtures(ctx: &Ctx) -> Result<()> {
+/// The binaries, trees and links the tests exec, and the daemon enforcing the policy on them.
+fn start(ctx: &Ctx) -> Result<Enforcing> {
     harness::install("/bin/true", &ctx.path("bin/allowed"))?;
     harness::install("/bin/true", &ctx.path("bin/denied"))?;
-    own_tmpfs(&ctx.path(TMPFS))?;
+    let tmpfs = Mount::tmpfs(&ctx.path(TMPFS))?;
     harness::install("/bin/true", &ctx.path(&format!("{TMPFS}/bin/denied")))?;
     std::fs::create_dir_all(ctx.path(&format!("{TMPFS}/ws")))?;
     std::fs::create_dir_all(ctx.path("ws"))?;
@@ -39,14 +40,18 @@ fn fixtures(ctx: &Ctx) -> Result<()> {
         ctx.path("denytree/script.sh"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    harness::write(&ctx.path("policies/exec.yaml"), &policy(ctx))
+    harness::write(&ctx.path("policies/exec.yaml"), &policy(ctx))?;
+    Ok(Enforcing {
+        daemon: Daemon::start(ctx, &ctx.path("policies"), &[])?,
+        mounts: vec![tmpfs],
+    })
 }
 
 fn p(ctx: &Ctx, rel: &str) -> String {
     ctx.path(rel).display().to_string()
 }
 
-fn allowed_exec_runs(ctx: &Ctx) -> Outcome {
+fn labelled_allowed_exec_runs(ctx: &Ctx) -> Outcome {
     expect_eq!(
         ctx.attempt(Some(LABEL), &["exec", &p(ctx, "bin/allowed")]),
         RAN,
@@ -55,7 +60,7 @@ fn allowed_exec_runs(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
-fn denied_path_is_eperm(ctx: &Ctx) -> Outcome {
+fn labelled_denied_exec_is_eperm(ctx: &Ctx) -> Outcome {
     expect_eq!(
         ctx.attempt(Some(LABEL), &["exec", &p(ctx, "bin/denied")]),
         "EPERM",
@@ -64,7 +69,7 @@ fn denied_path_is_eperm(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
-fn denied_path_through_symlink_is_eperm(ctx: &Ctx) -> Outcome {
+fn labelled_denied_exec_through_symlink_is_eperm(ctx: &Ctx) -> Outcome {
     expect_eq!(
         ctx.attempt(Some(LABEL), &["exec", &p(ctx, "bin/link-to-denied")]),
         "EPERM",
@@ -73,7 +78,7 @@ fn denied_path_through_symlink_is_eperm(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
-fn denied_path_through_relative_path_is_eperm(ctx: &Ctx) -> Outcome {
+fn labelled_denied_exec_through_relative_path_is_eperm(ctx: &Ctx) -> Outcome {
     let script = format!(
         "cd {} && {} try exec ./denied",
         p(ctx, "bin"),
@@ -93,7 +98,7 @@ fn denied_path_through_relative_path_is_eperm(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
-fn file_in_denied_tree_is_eperm(ctx: &Ctx) -> Outcome {
+fn labelled_exec_in_denied_tree_is_eperm(ctx: &Ctx) -> Outcome {
     expect_eq!(
         ctx.attempt(Some(LABEL), &["exec", &p(ctx, "denytree/sub/tool")]),
         "EPERM",
@@ -110,7 +115,7 @@ fn file_in_denied_tree_is_eperm(ctx: &Ctx) -> Outcome {
 /// A hard link to a binary denied by its exact path, made by an unlabelled process while the
 /// daemon enforces, names the same file: the label's exec of it is denied, on the guest's
 /// /tmp and on a tmpfs alike, and an unlabelled exec of it still runs.
-fn hard_link_made_while_enforcing_is_eperm(ctx: &Ctx) -> Outcome {
+fn labelled_exec_of_hard_link_made_while_enforcing_is_eperm(ctx: &Ctx) -> Outcome {
     for dir in [".", TMPFS] {
         let denied = p(ctx, &format!("{dir}/bin/denied"));
         let link = p(ctx, &format!("{dir}/ws/hardlink"));
@@ -131,7 +136,7 @@ fn hard_link_made_while_enforcing_is_eperm(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
-fn grandchild_denied_exec_is_eperm(ctx: &Ctx) -> Outcome {
+fn labelled_grandchild_denied_exec_is_eperm(ctx: &Ctx) -> Outcome {
     // `; true` keeps each shell from exec'ing its last command in place, so the probe really
     // is a grandchild of the labelled shell.
     let inner = format!(
@@ -208,7 +213,9 @@ fn exec_without_daemon_is_refused(ctx: &Ctx) -> Outcome {
 }
 
 fn check_reports_every_problem_with_position(ctx: &Ctx) -> Outcome {
-    let bad = ctx.path("bad/bad.yaml");
+    let good = ctx.path("check/good");
+    harness::write(&good.join("exec.yaml"), &policy(ctx))?;
+    let bad = ctx.path("check/bad.yaml");
     harness::write(
         &bad,
         "name: x\nlabels: [x]\nexec:\n  deny: [relative/path]\n  bogus: 1\n",
@@ -229,7 +236,7 @@ fn check_reports_every_problem_with_position(ctx: &Ctx) -> Outcome {
     expect_eq!(lines.len(), 2, "problems reported ({text})");
     let good = std::process::Command::new(&ctx.actgate)
         .arg("check")
-        .arg(ctx.path("policies"))
+        .arg(&good)
         .output()
         .map_err(anyhow::Error::from)?;
     expect_eq!(
@@ -240,72 +247,34 @@ fn check_reports_every_problem_with_position(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
-/// Runs the exec tests against one daemon, then stops it and checks the exit.
-pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
-    let results = with_fixtures(ctx, selected);
-    unmount(&ctx.path(TMPFS));
-    results
+/// The exec tests against one daemon, whose stop ends them. Unlabelled runs come while the
+/// daemon enforces, to show they are untouched.
+pub fn suite() -> Suite<Enforcing> {
+    Suite {
+        name: "exec",
+        start,
+        cases: vec![
+            case!(healthz_and_readyz_answer),
+            case!(labelled_allowed_exec_runs),
+            case!(labelled_denied_exec_is_eperm),
+            case!(labelled_denied_exec_through_symlink_is_eperm),
+            case!(labelled_denied_exec_through_relative_path_is_eperm),
+            case!(labelled_exec_in_denied_tree_is_eperm),
+            case!(labelled_exec_of_hard_link_made_while_enforcing_is_eperm),
+            case!(labelled_grandchild_denied_exec_is_eperm),
+            case!(exec_with_unknown_label_is_refused),
+            case!(unlabelled_process_runs_denied_files),
+        ],
+        stop: Enforcing::stop,
+        stop_test: Some("sigterm_stops_the_daemon_with_exit_0"),
+    }
 }
 
-fn with_fixtures(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
-    let with_daemon: [crate::tests::Test; 9] = [
-        ("healthz_and_readyz_answer", healthz_and_readyz_answer),
-        ("labelled_allowed_exec_runs", allowed_exec_runs),
-        ("labelled_denied_exec_is_eperm", denied_path_is_eperm),
-        (
-            "labelled_denied_exec_through_symlink_is_eperm",
-            denied_path_through_symlink_is_eperm,
-        ),
-        (
-            "labelled_denied_exec_through_relative_path_is_eperm",
-            denied_path_through_relative_path_is_eperm,
-        ),
-        (
-            "labelled_exec_in_denied_tree_is_eperm",
-            file_in_denied_tree_is_eperm,
-        ),
-        (
-            "labelled_exec_of_hard_link_made_while_enforcing_is_eperm",
-            hard_link_made_while_enforcing_is_eperm,
-        ),
-        (
-            "labelled_grandchild_denied_exec_is_eperm",
-            grandchild_denied_exec_is_eperm,
-        ),
-        (
-            "exec_with_unknown_label_is_refused",
-            exec_with_unknown_label_is_refused,
-        ),
+/// What needs no daemon running: `actgate check`, and `actgate exec` refusing.
+pub fn without_daemon() -> Suite<()> {
+    let cases: Vec<Case<()>> = vec![
+        case!(check_reports_every_problem_with_position),
+        case!(exec_without_daemon_is_refused),
     ];
-    let mut results: Results = Vec::new();
-    if let Err(e) = fixtures(ctx) {
-        results.push(("exec_fixtures", Err(e.into())));
-        return results;
-    }
-    results.push((
-        "check_reports_every_problem_with_position",
-        check_reports_every_problem_with_position(ctx),
-    ));
-    let chosen: Vec<_> = with_daemon.iter().filter(|(n, _)| selected(n)).collect();
-    let names = chosen.iter().map(|(n, _)| *n);
-    let Some(daemon) = harness::start_for(ctx, &ctx.path("policies"), names, &mut results) else {
-        return results;
-    };
-    for (name, test) in chosen {
-        results.push((name, test(ctx)));
-    }
-    // Unlabelled runs come while the daemon enforces, to show they are untouched.
-    results.push((
-        "unlabelled_process_runs_denied_files",
-        unlabelled_process_runs_denied_files(ctx),
-    ));
-    results.push((
-        "sigterm_stops_the_daemon_with_exit_0",
-        daemon.stop_cleanly().map_err(NotPassed::from),
-    ));
-    results.push((
-        "exec_without_daemon_is_refused",
-        exec_without_daemon_is_refused(ctx),
-    ));
-    results
+    Suite::unchecked("exec", |_| Ok(()), cases)
 }

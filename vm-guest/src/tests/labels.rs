@@ -3,14 +3,13 @@
 
 use std::path::Path;
 
-use super::files::{decisions, own_tmpfs, unmount};
+use super::{Suite, mounts::Mount};
 use crate::{
-    expect_eq,
-    harness::{self, Ctx, Daemon, NotPassed, Outcome, Results, scrape},
+    case, expect_eq,
+    harness::{self, Ctx, Daemon, NotPassed, Outcome, decisions, scrape},
 };
 
 const LABELS: usize = 256;
-const TEST: &str = "policies_for_256_labels_load_and_each_label_gets_its_own_rules";
 
 fn label(i: usize) -> String {
     format!("many-{i:03}")
@@ -30,7 +29,7 @@ fn policy(ctx: &Ctx, i: usize) -> String {
     )
 }
 
-fn many_labels_load_and_enforce(ctx: &Ctx) -> Outcome {
+fn policies_for_256_labels_load_and_each_label_gets_its_own_rules(ctx: &Ctx) -> Outcome {
     let dir = ctx.path("labels/policies");
     for i in 0..LABELS {
         harness::write(&dir.join(format!("many-{i:03}.yaml")), &policy(ctx, i))?;
@@ -71,14 +70,13 @@ fn many_labels_load_and_enforce(ctx: &Ctx) -> Outcome {
     outcome.and(daemon.stop_cleanly().map_err(NotPassed::from))
 }
 
-/// Runs the many-labels test with a daemon of its own.
-pub fn suite(ctx: &Ctx, selected: &dyn Fn(&str) -> bool) -> Results {
-    if !selected(TEST) {
-        return Vec::new();
-    }
-    let outcome = own_tmpfs(&ctx.path("labels"))
-        .map_err(NotPassed::from)
-        .and_then(|()| many_labels_load_and_enforce(ctx));
-    unmount(&ctx.path("labels"));
-    vec![(TEST, outcome)]
+/// The many-labels test, on a tmpfs of its own, with a daemon of its own.
+pub fn suite() -> Suite<Mount> {
+    Suite::unchecked(
+        "labels",
+        |ctx| Mount::tmpfs(&ctx.path("labels")),
+        vec![case!(
+            policies_for_256_labels_load_and_each_label_gets_its_own_rules
+        )],
+    )
 }

@@ -1,0 +1,144 @@
+//! A labelled shell that stays alive, for tests that act from an already-running labelled
+//! process.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::harness::Ctx;
+
+/// A labelled `sh` that stays alive and runs commands sent to it one at a time, so a test can
+/// act from an already-running labelled process and without the file opens that starting a
+/// new program costs (shared libraries): shell redirections are exactly one open(2) each.
+pub struct Session {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+}
+
+const STATUS: &str = "@@status ";
+
+impl Session {
+    pub fn start(ctx: &Ctx, label: &str) -> Result<Session> {
+        // `eval … 2>&1` only duplicates a descriptor: no open. A failed redirection of the
+        // regular builtin `true` is not fatal to the shell, unlike one of `:`.
+        let script = format!(
+            "echo ready; while read -r line; do eval \"$line\" 2>&1; echo \"{STATUS}$?\"; done"
+        );
+        let mut child = ctx
+            .spawn_labelled_sh(label, &script)
+            .context("starting a labelled shell")?;
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().context("no stdout")?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let out = tx.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if out.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(format!("stderr: {line}")).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let s = Session {
+            child,
+            stdin,
+            lines,
+        };
+        let mut seen = Vec::new();
+        loop {
+            match s.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) if l == "ready" => return Ok(s),
+                Ok(l) => seen.push(l),
+                Err(_) => {
+                    let mut s = s;
+                    bail!(
+                        "the labelled shell never said ready ({}); it said: {:?}",
+                        s.status(),
+                        seen.join(" | ")
+                    )
+                }
+            }
+        }
+    }
+
+    /// How the shell ended, if it did (after a short wait).
+    fn status(&mut self) -> String {
+        for _ in 0..20 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return format!("it exited: {status}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        "still running".into()
+    }
+
+    /// Runs one shell command line; `OK` when it exited 0, else the errno its message names.
+    pub fn run(&mut self, command: &str) -> Result<String> {
+        let stdin = self.stdin.as_mut().context("session closed")?;
+        writeln!(stdin, "{command}").context("writing to the labelled shell")?;
+        stdin.flush()?;
+        let mut said = Vec::new();
+        loop {
+            let Ok(line) = self.lines.recv_timeout(Duration::from_secs(60)) else {
+                let status = self.status();
+                bail!(
+                    "no answer to `{command}` ({status}); the shell said: {:?}",
+                    said.join(" | ")
+                );
+            };
+            if let Some(status) = line.strip_prefix(STATUS) {
+                return Ok(shell_verdict(status, &said.join(" | ")));
+            }
+            said.push(line);
+        }
+    }
+}
+
+/// Names the errno of a failed shell redirection from dash's message (strerror text).
+fn shell_verdict(status: &str, said: &str) -> String {
+    if status == "0" {
+        return "OK".into();
+    }
+    for (text, name) in [
+        ("Operation not permitted", "EPERM"),
+        ("Permission denied", "EACCES"),
+        ("No such file", "ENOENT"),
+        ("nonexistent", "ENOENT"),
+        ("File exists", "EEXIST"),
+    ] {
+        if said.contains(text) {
+            return name.into();
+        }
+    }
+    format!("(status {status}: {said})")
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // EOF ends the shell's loop.
+        self.stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
