@@ -279,6 +279,17 @@ pub const ERR_PATH: u32 = 0;
 pub const ERR_SCRATCH: u32 = 1;
 pub const ERR_SLOTS: u32 = 4;
 
+/// The running kernel's release (as `uname -r` prints it), or "unknown". Userspace only.
+#[cfg(feature = "user")]
+pub fn kernel_release() -> std::string::String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().into())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(feature = "user")]
+extern crate std;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
