@@ -180,7 +180,7 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 reopen.store(true, Ordering::SeqCst);
-                watch.note_reload();
+                watch.note_reload(&mut changed);
                 loader = reload(loader, &opts.policies, &state).await?;
             }
             Some(()) = changed.recv() => {

@@ -66,10 +66,14 @@ pub fn watch(dir: &Path, tx: mpsc::Sender<()>) -> Result<Watch> {
 }
 
 impl Watch {
-    /// Records the directory as a reload not caused by the watch (SIGHUP) reads it, so the
-    /// watch doesn't reload the same files again.
-    pub fn note_reload(&self) {
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = fingerprint(&self.dir);
+    /// Records the directory as a reload not caused by the watch (SIGHUP) is about to read
+    /// it, and drops the change it has already queued: that reload reads those changes, so
+    /// the watch mustn't reload the same files again.
+    pub fn note_reload(&self, queued: &mut mpsc::Receiver<()>) {
+        // Under the lock, so the watch can't queue a change between the two steps.
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        while queued.try_recv().is_ok() {}
+        *seen = fingerprint(&self.dir);
     }
 }
 
