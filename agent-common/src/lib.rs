@@ -4,6 +4,9 @@
 //! one side and read by the other through BPF maps and the ring buffer.
 #![no_std]
 
+#[cfg(feature = "user")]
+extern crate std;
+
 mod errors;
 mod hooks;
 pub mod maps;
@@ -282,6 +285,14 @@ pub struct ProcessKey {
 
 /// Processes whose executable the kernel remembers (least recently used ones are evicted).
 pub const MAX_PROCESSES: u32 = 16384;
+
+/// The running kernel's release (as `uname -r` prints it), or "unknown". Userspace only.
+#[cfg(feature = "user")]
+pub fn kernel_release() -> std::string::String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().into())
+        .unwrap_or_else(|_| "unknown".into())
+}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compile;
+pub mod compiled;
 pub mod diagnostic;
 pub mod model;
 pub mod parse;
@@ -10,6 +11,7 @@ pub mod pattern;
 mod yaml;
 
 pub use compile::{compile_guards, compile_net, compile_paths, defaults, has_rules};
+pub use compiled::{CompileError, CompiledLabel, CompiledRuleset, CompiledSet, compile_set};
 pub use diagnostic::Diagnostic;
 pub use model::{Fallback, Mode, NetPattern, PathPattern, Policy, PolicySet, Rules};
 pub use parse::{load_path, parse_str};

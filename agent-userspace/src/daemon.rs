@@ -1,6 +1,7 @@
 //! `actgate run`: load, enforce, report, reload, until SIGTERM/SIGINT.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
@@ -9,9 +10,10 @@ use std::{
     },
 };
 
-use agent_common::Action;
-use agent_policy::PolicySet;
+use agent_common::{Action, kernel_release};
+use agent_policy::{Policy, PolicySet};
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -26,21 +28,43 @@ use crate::{
     events, http, inodes,
     maps::RuleMaps,
     metrics::Metrics,
+    plan::{self, LabelIndexes, LabelState},
     selftest::{self, SelfTest},
     state::State,
     watch,
 };
 
+/// The options of `actgate run`.
+#[derive(Args)]
 pub struct Options {
+    /// Directory of policy files.
+    #[arg(long)]
     pub policies: PathBuf,
+    /// Address for /metrics, /readyz and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
+    /// Append deny and audit events as JSON lines to FILE (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
     pub events: Option<String>,
+    /// Also send allow decisions to the events file.
+    #[arg(long)]
     pub events_allow: bool,
+    /// The control socket that `actgate exec` and `actgate status` use.
+    #[arg(long, default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Capacity of the path rule map (entries over all policies).
+    #[arg(long, default_value_t = 1 << 20)]
     pub max_path_rules: u32,
+    /// Capacity of the network rule map (entries over all policies).
+    #[arg(long, default_value_t = 1 << 18)]
     pub max_net_rules: u32,
-    pub fake_allow_all: bool,
+    /// Keep running when the start-up self-test finds a hook that doesn't deny (the
+    /// daemon then stays unready and says so).
+    #[arg(long)]
     pub allow_unverified: bool,
+    /// TEST ONLY: make every hook allow everything, so the start-up self-test must fail.
+    #[arg(long = "test-fake-allow-all", hide = true)]
+    pub fake_allow_all: bool,
 }
 
 /// Reads and validates every policy file; all problems are reported, each as
@@ -57,10 +81,44 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet> {
     })
 }
 
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+/// Everything a load or reload changes, owned by whichever thread runs it: a load stats
+/// files and creates cgroups and waits for the kernel, so it runs off the async loop.
+struct Loader {
+    rules: RuleMaps,
+    indexes: LabelIndexes,
+    root: LabelRoot,
+    /// The self-test's policy, loaded beside the user's.
+    selftest: Policy,
+}
+
+impl Loader {
+    /// The policy directory's path to the maps: compile (pure), plan (the host's facts), apply.
+    fn load(&mut self, set: &PolicySet) -> Result<BTreeMap<u32, LabelState>> {
+        let mut set = set.clone();
+        set.policies.push(self.selftest.clone());
+        let next = self.rules.next();
+        let compiled = agent_policy::compile_set(&set, next.rulesets)?;
+        let plan = plan::resolve(
+            compiled,
+            next.number,
+            &mut self.indexes,
+            &mut plan::System::new(&self.root),
+        )?;
+        self.rules.apply(plan)
+    }
+
+    /// Runs `job` with this loader on a blocking thread, and gives the loader back.
+    async fn off_loop<T: Send + 'static>(
+        mut self,
+        job: impl FnOnce(&mut Self) -> T + Send + 'static,
+    ) -> Result<(Self, T)> {
+        tokio::task::spawn_blocking(move || {
+            let out = job(&mut self);
+            (self, out)
+        })
+        .await
+        .context("the policy load thread panicked")
+    }
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -78,7 +136,7 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let (mut ebpf, kernel_log) = bpf::load(&root, &sizes, opts.fake_allow_all)?;
     bpf::forward_kernel_log(kernel_log)?;
-    let mut rules = RuleMaps::new(&mut ebpf, opts.events_allow)?;
+    let rules = RuleMaps::new(&mut ebpf, opts.events_allow)?;
     let counters = Arc::new(Counters::new(&mut ebpf)?);
     let reopen = Arc::new(AtomicBool::new(false));
     let sink = opts
@@ -88,9 +146,15 @@ pub async fn run(opts: Options) -> Result<()> {
         .transpose()?;
     events::spawn(&mut ebpf, state.clone(), sink)?;
 
-    let labels = rules
-        .apply(&with_selftest(set.clone(), &selftest), &root)
-        .context("putting the policies into the kernel maps")?;
+    let loader = Loader {
+        rules,
+        indexes: LabelIndexes::default(),
+        root,
+        selftest: selftest.policy(),
+    };
+    let first = set.clone();
+    let (mut loader, labels) = loader.off_loop(move |l| l.load(&first)).await?;
+    let labels = labels.context("putting the policies into the kernel maps")?;
     state.set_policies(labels, set.policies.len());
     info!(
         policies = set.policies.len(),
@@ -106,8 +170,7 @@ pub async fn run(opts: Options) -> Result<()> {
     prove(&selftest, &state, opts.allow_unverified)?;
 
     let (tx, mut changed) = mpsc::channel(1);
-    let _watch = watch::watch(&opts.policies, tx)?;
-    let mut seen = watch::fingerprint(&opts.policies);
+    let watch = watch::watch(&opts.policies, tx)?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -117,15 +180,11 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 reopen.store(true, Ordering::SeqCst);
-                seen = watch::fingerprint(&opts.policies);
-                reload(&opts.policies, &selftest, &mut rules, &state);
+                watch.note_reload(&mut changed);
+                loader = reload(loader, &opts.policies, &state).await?;
             }
             Some(()) = changed.recv() => {
-                let now = watch::fingerprint(&opts.policies);
-                if now != seen {
-                    seen = now;
-                    reload(&opts.policies, &selftest, &mut rules, &state);
-                }
+                loader = reload(loader, &opts.policies, &state).await?;
             }
         }
     }
@@ -134,12 +193,6 @@ pub async fn run(opts: Options) -> Result<()> {
     let _ = std::fs::remove_file(&opts.socket);
     drop(ebpf);
     Ok(())
-}
-
-/// The user's policies plus the self-test's own.
-fn with_selftest(mut set: PolicySet, selftest: &SelfTest) -> PolicySet {
-    set.policies.push(selftest.policy());
-    set
 }
 
 /// Runs the start-up proof; ready only when every hook denied. A failure stops the daemon
@@ -182,28 +235,18 @@ fn prove(selftest: &SelfTest, state: &State, allow_unverified: bool) -> Result<(
 }
 
 /// Validates everything first, then swaps; a bad file changes nothing.
-fn reload(dir: &Path, selftest: &SelfTest, rules: &mut RuleMaps, state: &State) {
-    let result = load_policies(dir).and_then(|set| {
-        let labels = rules.apply(&with_selftest(set.clone(), selftest), &state.root)?;
-        Ok((set, labels))
-    });
+async fn reload(loader: Loader, dir: &Path, state: &Arc<State>) -> Result<Loader> {
+    let (dir, shared) = (dir.to_path_buf(), state.clone());
+    let (loader, result) = loader
+        .off_loop(move |l| {
+            let set = load_policies(&dir)?;
+            let labels = l.load(&set)?;
+            warn_about_dropped_labels(&shared, &labels);
+            anyhow::Ok((set, labels))
+        })
+        .await?;
     match result {
         Ok((set, labels)) => {
-            let before = state.labels();
-            for gone in before
-                .values()
-                .filter(|l| !labels.values().any(|n| n.name == l.name))
-            {
-                let running = cgroup::process_count(&state.root.label_dir(&gone.name));
-                if running > 0 {
-                    warn!(
-                        label = gone.name,
-                        processes = running,
-                        "no policy names this label any more: its running processes are no \
-                         longer governed"
-                    );
-                }
-            }
             state.set_policies(labels, set.policies.len());
             state.reloads_ok.fetch_add(1, Ordering::Relaxed);
             info!(policies = set.policies.len(), "reloaded");
@@ -211,6 +254,26 @@ fn reload(dir: &Path, selftest: &SelfTest, rules: &mut RuleMaps, state: &State) 
         Err(e) => {
             state.reloads_failed.fetch_add(1, Ordering::Relaxed);
             error!("reload failed; the previous policies stay in force: {e:#}");
+        }
+    }
+    Ok(loader)
+}
+
+/// Labels in force before a reload that `labels` no longer has, and that still run processes.
+fn warn_about_dropped_labels(state: &State, labels: &BTreeMap<u32, LabelState>) {
+    for gone in state
+        .labels()
+        .values()
+        .filter(|l| !labels.values().any(|n| n.name == l.name))
+    {
+        let running = cgroup::process_count(&state.root.label_dir(&gone.name));
+        if running > 0 {
+            warn!(
+                label = gone.name,
+                processes = running,
+                "no policy names this label any more: its running processes are no \
+                 longer governed"
+            );
         }
     }
 }

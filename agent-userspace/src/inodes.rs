@@ -10,7 +10,7 @@
 use std::{collections::HashMap, ffi::CString, fs, os::unix::ffi::OsStrExt, path::Path};
 
 use agent_common::{Action, InodeKey};
-use agent_policy::{PathPattern, Policy};
+use agent_policy::PathPattern;
 
 /// Capacity of the kernel's INODE_RULES map.
 pub const MAX_ENTRIES: u32 = 1 << 16;
@@ -37,13 +37,13 @@ struct FileId {
 /// (the guest's /tmp under virtme-ng is such an overlay); btrfs reports a subvolume's. The
 /// mount a file is on names the superblock's device in mountinfo, so the device comes from
 /// there. The inode number needs no such care: overlayfs gives its inodes the st_ino it reports.
-struct Identities {
+pub struct Identities {
     /// mountinfo's mount ID → the kernel dev_t of the mount's superblock.
     mounts: HashMap<u64, u64>,
 }
 
 impl Identities {
-    fn load() -> Identities {
+    pub fn load() -> Identities {
         let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         Identities {
             mounts: parse_mountinfo(&text),
@@ -121,29 +121,26 @@ fn walk(ids: &Identities, dir: &Path, budget: &mut usize, found: &mut Vec<FileId
     }
 }
 
-/// The inode entries of one policy's deny rules.
-pub fn denied_inodes(policy: &Policy, ruleset: u16) -> Vec<InodeKey> {
-    let ids = Identities::load();
+/// The inode entries of rule set `ruleset`'s deny patterns.
+pub fn denied_inodes(
+    ids: &Identities,
+    ruleset: u16,
+    denied: &[(Action, PathPattern)],
+) -> Vec<InodeKey> {
     let mut keys = Vec::new();
     let mut budget = WALK_BUDGET;
-    for (action, rules) in [
-        (Action::Exec, &policy.exec),
-        (Action::FileWrite, &policy.file_write),
-        (Action::FileRead, &policy.file_read),
-    ] {
-        for pattern in &rules.deny {
-            match pattern {
-                PathPattern::Exact(p) => {
-                    if let Some(file) = ids.of(Path::new(p), true) {
-                        keys.push(key(&file, ruleset, action));
-                    }
+    for (action, pattern) in denied {
+        match pattern {
+            PathPattern::Exact(p) => {
+                if let Some(file) = ids.of(Path::new(p), true) {
+                    keys.push(key(&file, ruleset, *action));
                 }
-                PathPattern::Tree(d) => {
-                    let mut found = Vec::new();
-                    let dir = if d.is_empty() { "/" } else { d.as_str() };
-                    walk(&ids, Path::new(dir), &mut budget, &mut found);
-                    keys.extend(found.iter().map(|file| key(file, ruleset, action)));
-                }
+            }
+            PathPattern::Tree(d) => {
+                let mut found = Vec::new();
+                let dir = if d.is_empty() { "/" } else { d.as_str() };
+                walk(ids, Path::new(dir), &mut budget, &mut found);
+                keys.extend(found.iter().map(|file| key(file, ruleset, *action)));
             }
         }
     }

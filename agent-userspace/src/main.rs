@@ -1,8 +1,9 @@
 //! actgate: governs what labelled AI-agent workloads may do, with BPF LSM programs that
 //! decide in the kernel.
 //!
-//! A policy travels: `agent_policy` parses and compiles it → `maps` writes it into the kernel
-//! → the agent-ebpf programs decide → `counters`/`events` report → `metrics`/`status` show.
+//! A policy travels: `agent_policy` parses and compiles it → `plan` resolves what it names on
+//! this host → `maps` writes it into the kernel → the agent-ebpf programs decide →
+//! `counters`/`events` report → `metrics`/`status` show.
 
 mod bpf;
 mod btf;
@@ -16,14 +17,16 @@ mod inodes;
 mod launch;
 mod maps;
 mod metrics;
+mod plan;
+mod rcu;
 mod selftest;
 mod state;
 mod status;
 mod watch;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -53,7 +56,7 @@ enum Command {
         path: PathBuf,
     },
     /// Run the daemon: load the BPF LSM programs and enforce the policies.
-    Run(RunArgs),
+    Run(daemon::Options),
     /// Internal: the start-up self-test's probe process.
     #[command(hide = true)]
     SelftestProbe {
@@ -85,39 +88,6 @@ enum Command {
         #[arg(long, default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-}
-
-/// The options of `actgate run`.
-#[derive(Args)]
-struct RunArgs {
-    /// Directory of policy files.
-    #[arg(long)]
-    policies: PathBuf,
-    /// Address for /metrics, /readyz and /healthz.
-    #[arg(long, default_value = "127.0.0.1:9464")]
-    metrics_addr: SocketAddr,
-    /// Append deny and audit events as JSON lines to FILE (`-` for stdout).
-    #[arg(long, value_name = "FILE")]
-    events: Option<String>,
-    /// Also send allow decisions to the events file.
-    #[arg(long)]
-    events_allow: bool,
-    /// The control socket that `actgate exec` and `actgate status` use.
-    #[arg(long, default_value = control::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Capacity of the path rule map (entries over all policies).
-    #[arg(long, default_value_t = 1 << 20)]
-    max_path_rules: u32,
-    /// Capacity of the network rule map (entries over all policies).
-    #[arg(long, default_value_t = 1 << 18)]
-    max_net_rules: u32,
-    /// Keep running when the start-up self-test finds a hook that doesn't deny (the
-    /// daemon then stays unready and says so).
-    #[arg(long)]
-    allow_unverified: bool,
-    /// TEST ONLY: make every hook allow everything, so the start-up self-test must fail.
-    #[arg(long, hide = true)]
-    test_fake_allow_all: bool,
 }
 
 fn init_logs(format: LogFormat) {
@@ -155,18 +125,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 /// `actgate run`: the daemon, until SIGTERM or a fatal error.
-fn run(args: RunArgs) -> ExitCode {
-    let opts = daemon::Options {
-        policies: args.policies,
-        metrics_addr: args.metrics_addr,
-        events: args.events,
-        events_allow: args.events_allow,
-        socket: args.socket,
-        max_path_rules: args.max_path_rules,
-        max_net_rules: args.max_net_rules,
-        fake_allow_all: args.test_fake_allow_all,
-        allow_unverified: args.allow_unverified,
-    };
+fn run(opts: daemon::Options) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,18 +1,15 @@
-//! Putting a compiled policy set into the kernel's maps, atomically.
+//! Putting a plan into the kernel's maps, atomically.
 //!
 //! Every label and trie entry carries a generation (labels in their key, trie entries through
 //! their rule set number). A reload writes the next generation beside the one in force, flips
-//! `CONFIG.generation` with a single array write, waits for hooks that may still hold the old
-//! generation, then deletes it. A hook therefore always judges with one whole policy set.
+//! `CONFIG.generation` with a single array write, waits until no hook can still be using the
+//! old generation (see `rcu`), then deletes it. A hook therefore always judges with one whole
+//! policy set.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, ops::Range};
 
-use agent_common::{
-    Config, InodeKey, LabelInfo, LabelKey, MAX_LABELS, MODE_AUDIT, MODE_ENFORCE, NET_KEY_DATA,
-    PATH_KEY_DATA, RULE_DENY,
-};
-use agent_policy::{Mode, PolicySet, compile};
-use anyhow::{Context, Result, bail};
+use agent_common::{Config, InodeKey, LabelInfo, LabelKey, NET_KEY_DATA, PATH_KEY_DATA, RULE_DENY};
+use anyhow::{Context, Result, ensure};
 use aya::{
     Ebpf,
     maps::{
@@ -20,19 +17,15 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
 };
+use tracing::warn;
 
-use crate::{cgroup::LabelRoot, inodes};
+use crate::{
+    plan::{LabelState, Plan},
+    rcu::Barrier,
+};
 
 /// Rule set numbers of generation 1 start here; generation 0 uses 0..RULESET_SPLIT.
 const RULESET_SPLIT: u16 = 1 << 15;
-
-/// What one label resolves to, for events, status and metrics.
-#[derive(Clone, Debug)]
-pub struct LabelState {
-    pub name: String,
-    pub policy: String,
-    pub mode: Mode,
-}
 
 /// Everything one generation wrote, so it can be deleted once replaced.
 #[derive(Default)]
@@ -43,6 +36,21 @@ struct Written {
     nets: Vec<Key<[u8; NET_KEY_DATA]>>,
 }
 
+impl Written {
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+            && self.paths.is_empty()
+            && self.inodes.is_empty()
+            && self.nets.is_empty()
+    }
+}
+
+/// The generation a plan must be built for: its number, and the rule set numbers it may use.
+pub struct Generation {
+    pub number: u32,
+    pub rulesets: Range<u16>,
+}
+
 pub struct RuleMaps {
     config: Array<MapData, Config>,
     labels: HashMap<MapData, LabelKey, LabelInfo>,
@@ -50,9 +58,11 @@ pub struct RuleMaps {
     nets: LpmTrie<MapData, [u8; NET_KEY_DATA], u8>,
     inodes: HashMap<MapData, InodeKey, u8>,
     current: Config,
+    /// The entries of the generation in force.
     written: Written,
-    /// Label name → stable index. Indexes are never reused, so a label keeps its counters.
-    indexes: BTreeMap<String, u32>,
+    /// The entries of the generation before it, when waiting for its last readers failed.
+    retired: Written,
+    barrier: Barrier,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -78,7 +88,8 @@ impl RuleMaps {
                 events_allow: u32::from(events_allow),
             },
             written: Written::default(),
-            indexes: BTreeMap::new(),
+            retired: Written::default(),
+            barrier: Barrier::new()?,
         };
         maps.config
             .set(0, maps.current, 0)
@@ -86,129 +97,96 @@ impl RuleMaps {
         Ok(maps)
     }
 
-    /// The stable index of a label, handing out a new one for a label never seen before.
-    fn index_of(&mut self, label: &str) -> Result<u32> {
-        if let Some(i) = self.indexes.get(label) {
-            return Ok(*i);
-        }
-        let next = self.indexes.len() as u32;
-        if next >= MAX_LABELS {
-            bail!("more than {MAX_LABELS} distinct labels since the daemon started; restart it");
-        }
-        self.indexes.insert(label.to_string(), next);
-        Ok(next)
+    /// The generation the next plan is for.
+    pub fn next(&self) -> Generation {
+        let number = self.current.generation ^ 1;
+        // A Range can't reach u16::MAX itself; the one number lost is far beyond MAX_POLICIES.
+        let rulesets = if number == 1 {
+            RULESET_SPLIT..u16::MAX
+        } else {
+            0..RULESET_SPLIT
+        };
+        Generation { number, rulesets }
     }
 
-    /// Puts `set` in force, replacing whatever was. On error nothing changes.
-    pub fn apply(
-        &mut self,
-        set: &PolicySet,
-        root: &LabelRoot,
-    ) -> Result<BTreeMap<u32, LabelState>> {
-        let generation = self.current.generation ^ 1;
-        let base = if generation == 1 { RULESET_SPLIT } else { 0 };
+    /// Puts `plan` in force, replacing whatever was. On error nothing changes.
+    pub fn apply(&mut self, plan: Plan) -> Result<BTreeMap<u32, LabelState>> {
+        ensure!(
+            plan.generation == self.next().number,
+            "a plan for generation {} can't replace generation {}",
+            plan.generation,
+            self.current.generation
+        );
+        // The next generation reuses the keys of the one before the current one.
+        self.retire()
+            .context("removing the entries of an earlier generation")?;
         let mut written = Written::default();
-        let result = self.write(set, root, generation, base, &mut written);
-        match result {
-            Ok(states) => {
-                let next = Config {
-                    generation,
-                    ..self.current
-                };
-                self.config
-                    .set(0, next, 0)
-                    .context("switching CONFIG to the new generation")?;
-                self.current = next;
-                // A hook reads the generation once, then looks its label and rules up; these
-                // lookups finish within microseconds, long before this grace period ends.
-                std::thread::sleep(Duration::from_millis(50));
-                let old = std::mem::replace(&mut self.written, written);
-                self.remove(old);
-                Ok(states)
-            }
-            Err(e) => {
-                self.remove(written);
-                Err(e)
-            }
+        if let Err(e) = self.write(&plan, &mut written) {
+            // Never in force: no hook reads this generation, so no wait is needed.
+            self.remove(written);
+            return Err(e);
         }
+        let next = Config {
+            generation: plan.generation,
+            ..self.current
+        };
+        if let Err(e) = self.config.set(0, next, 0) {
+            self.remove(written);
+            return Err(e).context("switching CONFIG to the new generation");
+        }
+        self.current = next;
+        self.retired = std::mem::replace(&mut self.written, written);
+        if let Err(e) = self.retire() {
+            // The new policies are in force; the old entries go at the next reload.
+            warn!("keeping the previous generation's entries until the next reload: {e:#}");
+        }
+        Ok(plan.states)
     }
 
-    fn write(
-        &mut self,
-        set: &PolicySet,
-        root: &LabelRoot,
-        generation: u32,
-        base: u16,
-        written: &mut Written,
-    ) -> Result<BTreeMap<u32, LabelState>> {
-        let mut states = BTreeMap::new();
-        for (i, policy) in set.policies.iter().enumerate() {
-            let ruleset = base
-                + u16::try_from(i)
-                    .ok()
-                    .filter(|i| *i < RULESET_SPLIT)
-                    .context("too many policies")?;
-            let paths = compile::compile_paths(policy, ruleset);
-            for (key, flags) in paths
-                .into_iter()
-                .chain(compile::compile_guards(policy, ruleset))
-            {
+    /// Deletes the retired generation's entries once no hook can be reading them.
+    fn retire(&mut self) -> Result<()> {
+        if self.retired.is_empty() {
+            return Ok(());
+        }
+        self.barrier.wait()?;
+        let old = std::mem::take(&mut self.retired);
+        self.remove(old);
+        Ok(())
+    }
+
+    fn write(&mut self, plan: &Plan, written: &mut Written) -> Result<()> {
+        for ruleset in &plan.rulesets {
+            let policy = &ruleset.policy;
+            for (key, flags) in &ruleset.paths {
                 let key = Key::new(key.prefix_len, key.data);
                 self.paths.insert(&key, flags, 0).with_context(|| {
-                    format!("adding a path rule of policy {:?}: the PATH_RULES map is full; raise --max-path-rules", policy.name)
+                    format!("adding a path rule of policy {policy:?}: the PATH_RULES map is full; raise --max-path-rules")
                 })?;
                 written.paths.push(key);
             }
-            for (key, flags) in compile::compile_net(policy, ruleset) {
+            for (key, flags) in &ruleset.nets {
                 let key = Key::new(key.prefix_len, key.data);
                 self.nets.insert(&key, flags, 0).with_context(|| {
-                    format!("adding a network rule of policy {:?}: the NET_RULES map is full; raise --max-net-rules", policy.name)
+                    format!("adding a network rule of policy {policy:?}: the NET_RULES map is full; raise --max-net-rules")
                 })?;
                 written.nets.push(key);
             }
-            for key in inodes::denied_inodes(policy, ruleset) {
+            for key in &ruleset.inodes {
                 self.inodes.insert(key, RULE_DENY, 0).with_context(|| {
                     format!(
-                        "adding a denied file of policy {:?}: the INODE_RULES map is full",
-                        policy.name
+                        "adding a denied file of policy {policy:?}: the INODE_RULES map is full"
                     )
                 })?;
-                written.inodes.push(key);
-            }
-            for name in &policy.labels {
-                let cgroup_id = root.ensure_label(name)?;
-                let label = self.index_of(name)?;
-                let key = LabelKey {
-                    cgroup_id,
-                    generation,
-                    _pad: 0,
-                };
-                let info = LabelInfo {
-                    label,
-                    ruleset,
-                    mode: match policy.mode {
-                        Mode::Enforce => MODE_ENFORCE,
-                        Mode::Audit => MODE_AUDIT,
-                    },
-                    _pad: 0,
-                    defaults: compile::defaults(policy),
-                    has_rules: compile::has_rules(policy),
-                };
-                self.labels
-                    .insert(key, info, 0)
-                    .with_context(|| format!("adding label {name:?}"))?;
-                written.labels.push(key);
-                states.insert(
-                    label,
-                    LabelState {
-                        name: name.clone(),
-                        policy: policy.name.clone(),
-                        mode: policy.mode,
-                    },
-                );
+                written.inodes.push(*key);
             }
         }
-        Ok(states)
+        for label in &plan.labels {
+            self.labels
+                .insert(label.key, label.info, 0)
+                .with_context(|| format!("adding label {:?}", label.name))?;
+            written.labels.push(label.key);
+        }
+        Ok(())
     }
 
     /// Deletes entries of a generation no longer in force. A failure here leaves unused

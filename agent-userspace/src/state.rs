@@ -10,7 +10,7 @@ use std::{
 
 use agent_common::Action;
 
-use crate::{cgroup::LabelRoot, maps::LabelState};
+use crate::{cgroup::LabelRoot, plan::LabelState};
 
 #[derive(Debug)]
 pub struct State {

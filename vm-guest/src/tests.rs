@@ -28,6 +28,8 @@ use anyhow::Result;
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 use self::mounts::Mount;
+use agent_common::kernel_release;
+
 use crate::harness::{Ctx, Daemon, NotPassed, Outcome};
 
 /// One test. Its name is its function's (see `case!`), so the two can't drift apart.
@@ -272,12 +274,6 @@ impl Run {
     }
 }
 
-fn kernel() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// Runs (or lists) the tests `args` selects; `actgate` and `results` are only needed to run.
 pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) -> ExitCode {
     // The suites share the daemon's metrics port and control socket, and a suite's tests
@@ -295,7 +291,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     };
     if !run.args.list {
         let _ = fs::remove_dir_all(&run.ctx.dir);
-        run.report.line(&format!("# kernel {}", kernel()));
+        run.report.line(&format!("# kernel {}", kernel_release()));
     }
     let mut trials = Vec::new();
     trials.extend(exec::suite().trials(&run));
@@ -313,7 +309,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     }
     let closing = format!(
         "linux-{}: {} passed, {} failed, {} skipped",
-        kernel(),
+        kernel_release(),
         conclusion.num_passed,
         conclusion.num_failed,
         conclusion.num_ignored

@@ -9,13 +9,6 @@ use std::{
 
 use super::report::Machine;
 
-/// The running kernel's release, as `uname -r` prints it.
-pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 impl Machine {
     /// The CPU model and count, from /proc/cpuinfo.
     pub fn probe() -> Machine {

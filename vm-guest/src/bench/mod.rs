@@ -40,7 +40,7 @@ use serde::Deserialize;
 use self::{
     fixtures::Paths,
     floor::Floor,
-    machine::{fs_type, kernel_release, quiesce},
+    machine::{fs_type, quiesce},
     report::{Flood, Machine, Method, Outcome, Report, human},
     stats::{Results, r1, r2, summary},
     worker::{Worker, pin, worker_cpu},
@@ -350,7 +350,7 @@ fn count_events(path: &Path) -> u64 {
 
 /// `vm-guest bench`.
 pub fn run(opts: &Options) -> Result<()> {
-    let kernel = kernel_release();
+    let kernel = agent_common::kernel_release();
     progress(&format!("kernel {kernel}"));
     // The orchestrator, the listener and the daemon (started from here) keep off the
     // workers' CPU.

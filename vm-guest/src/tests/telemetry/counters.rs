@@ -33,7 +33,7 @@ pub(super) fn metrics_after_start_show_verified_hooks_policies_build_and_process
     let build = format!(
         "actgate_build_info{{version=\"{}\",kernel=\"{}\"}}",
         env!("CARGO_PKG_VERSION"),
-        crate::tests::kernel()
+        agent_common::kernel_release()
     );
     expect_eq!(sample(&body, &build)?, 1, "{build}");
     expect_eq!(

@@ -86,7 +86,7 @@ pub(super) fn flood_of_denials_is_counted_exactly_and_each_event_logged_or_count
     println!(
         "# flood on {}: attempts {attempts:?} = {total}; file_read/deny +{}; events logged \
          {lines} ({unnamed} without exe or cgroup); events dropped +{dropped}",
-        crate::tests::kernel(),
+        agent_common::kernel_release(),
         after[&("file_read", "deny")] - before[&("file_read", "deny")]
     );
     if let Some(odd) = logged.iter().find(|v| {

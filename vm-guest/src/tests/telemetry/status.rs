@@ -66,7 +66,7 @@ pub(super) fn status_json_and_table_match_the_running_daemon(ctx: &Ctx) -> Outco
     expect_eq!(st["ready"], Value::Bool(true), "ready in {st}");
     expect_eq!(
         s(&st, "kernel"),
-        crate::tests::kernel(),
+        agent_common::kernel_release(),
         "kernel in the status"
     );
     expect_eq!(
