@@ -11,6 +11,8 @@ mod errors;
 mod hooks;
 pub mod maps;
 mod offsets;
+#[cfg(feature = "user")]
+pub mod sys;
 
 pub use errors::KernelError;
 pub use hooks::{HOOKS, Hook};

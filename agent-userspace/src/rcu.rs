@@ -24,6 +24,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
+use agent_common::sys::bpf;
 use anyhow::{Context, Result};
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
 
@@ -32,23 +33,6 @@ pub struct Barrier {
     outer: OwnedFd,
     /// What its element is set to: any map of the inner map's shape will do.
     inner: OwnedFd,
-}
-
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
-    // SAFETY: `attr` is a zeroed bpf_attr with the command's fields set; the kernel reads at
-    // most its size and returns a non-negative value or -1.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut bpf_attr,
-            size_of::<bpf_attr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(ret)
 }
 
 /// A one-element map of `map_type` whose values are 4 bytes (a u32, or an inner map's fd).

@@ -27,20 +27,9 @@ pub struct Floor {
     _links: Vec<OwnedFd>,
 }
 
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a zeroed bpf_attr with the command's fields set; the kernel reads at
-    // most its size and returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut bpf_attr,
-            size_of::<bpf_attr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// bpf(2) for a command whose result is a new fd.
+fn bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
+    let fd = agent_common::sys::bpf(cmd, attr)?;
     // SAFETY: a new fd the kernel just gave us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -62,13 +51,13 @@ fn attach_one(btf: &Btf, hook: &str) -> Result<OwnedFd> {
     load.insns = RETURN_ZERO.as_ptr() as u64;
     load.insn_cnt = RETURN_ZERO.len() as u32;
     load.license = license.as_ptr() as u64;
-    let prog = bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
+    let prog = bpf_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr)
         .with_context(|| format!("loading a no-op program for {hook}"))?;
     // SAFETY: as above. BPF_RAW_TRACEPOINT_OPEN without a name attaches the program at its
     // BTF target.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     attr.raw_tracepoint.prog_fd = prog.as_raw_fd() as u32;
-    bpf(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr)
+    bpf_fd(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr)
         .with_context(|| format!("attaching the no-op program to {hook}"))
 }
 
