@@ -72,6 +72,10 @@ enum Command {
         /// The label (a `labels:` entry of a loaded policy).
         #[arg(long)]
         label: String,
+        /// Run CMD as this user (a name or a uid), with that user's groups. Without it, under
+        /// sudo CMD runs as the invoking user; root must say `--user root` to run it as root.
+        #[arg(long)]
+        user: Option<String>,
         /// The daemon's control socket.
         #[arg(long, default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -160,8 +164,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Exec { label, socket, cmd } => {
-            let (code, err) = launch::exec(&socket, &label, &cmd);
+        Command::Exec {
+            label,
+            user,
+            socket,
+            cmd,
+        } => {
+            let (code, err) = launch::exec(&socket, &label, user.as_deref(), &cmd);
             eprintln!("actgate exec: {err:#}");
             ExitCode::from(code as u8)
         }

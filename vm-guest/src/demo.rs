@@ -149,7 +149,9 @@ pub fn run(actgate: &Path, policies: &Path) -> Result<()> {
     );
     let daemon = Daemon::start(&ctx, policies, &[])?;
     println!("actgate is ready: every hook proved it denies.\n");
-    println!("{BOLD}The agent starts: actgate exec --label coding-agent -- agent.sh{RESET}");
+    println!(
+        "{BOLD}The agent starts: actgate exec --user root --label coding-agent -- agent.sh{RESET}"
+    );
     let mut pos = 0;
     for (what, script) in steps(port) {
         let out = ctx.labelled("coding-agent", &["/bin/sh", "-c", &script]);

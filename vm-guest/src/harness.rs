@@ -63,7 +63,7 @@ impl Ctx {
     /// `actgate exec --label LABEL --`, for the caller to add the command and its stdio.
     pub fn labelled_command(&self, label: &str) -> Command {
         let mut cmd = Command::new(&self.actgate);
-        cmd.args(["exec", "--label", label, "--"]);
+        cmd.args(["exec", "--user", "root", "--label", label, "--"]);
         cmd
     }
 

@@ -13,6 +13,7 @@ mod mounts;
 mod net;
 mod session;
 mod telemetry;
+mod users;
 
 use std::{
     fs,
@@ -296,6 +297,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     let mut trials = Vec::new();
     trials.extend(exec::suite().trials(&run));
     trials.extend(exec::without_daemon().trials(&run));
+    trials.extend(users::suite().trials(&run));
     trials.extend(files::suite().trials(&run));
     trials.extend(net::connect::suite().trials(&run));
     trials.extend(net::reload::suite().trials(&run));

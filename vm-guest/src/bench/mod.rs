@@ -397,7 +397,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let scale_ops = [Op::OpenRead, Op::OpenWrite, Op::Connect, Op::Control];
     let daemon = bench.start(10)?;
     let mut cmd = Command::new(&opts.actgate);
-    cmd.args(["exec", "--label", LABEL, "--"])
+    cmd.args(["exec", "--user", "root", "--label", LABEL, "--"])
         .arg(&guest)
         .arg("bench-worker");
     let w = Worker::spawn(cmd)?;

@@ -40,7 +40,7 @@ pub(super) fn flood_of_denials_is_counted_exactly_and_each_event_logged_or_count
     let children = (0..FLOODERS)
         .map(|_| {
             Command::new(&ctx.actgate)
-                .args(["exec", "--label", FLOOD_LABEL, "--"])
+                .args(["exec", "--user", "root", "--label", FLOOD_LABEL, "--"])
                 .arg(&ctx.guest)
                 .args(["try", "flood-open", &flood, FLOOD_SECONDS])
                 .stdin(Stdio::null())
