@@ -60,21 +60,22 @@ impl Ctx {
         self.dir.join(rel)
     }
 
-    /// `actgate exec --label LABEL --`, for the caller to add the command and its stdio.
+    /// `actgate exec --user root --label LABEL --`, for the caller to add the command and its
+    /// stdio. The tests run as root on purpose: most of them check what the policy denies root.
     pub fn labelled_command(&self, label: &str) -> Command {
         let mut cmd = Command::new(&self.actgate);
         cmd.args(["exec", "--user", "root", "--label", label, "--"]);
         cmd
     }
 
-    /// `actgate exec --label LABEL -- vm-guest try`, for the caller to add the probe.
+    /// `actgate exec --user root --label LABEL -- vm-guest try`, for the caller to add the probe.
     pub fn labelled_probe(&self, label: &str) -> Command {
         let mut cmd = self.labelled_command(label);
         cmd.arg(&self.guest).arg("try");
         cmd
     }
 
-    /// `actgate exec --label LABEL -- ARGS…`.
+    /// `actgate exec --user root --label LABEL -- ARGS…`.
     pub fn labelled(&self, label: &str, args: &[&str]) -> Output {
         self.labelled_command(label)
             .args(args)

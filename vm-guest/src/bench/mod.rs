@@ -1,8 +1,8 @@
 //! `vm-guest bench`: what enforcement costs, measured on the VM's real kernel (issue 5).
 //!
 //! The orchestrator (this process, unlabelled) drives two long-lived workers over pipes: one
-//! started with `actgate exec --label bench`, so it and everything it forks stay in the
-//! label's cgroup across daemon restarts, and one unlabelled. Each worker times one kind of
+//! started with `actgate exec --user root --label bench`, so it and everything it forks stay
+//! in the label's cgroup across daemon restarts, and one unlabelled. Each worker times one kind of
 //! operation in a tight loop and answers with per-iteration means of small batches.
 //!
 //! The runs alternate: A with the daemon stopped, F (the floor, `floor.rs`) with a no-op BPF

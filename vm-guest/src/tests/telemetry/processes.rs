@@ -69,7 +69,7 @@ impl Drop for Sleeper {
     }
 }
 
-/// `actgate exec --label LABEL -- vm-guest try ARGS…`; returns the probe's pid and verdict.
+/// `actgate exec --user root --label LABEL -- vm-guest try ARGS…`; returns the probe's pid and verdict.
 pub(super) fn probe_with_pid(ctx: &Ctx, label: &str, args: &[&str]) -> Result<(u32, String)> {
     let child = ctx
         .labelled_probe(label)
