@@ -123,6 +123,20 @@ fn failed_output(e: &std::io::Error) -> Output {
     }
 }
 
+/// An `actgate exec` that refused: exit 125, its command (which would have created `marker`)
+/// never ran, and stderr says why by naming `mention`.
+pub fn expect_refused(out: &Output, marker: &Path, mention: &str, what: &str) -> Outcome {
+    expect_eq!(out.status.code(), Some(125), "exit code of {what}");
+    expect_eq!(marker.exists(), false, "the command ran: {what}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !stderr.contains(mention) {
+        return Err(NotPassed::Fail(format!(
+            "the refusal ({what}) doesn't mention {mention:?}: {stderr}"
+        )));
+    }
+    Ok(())
+}
+
 /// What a probe run says: the last line it printed (`OK`, `EPERM`, …), `RAN` when an exec'd
 /// program printed nothing and exited 0, or a description of what went wrong.
 pub fn verdict_line(out: &Output) -> String {

@@ -171,23 +171,7 @@ fn exec_with_unknown_label_is_refused(ctx: &Ctx) -> Outcome {
         "no-such-label",
         &["/usr/bin/touch", &marker.display().to_string()],
     );
-    expect_eq!(
-        out.status.code(),
-        Some(125),
-        "exit code of exec with an unknown label"
-    );
-    expect_eq!(
-        marker.exists(),
-        false,
-        "the command ran although the label is unknown"
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !stderr.contains("no-such-label") {
-        return Err(NotPassed::Fail(format!(
-            "the refusal doesn't name the label: {stderr}"
-        )));
-    }
-    Ok(())
+    harness::expect_refused(&out, &marker, "no-such-label", "exec with an unknown label")
 }
 
 fn healthz_and_readyz_answer(_: &Ctx) -> Outcome {
@@ -199,17 +183,7 @@ fn healthz_and_readyz_answer(_: &Ctx) -> Outcome {
 fn exec_without_daemon_is_refused(ctx: &Ctx) -> Outcome {
     let marker = ctx.path("no-daemon-ran");
     let out = ctx.labelled(LABEL, &["/usr/bin/touch", &marker.display().to_string()]);
-    expect_eq!(
-        out.status.code(),
-        Some(125),
-        "exit code of exec with no daemon"
-    );
-    expect_eq!(
-        marker.exists(),
-        false,
-        "the command ran with no daemon enforcing"
-    );
-    Ok(())
+    harness::expect_refused(&out, &marker, "no actgate daemon", "exec with no daemon")
 }
 
 fn check_reports_every_problem_with_position(ctx: &Ctx) -> Outcome {

@@ -145,23 +145,12 @@ fn user_nobody_is_still_denied_and_allowed(ctx: &Ctx) -> Outcome {
 fn root_without_user_or_sudo_is_refused(ctx: &Ctx) -> Outcome {
     let marker = p(ctx, "root-ran");
     let out = output(exec_as(ctx, &[], None, &["/usr/bin/touch", &marker]))?;
-    expect_eq!(
-        out.status.code(),
-        Some(125),
-        "exit code of root without --user"
-    );
-    expect_eq!(
-        std::path::Path::new(&marker).exists(),
-        false,
-        "the command ran as root without --user"
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !stderr.contains("--user root") {
-        return Err(NotPassed::Fail(format!(
-            "the refusal doesn't say to pass --user: {stderr}"
-        )));
-    }
-    Ok(())
+    harness::expect_refused(
+        &out,
+        std::path::Path::new(&marker),
+        "--user root",
+        "root without --user",
+    )
 }
 
 fn under_sudo_runs_as_the_invoking_user(ctx: &Ctx) -> Outcome {
@@ -194,18 +183,12 @@ fn unknown_user_is_refused(ctx: &Ctx) -> Outcome {
             None,
             &["/usr/bin/touch", &marker],
         ))?;
-        expect_eq!(out.status.code(), Some(125), "exit code with --user {user}");
-        expect_eq!(
-            std::path::Path::new(&marker).exists(),
-            false,
-            "the command ran with --user {user}"
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !stderr.contains(user) {
-            return Err(NotPassed::Fail(format!(
-                "the refusal doesn't name the user: {stderr}"
-            )));
-        }
+        harness::expect_refused(
+            &out,
+            std::path::Path::new(&marker),
+            user,
+            &format!("exec --user {user}"),
+        )?;
     }
     Ok(())
 }
