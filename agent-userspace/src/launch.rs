@@ -27,14 +27,18 @@ pub fn exec(
     user: Option<&str>,
     cmd: &[String],
 ) -> (i32, anyhow::Error) {
-    let prepared = identity(user).and_then(|who| {
-        let dir = join(socket, label)?;
-        if let Some(who) = &who {
-            become_user(who)?;
-        }
-        close_inherited()?;
-        Ok((dir, who))
-    });
+    // Everything that reads the passwd and group databases happens before the join: once in
+    // the label, those reads are the label's, and its policy may deny them.
+    let prepared = identity(user)
+        .and_then(|who| who.map(|u| Ok((groups_of(&u)?, u))).transpose())
+        .and_then(|who| {
+            let dir = join(socket, label)?;
+            if let Some((groups, user)) = &who {
+                become_user(user, groups)?;
+            }
+            close_inherited()?;
+            Ok((dir, who.map(|(_, user)| user)))
+        });
     let (dir, who) = match prepared {
         Ok(p) => p,
         Err(e) => return (EXIT_REFUSED, e),
@@ -110,14 +114,18 @@ fn lookup(user: &str) -> Result<User> {
     bail!("no such user: {user:?}")
 }
 
+/// The user's supplementary groups, as the group database lists them (its gid among them).
+fn groups_of(user: &User) -> Result<Vec<Gid>> {
+    let name = CString::new(user.name.as_str()).context("a user name with a NUL byte")?;
+    getgrouplist(&name, user.gid).with_context(|| format!("listing the groups of {:?}", user.name))
+}
+
 /// Groups, then gid, then uid: once the uid is gone, the other two can no longer be changed.
 /// Then checks that all three ids really are the target's, real, effective and saved alike.
-fn become_user(user: &User) -> Result<()> {
-    let name = CString::new(user.name.as_str()).context("a user name with a NUL byte")?;
+fn become_user(user: &User, groups: &[Gid]) -> Result<()> {
     let on =
         |what: &'static str| move |e: nix::Error| anyhow!("{what} for user {:?}: {e}", user.name);
-    let groups = getgrouplist(&name, user.gid).map_err(on("listing the groups"))?;
-    setgroups(&groups).map_err(on("setgroups"))?;
+    setgroups(groups).map_err(on("setgroups"))?;
     setgid(user.gid).map_err(on("setgid"))?;
     setuid(user.uid).map_err(on("setuid"))?;
     let uids = getresuid().context("reading the process's uids")?;
@@ -133,7 +141,7 @@ fn become_user(user: &User) -> Result<()> {
         );
     }
     let mut have = getgroups().context("getgroups")?;
-    let mut want = groups;
+    let mut want = groups.to_vec();
     for list in [&mut have, &mut want] {
         list.sort_unstable_by_key(|g| g.as_raw());
         list.dedup();

@@ -16,6 +16,10 @@ use crate::{
 };
 
 const LABEL: &str = "vmusers";
+/// Debian's `users` group (base-passwd fixes its gid).
+const USERS_GID: u32 = 100;
+/// A label that may not read the passwd and group databases.
+const SEALED: &str = "vmusers-sealed";
 
 /// Debian's `nobody`, in the guest's passwd and group databases.
 const NOBODY: u32 = 65534;
@@ -41,6 +45,8 @@ fn start(ctx: &Ctx) -> Result<Enforcing> {
         "name: vmtest-users\nlabels: [{LABEL}]\nmode: enforce\nexec:\n  default: allow\n  deny: [{}]\nfiles:\n  write:\n    default: deny\n    allow: [{}/**]\n",
         p(ctx, "bin/denied"),
         p(ctx, "ws"),
+    ) + &format!(
+        "---\nname: vmtest-users-sealed\nlabels: [{SEALED}]\nmode: enforce\nfiles:\n  read:\n    deny: [/etc/passwd, /etc/group]\n"
     );
     harness::write(&ctx.path("users/policies/users.yaml"), &policy)?;
     Ok(Enforcing {
@@ -250,6 +256,51 @@ fn descriptors_above_2_are_closed(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// The user's passwd and group entries are read before the label is joined: in a label that
+/// may not read /etc/passwd or /etc/group, the agent still starts as its user, and can't read
+/// them itself.
+fn user_lookup_happens_before_the_label_is_joined(ctx: &Ctx) -> Outcome {
+    let run = |cmd: &[&str]| {
+        Command::new(&ctx.actgate)
+            .args(["exec", "--user", "nobody", "--label", SEALED, "--"])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| NotPassed::Fail(format!("starting actgate exec: {e}")))
+    };
+    // A supplementary group that only the group database knows of (the guest's /etc is its
+    // own), so a lookup made from inside the label would miss it.
+    let added = Command::new("usermod")
+        .args(["--append", "--groups", "users", "nobody"])
+        .status()
+        .map_err(|e| NotPassed::Fail(format!("starting usermod: {e}")))?;
+    expect_eq!(added.success(), true, "usermod -aG users nobody");
+    let out = run(&["/usr/bin/id", "-u"])?;
+    expect_eq!(
+        stdout(&out)?.trim().to_string(),
+        NOBODY.to_string(),
+        "uid in a label that can't read the user databases"
+    );
+    let out = run(&["/usr/bin/id", "-G"])?;
+    let mut groups: Vec<u32> = stdout(&out)?
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    groups.sort_unstable();
+    expect_eq!(
+        groups,
+        vec![USERS_GID, NOBODY],
+        "groups in a label that can't read the group database"
+    );
+    let out = run(&["/usr/bin/cat", "/etc/group"])?;
+    expect_eq!(
+        out.status.code(),
+        Some(1),
+        "exit of cat /etc/group in {SEALED}"
+    );
+    Ok(())
+}
+
 pub fn suite() -> super::Suite<Enforcing> {
     super::Suite {
         name: "users",
@@ -262,6 +313,7 @@ pub fn suite() -> super::Suite<Enforcing> {
             case!(user_root_runs_as_root),
             case!(unknown_user_is_refused),
             case!(descriptors_above_2_are_closed),
+            case!(user_lookup_happens_before_the_label_is_joined),
         ],
         stop: Enforcing::stop,
         stop_test: None,
