@@ -14,6 +14,9 @@ macro_rules! kernel_errors {
         impl KernelError {
             pub const ALL: &[KernelError] = &[$(KernelError::$variant),+];
             pub const COUNT: u32 = KernelError::ALL.len() as u32;
+            /// The capacity of `ERRORS`, fixed because the map outlives the daemon and a
+            /// newer build adopts it (see `ACTION_SLOTS`); reasons are append-only.
+            pub const SLOTS: u32 = 16;
 
             /// The metric's `reason` label: stable, lowercase snake_case.
             pub fn as_str(self) -> &'static str {
@@ -24,6 +27,8 @@ macro_rules! kernel_errors {
         }
     };
 }
+
+const _: () = assert!(KernelError::COUNT <= KernelError::SLOTS);
 
 kernel_errors! {
     /// `bpf_d_path` refused the path: longer than `PATH_BUF`, or on a file system it can't

@@ -29,4 +29,16 @@ map_names! {
     ERRORS,
     /// The ring buffer of `Event`s.
     EVENTS,
+    /// The program set that judges (a u64 instance number).
+    OWNER,
+    /// `ProcessKey` → the binary the process runs.
+    EXES,
 }
+
+/// Maps that outlive the daemon and are adopted by the next one, whatever its build, when
+/// their definition (type, key and value size, capacity) is unchanged: the counters, which
+/// must never go back, the owner switch, and what the kernel remembers about running
+/// processes. Their layouts are append-only (see `ACTION_SLOTS`). The rule maps are rebuilt
+/// by every daemon from the policies; the ring buffer is kept by the same build only, since
+/// the `Event` layout may change between builds.
+pub const KEPT: &[&str] = &[DECISIONS, EVENTS_DROPPED, ERRORS, OWNER, EXES];

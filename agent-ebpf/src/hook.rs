@@ -6,7 +6,7 @@ use aya_ebpf::programs::LsmContext;
 
 use crate::{
     kernel::{self, get},
-    label, record,
+    label, maps, record,
 };
 
 const EPERM: i32 = 1;
@@ -19,6 +19,14 @@ fn errno(v: Verdict) -> i32 {
     } else {
         0
     }
+}
+
+/// Whether this program set is the one that judges. During a daemon's take-over the previous
+/// set stays attached until this one owns, so every call is judged by one set or (for the
+/// instant of the switch) both; a set that doesn't own passes the previous verdict on.
+#[inline(always)]
+fn owns() -> bool {
+    maps::OWNER.get(0).copied() == Some(get(&kernel::INSTANCE))
 }
 
 /// Runs `judge` for a labelled task on `hook`. The verdict of the previous program is the
@@ -51,6 +59,9 @@ pub fn frame_when(
     let Some(info) = label::current() else {
         return 0;
     };
+    if !owns() {
+        return 0;
+    }
     match judge(&info) {
         Ok(v) => errno(v),
         Err(e) => {

@@ -20,6 +20,11 @@ agent_common::kernel_offsets!(offset_globals);
 #[unsafe(no_mangle)]
 pub static LABEL_LEVEL: u64 = 0;
 
+/// This program set's instance number, unique among the sets pinned in bpffs. Only the set
+/// that `maps::OWNER` names judges; see `hook::frame_when`.
+#[unsafe(no_mangle)]
+pub static INSTANCE: u64 = 0;
+
 /// Test-only switch for the start-up self-test: when set, the hooks allow everything, so the
 /// daemon's proof of enforcement must fail.
 #[unsafe(no_mangle)]

@@ -3,7 +3,7 @@
 //! the built object.
 
 use agent_common::{
-    Action, Config, DECISION_SLOTS, EVENT_PATH, InodeKey, KernelError, LabelInfo, LabelKey,
+    ACTION_SLOTS, Config, DECISION_SLOTS, EVENT_PATH, InodeKey, KernelError, LabelInfo, LabelKey,
     MAX_LABELS, MAX_PROCESSES, NET_KEY_DATA, PATH_BUF, PATH_KEY_DATA, PATH_KEY_HEADER, ProcessKey,
 };
 use aya_ebpf::{
@@ -13,6 +13,13 @@ use aya_ebpf::{
 
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// The instance (`kernel::INSTANCE`) whose programs judge. While a new daemon takes over,
+/// its programs and the previous ones are attached side by side; one write here hands every
+/// decision from one set to the other, so no action is judged by neither, nor counted twice.
+/// Kept in bpffs and shared by every build: its layout never changes.
+#[map]
+pub static OWNER: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Label cgroup (per generation) → the label and its policy. Two generations live side by side
 /// during a reload.
@@ -38,12 +45,11 @@ pub static DECISIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECISION_
 
 /// Events that found the ring buffer full, per action.
 #[map]
-pub static EVENTS_DROPPED: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(Action::COUNT as u32, 0);
+pub static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(ACTION_SLOTS, 0);
 
 /// Internal errors, per `agent_common::KernelError`. An error never denies.
 #[map]
-pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KernelError::COUNT, 0);
+pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KernelError::SLOTS, 0);
 
 /// BPF_F_NO_COMMON_LRU: each CPU keeps its own LRU list, so an exec's update takes no
 /// lock shared with the other CPUs.

@@ -1,14 +1,24 @@
 //! Loading the kernel programs: preflight checks, kernel offsets, attach.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    hash::{DefaultHasher, Hash, Hasher},
+    path::{Path, PathBuf},
+};
 
 use agent_common::{Hook, maps};
 use anyhow::{Context, Result, bail};
-use aya::{Btf, Ebpf, EbpfLoader, programs::Lsm};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{
+        Lsm,
+        links::{FdLink, PinnedLink},
+    },
+};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::info;
 
-use crate::{btf, cgroup::LabelRoot};
+use crate::{btf, cgroup::LabelRoot, pin::Pins};
 
 /// The object built by build.rs from agent-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -45,34 +55,97 @@ pub fn preflight() -> Result<()> {
 /// The kernel programs' aya-log messages, forwarded into the daemon's own log.
 pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
-/// Loads the object with this kernel's offsets and attaches every hook. The returned logger
-/// must be kept and drained (`forward_kernel_log`): its map is one the programs write to.
-pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<(Ebpf, KernelLog)> {
+/// The rule maps: rebuilt by each daemon from its policies, pinned with its set.
+const RULE_MAPS: &[&str] = &[
+    maps::CONFIG,
+    maps::LABELS,
+    maps::PATH_RULES,
+    maps::NET_RULES,
+    maps::INODE_RULES,
+];
+
+/// One daemon's program set: loaded, attached and pinned, but judging only once `OWNER`
+/// names its instance (see `pin`).
+pub struct Set {
+    pub ebpf: Ebpf,
+    /// Must be kept and drained (`forward_kernel_log`): its map is one the programs write to.
+    pub log: KernelLog,
+    /// The ring buffer's pin, which this build's sets share.
+    pub events_pin: PathBuf,
+    /// Held while the daemon runs, so the programs stay attached even if the pins are
+    /// removed behind its back; the pins keep them attached after it exits.
+    pub links: Vec<PinnedLink>,
+}
+
+/// Switches for the tests of the daemon.
+#[derive(Clone, Copy, Default)]
+pub struct TestSwitches {
+    /// Every hook allows everything, so the start-up self-test must fail.
+    pub fake_allow_all: bool,
+    /// Behave as another build would when taking over (see `build_id`).
+    pub another_build: bool,
+}
+
+/// This build's identity: sets of the same build share the ring buffer, whose record layout
+/// the build fixes. (std's hasher is deterministic within one binary, which is all a build
+/// identity needs; another compiler giving another value only means "another build".)
+fn build_id(another: bool) -> u64 {
+    let mut h = DefaultHasher::new();
+    OBJECT.hash(&mut h);
+    another.hash(&mut h);
+    h.finish()
+}
+
+/// Loads the object with this kernel's offsets as the set `instance` (see `Pins::new_set`),
+/// adopting the kept maps pinned there, and attaches and pins every hook.
+pub fn load(
+    root: &LabelRoot,
+    sizes: &Sizes,
+    pins: &Pins,
+    instance: u64,
+    test: TestSwitches,
+) -> Result<Set> {
     let vmlinux = Path::new("/sys/kernel/btf/vmlinux");
     let offsets = btf::kernel_offsets(
         &btf::Btf::from_file(vmlinux).context("reading kernel struct offsets from BTF")?,
     )
     .context("the kernel's BTF lacks a struct member actgate needs")?;
     let level = u64::from(root.label_level);
-    let fake = u64::from(fake_allow_all);
+    let fake = u64::from(test.fake_allow_all);
+    let build = build_id(test.another_build);
+    let kept = pins.kept_maps(OBJECT, build)?;
+    let dir = pins.set_dir(instance);
 
     let mut loader = EbpfLoader::new();
     for (name, value) in &offsets {
         loader.override_global(name, value, true);
     }
+    for (name, path) in &kept {
+        loader.map_pin_path(name, path.as_path());
+    }
     loader
         .override_global("LABEL_LEVEL", &level, true)
         .override_global("FAKE_ALLOW_ALL", &fake, true)
+        .override_global("INSTANCE", &instance, true)
         .map_max_entries(maps::PATH_RULES, sizes.path_rules)
         .map_max_entries(maps::NET_RULES, sizes.net_rules)
         .map_max_entries(maps::INODE_RULES, sizes.inode_rules);
     let mut ebpf = loader
         .load(OBJECT)
         .context("loading actgate's eBPF object into the kernel")?;
+    for name in RULE_MAPS {
+        let map = ebpf
+            .map(name)
+            .with_context(|| format!("map {name} is missing from the eBPF object"))?;
+        let path = dir.join("maps").join(name);
+        map.pin(&path)
+            .with_context(|| format!("pinning map {name} at {}", path.display()))?;
+    }
 
-    let logger = aya_log::EbpfLogger::init(&mut ebpf)
+    let log = aya_log::EbpfLogger::init(&mut ebpf)
         .context("setting up the kernel programs' log (AYA_LOGS)")?;
     let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux")?;
+    let mut links = Vec::new();
     for Hook { name: hook, .. } in Hook::ALL {
         let prog: &mut Lsm = ebpf
             .program_mut(hook)
@@ -85,12 +158,27 @@ pub fn load(root: &LabelRoot, sizes: &Sizes, fake_allow_all: bool) -> Result<(Eb
                  kernel with BPF LSM, without lockdown=confidentiality"
             )
         })?;
-        prog.attach()
+        let id = prog
+            .attach()
             .with_context(|| format!("attaching LSM program {hook}"))?;
+        let link = FdLink::from(prog.take_link(id)?);
+        let path = dir.join("links").join(hook);
+        links.push(
+            link.pin(&path)
+                .with_context(|| format!("pinning the link of {hook} at {}", path.display()))?,
+        );
+        let path = dir.join("progs").join(hook);
+        prog.pin(&path)
+            .with_context(|| format!("pinning program {hook} at {}", path.display()))?;
         info!(hook, "attached");
     }
-    info!(offsets = ?offsets, label_level = level, "kernel programs loaded");
-    Ok((ebpf, logger))
+    info!(offsets = ?offsets, label_level = level, instance, "kernel programs loaded");
+    Ok(Set {
+        ebpf,
+        log,
+        events_pin: pins.events_path(build),
+        links,
+    })
 }
 
 /// Drains the kernel programs' log into the daemon's log for as long as the daemon runs.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
     net::UnixListener,
+    sync::mpsc,
 };
 
 use crate::{counters::Counters, state::State, status};
@@ -29,6 +30,11 @@ pub enum Request {
         label: String,
     },
     Status,
+    /// Remove everything actgate loaded and exit; refused while labelled processes run,
+    /// unless `force`.
+    Unload {
+        force: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,10 +48,12 @@ pub struct LabelReply {
 pub enum Reply {
     Label(LabelReply),
     Status(status::Status),
+    /// The daemon removes the pins and exits.
+    Unloading,
     Error(String),
 }
 
-fn answer(req: Request, state: &State, counters: &Counters) -> Reply {
+fn answer(req: Request, state: &State, counters: &Counters, unload: &mpsc::Sender<()>) -> Reply {
     match req {
         Request::Label { label } => {
             if !state.is_ready() {
@@ -65,11 +73,26 @@ fn answer(req: Request, state: &State, counters: &Counters) -> Reply {
             }
         }
         Request::Status => Reply::Status(status::collect(state, counters)),
+        Request::Unload { force } => match crate::unload::refuse_while_labelled(&state.root, force)
+        {
+            Err(e) => Reply::Error(format!("{e:#}")),
+            // A full channel means an unload is under way already.
+            Ok(()) => match unload.try_send(()) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(())) => Reply::Unloading,
+                Err(e) => Reply::Error(format!("the daemon is stopping already: {e}")),
+            },
+        },
     }
 }
 
 /// Creates the socket (mode 0600 in a 0700 directory) and serves it in the background.
-pub fn serve(path: &Path, state: Arc<State>, counters: Arc<Counters>) -> Result<()> {
+/// `unload` tells the daemon to unload and exit.
+pub fn serve(
+    path: &Path,
+    state: Arc<State>,
+    counters: Arc<Counters>,
+    unload: mpsc::Sender<()>,
+) -> Result<()> {
     if UnixStream::connect(path).is_ok() {
         bail!(
             "another actgate daemon is listening on {}; stop it first or pass another --socket",
@@ -91,7 +114,7 @@ pub fn serve(path: &Path, state: Arc<State>, counters: Arc<Counters>) -> Result<
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (state, counters) = (state.clone(), counters.clone());
+            let (state, counters, unload) = (state.clone(), counters.clone(), unload.clone());
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
@@ -103,9 +126,11 @@ pub fn serve(path: &Path, state: Arc<State>, counters: Arc<Counters>) -> Result<
                     return;
                 }
                 let reply = match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => tokio::task::spawn_blocking(move || answer(req, &state, &counters))
-                        .await
-                        .unwrap_or_else(|e| Reply::Error(e.to_string())),
+                    Ok(req) => {
+                        tokio::task::spawn_blocking(move || answer(req, &state, &counters, &unload))
+                            .await
+                            .unwrap_or_else(|e| Reply::Error(e.to_string()))
+                    }
                     Err(e) => Reply::Error(format!("bad request: {e}")),
                 };
                 if let Ok(mut text) = serde_json::to_string(&reply) {

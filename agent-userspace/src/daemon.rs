@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
 };
 
@@ -25,12 +25,14 @@ use crate::{
     cgroup::{self, LabelRoot},
     control,
     counters::Counters,
-    events, http, inodes,
+    events, health, http, inodes,
     maps::RuleMaps,
     metrics::Metrics,
+    pin::{self, Pins},
     plan::{self, LabelIndexes, LabelState},
     selftest::{self, SelfTest},
     state::State,
+    takeover::{Lock, Takeover},
     watch,
 };
 
@@ -62,9 +64,15 @@ pub struct Options {
     /// daemon then stays unready and says so).
     #[arg(long)]
     pub allow_unverified: bool,
+    /// Where the programs, links and maps are pinned in bpffs (mounted if needed).
+    #[arg(long, default_value = pin::DEFAULT_ROOT)]
+    pub pin_dir: PathBuf,
     /// TEST ONLY: make every hook allow everything, so the start-up self-test must fail.
     #[arg(long = "test-fake-allow-all", hide = true)]
     pub fake_allow_all: bool,
+    /// TEST ONLY: take over as a new build would (a ring buffer of its own).
+    #[arg(long = "test-as-another-build", hide = true)]
+    pub another_build: bool,
 }
 
 /// Reads and validates every policy file; all problems are reported, each as
@@ -121,22 +129,60 @@ impl Loader {
     }
 }
 
-pub async fn run(opts: Options) -> Result<()> {
+/// The daemon's exit status after `actgate unload`: the systemd unit doesn't restart it.
+pub const EXIT_UNLOADED: u8 = 3;
+
+/// Why the daemon stopped.
+pub enum Stopped {
+    /// SIGTERM or SIGINT: the policy stays in force.
+    Signal,
+    /// `actgate unload`: everything actgate loaded is gone.
+    Unloaded,
+}
+
+pub async fn run(opts: Options) -> Result<Stopped> {
     bpf::preflight()?;
     let set = load_policies(&opts.policies)?;
     let root = LabelRoot::discover()?;
     let state = Arc::new(State::new(root.clone(), kernel_release()));
     let runtime_dir = opts.socket.parent().unwrap_or(Path::new("/run/actgate"));
+    let Some(_lock) = Lock::take(runtime_dir)? else {
+        bail!(
+            "another actgate daemon runs (it holds {}/daemon.lock); stop it first",
+            runtime_dir.display()
+        );
+    };
     let selftest = SelfTest::prepare(runtime_dir)?;
+    let pins = Pins::open(&opts.pin_dir)?;
+    let names = pins.label_names()?;
+    let known = names.read()?;
 
     let sizes = bpf::Sizes {
         path_rules: opts.max_path_rules,
         net_rules: opts.max_net_rules,
         inode_rules: inodes::MAX_ENTRIES,
     };
-    let (mut ebpf, kernel_log) = bpf::load(&root, &sizes, opts.fake_allow_all)?;
-    bpf::forward_kernel_log(kernel_log)?;
-    let rules = RuleMaps::new(&mut ebpf, opts.events_allow)?;
+    let instance = pins.new_set()?;
+    // Until committed, a failure hands judging back to the set before and removes this one.
+    let mut takeover = Takeover::begin(pins.clone(), instance)?;
+    let bpf::Set {
+        mut ebpf,
+        log,
+        events_pin,
+        links,
+    } = bpf::load(
+        &root,
+        &sizes,
+        &pins,
+        instance,
+        bpf::TestSwitches {
+            fake_allow_all: opts.fake_allow_all,
+            another_build: opts.another_build,
+        },
+    )?;
+    bpf::forward_kernel_log(log)?;
+    let in_force = Arc::new(AtomicU32::new(0));
+    let rules = RuleMaps::new(&mut ebpf, opts.events_allow, names, in_force.clone())?;
     let counters = Arc::new(Counters::new(&mut ebpf)?);
     let reopen = Arc::new(AtomicBool::new(false));
     let sink = opts
@@ -144,11 +190,10 @@ pub async fn run(opts: Options) -> Result<()> {
         .as_deref()
         .map(|spec| events::Sink::open(spec, reopen.clone()))
         .transpose()?;
-    events::spawn(&mut ebpf, state.clone(), sink)?;
 
     let loader = Loader {
         rules,
-        indexes: LabelIndexes::default(),
+        indexes: LabelIndexes::known(known),
         root,
         selftest: selftest.policy(),
     };
@@ -156,6 +201,9 @@ pub async fn run(opts: Options) -> Result<()> {
     let (mut loader, labels) = loader.off_loop(move |l| l.load(&first)).await?;
     let labels = labels.context("putting the policies into the kernel maps")?;
     state.set_policies(labels, set.policies.len());
+    // Only now: events that waited in a kept ring buffer name labels the state knows.
+    events::spawn(&mut ebpf, state.clone(), sink)?;
+    takeover.switch()?;
     info!(
         policies = set.policies.len(),
         labels = set.label_count(),
@@ -164,20 +212,24 @@ pub async fn run(opts: Options) -> Result<()> {
     );
 
     let metrics = Arc::new(Metrics::new(state.clone(), counters.clone()));
-    http::serve(opts.metrics_addr, state.clone(), metrics).await?;
-    control::serve(&opts.socket, state.clone(), counters)?;
+    http::serve(opts.metrics_addr, state.clone(), metrics);
+    let (unload_tx, mut unload) = mpsc::channel(1);
+    control::serve(&opts.socket, state.clone(), counters, unload_tx)?;
 
     prove(&selftest, &state, opts.allow_unverified)?;
+    takeover.commit(&events_pin)?;
+    health::watch(pins.clone(), instance, in_force, state.clone());
 
     let (tx, mut changed) = mpsc::channel(1);
     let watch = watch::watch(&opts.policies, tx)?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    loop {
+    let stopped = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break Stopped::Signal,
+            _ = int.recv() => break Stopped::Signal,
+            Some(()) = unload.recv() => break Stopped::Unloaded,
             _ = hup.recv() => {
                 reopen.store(true, Ordering::SeqCst);
                 watch.note_reload(&mut changed);
@@ -187,12 +239,26 @@ pub async fn run(opts: Options) -> Result<()> {
                 loader = reload(loader, &opts.policies, &state).await?;
             }
         }
-    }
-    info!("shutting down; programs detach and labelled workloads are no longer governed");
+    };
     state.set_ready(false);
     let _ = std::fs::remove_file(&opts.socket);
-    drop(ebpf);
-    Ok(())
+    match stopped {
+        Stopped::Signal => info!(
+            "shutting down; the programs stay attached and the policies in force (pinned in {}); \
+             `actgate unload` removes them",
+            pins.root().display()
+        ),
+        Stopped::Unloaded => {
+            pins.remove_all()?;
+            warn!(
+                "unloaded on request: the programs detach as this daemon exits, and labelled \
+                 workloads are no longer governed"
+            );
+        }
+    }
+    // Last, so that the programs detach at once after an unload.
+    drop((ebpf, links));
+    Ok(stopped)
 }
 
 /// Runs the start-up proof; ready only when every hook denied. A failure stops the daemon

@@ -12,16 +12,20 @@ mod control;
 mod counters;
 mod daemon;
 mod events;
+mod health;
 mod http;
 mod inodes;
 mod launch;
 mod maps;
 mod metrics;
+mod pin;
 mod plan;
 mod rcu;
 mod selftest;
 mod state;
 mod status;
+mod takeover;
+mod unload;
 mod watch;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -83,6 +87,19 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
+    /// Remove actgate's programs from the kernel: enforcement ends. Refused while labelled
+    /// processes run, unless --force. A running daemon unloads and exits.
+    Unload {
+        /// Unload even though labelled processes run (they run unconfined afterwards).
+        #[arg(long)]
+        force: bool,
+        /// The daemon's control socket.
+        #[arg(long, default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Where actgate pins its programs in bpffs.
+        #[arg(long, default_value = pin::DEFAULT_ROOT)]
+        pin_dir: PathBuf,
+    },
     /// Show the running daemon's policies, labels, verification and counters.
     Status {
         /// Print JSON instead of a table.
@@ -138,7 +155,8 @@ fn run(opts: daemon::Options) -> ExitCode {
         }
     };
     match runtime.block_on(daemon::run(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(daemon::Stopped::Signal) => ExitCode::SUCCESS,
+        Ok(daemon::Stopped::Unloaded) => ExitCode::from(daemon::EXIT_UNLOADED),
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("actgate: {e:#}");
@@ -174,6 +192,20 @@ fn main() -> ExitCode {
             eprintln!("actgate exec: {err:#}");
             ExitCode::from(code as u8)
         }
+        Command::Unload {
+            force,
+            socket,
+            pin_dir,
+        } => match unload::unload(&socket, &pin_dir, force) {
+            Ok(done) => {
+                println!("{done}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("actgate unload: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Status { json, socket } => {
             match control::request(&socket, &control::Request::Status) {
                 Ok(control::Reply::Status(s)) => {

@@ -6,7 +6,14 @@
 //! old generation (see `rcu`), then deletes it. A hook therefore always judges with one whole
 //! policy set.
 
-use std::{collections::BTreeMap, ops::Range};
+use std::{
+    collections::BTreeMap,
+    ops::Range,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
 
 use agent_common::{Config, InodeKey, LabelInfo, LabelKey, NET_KEY_DATA, PATH_KEY_DATA, RULE_DENY};
 use anyhow::{Context, Result, ensure};
@@ -20,6 +27,7 @@ use aya::{
 use tracing::warn;
 
 use crate::{
+    pin::LabelNames,
     plan::{LabelState, Plan},
     rcu::Barrier,
 };
@@ -63,6 +71,10 @@ pub struct RuleMaps {
     /// The entries of the generation before it, when waiting for its last readers failed.
     retired: Written,
     barrier: Barrier,
+    /// Label index → name, in bpffs, for the next daemon.
+    names: LabelNames,
+    /// The generation in force, for the watchdog to compare with `CONFIG`.
+    in_force: Arc<AtomicU32>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -76,7 +88,12 @@ where
 }
 
 impl RuleMaps {
-    pub fn new(ebpf: &mut Ebpf, events_allow: bool) -> Result<Self> {
+    pub fn new(
+        ebpf: &mut Ebpf,
+        events_allow: bool,
+        names: LabelNames,
+        in_force: Arc<AtomicU32>,
+    ) -> Result<Self> {
         let mut maps = Self {
             config: take(ebpf, agent_common::maps::CONFIG)?,
             labels: take(ebpf, agent_common::maps::LABELS)?,
@@ -90,10 +107,14 @@ impl RuleMaps {
             written: Written::default(),
             retired: Written::default(),
             barrier: Barrier::new()?,
+            names,
+            in_force,
         };
         maps.config
             .set(0, maps.current, 0)
             .context("writing CONFIG")?;
+        maps.in_force
+            .store(maps.current.generation, Ordering::SeqCst);
         Ok(maps)
     }
 
@@ -135,6 +156,7 @@ impl RuleMaps {
             return Err(e).context("switching CONFIG to the new generation");
         }
         self.current = next;
+        self.in_force.store(next.generation, Ordering::SeqCst);
         self.retired = std::mem::replace(&mut self.written, written);
         if let Err(e) = self.retire() {
             // The new policies are in force; the old entries go at the next reload.
@@ -181,6 +203,7 @@ impl RuleMaps {
             }
         }
         for label in &plan.labels {
+            self.names.write(label.info.label, &label.name)?;
             self.labels
                 .insert(label.key, label.info, 0)
                 .with_context(|| format!("adding label {:?}", label.name))?;

@@ -46,21 +46,29 @@ impl Host for System<'_> {
     }
 }
 
-/// Label name → stable index. Indexes are never reused while the daemon runs, so a label
-/// keeps its counters across reloads, even when a reload drops it and a later one brings it
-/// back.
+/// Label name → stable index. Indexes are never reused while actgate is loaded (the daemon
+/// starts from those kept in bpffs), so a label keeps its counters across reloads and
+/// restarts, even when a reload drops it and a later one brings it back.
 #[derive(Debug, Default)]
 pub struct LabelIndexes(BTreeMap<String, u32>);
 
 impl LabelIndexes {
+    /// The indexes handed out before, as the kernel keeps them.
+    pub fn known(known: impl IntoIterator<Item = (String, u32)>) -> Self {
+        Self(known.into_iter().collect())
+    }
+
     /// The label's index, handing out a new one for a label never seen before.
     fn index_of(&mut self, label: &str) -> Result<u32> {
         if let Some(i) = self.0.get(label) {
             return Ok(*i);
         }
-        let next = self.0.len() as u32;
+        let next = self.0.values().max().map_or(0, |m| m + 1);
         if next >= MAX_LABELS {
-            bail!("more than {MAX_LABELS} distinct labels since the daemon started; restart it");
+            bail!(
+                "more than {MAX_LABELS} distinct labels since actgate was loaded; `actgate \
+                 unload` starts over (and resets the counters)"
+            );
         }
         self.0.insert(label.to_string(), next);
         Ok(next)

@@ -24,6 +24,12 @@ pub struct State {
     /// Per action: the start-up proof that the hook denies (None before it ran).
     pub verified: Mutex<[Option<bool>; Action::COUNT]>,
     pub kernel: String,
+    /// Why the kernel state is not what the daemon put there (see `health`).
+    enforcement_problem: Mutex<Option<String>>,
+    /// Why the HTTP address is not served (see `http`).
+    listener_problem: Mutex<Option<String>>,
+    /// Failed attempts to bind it.
+    pub listener_failures: AtomicU64,
 }
 
 impl State {
@@ -37,11 +43,43 @@ impl State {
             reloads_failed: AtomicU64::new(0),
             verified: Mutex::new([None; Action::COUNT]),
             kernel,
+            enforcement_problem: Mutex::new(None),
+            listener_problem: Mutex::new(None),
+            listener_failures: AtomicU64::new(0),
         }
     }
 
+    /// Ready: the start-up proof passed and the kernel state is still the daemon's.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.enforcement_problem().is_none()
+    }
+
+    pub fn enforcement_problem(&self) -> Option<String> {
+        self.enforcement_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_enforcement_problem(&self, problem: Option<String>) {
+        *self
+            .enforcement_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    pub fn listener_problem(&self) -> Option<String> {
+        self.listener_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_listener_problem(&self, problem: Option<String>) {
+        *self
+            .listener_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problem;
     }
 
     pub fn set_ready(&self, ready: bool) {

@@ -29,6 +29,12 @@ pub struct Status {
     pub enforcement_verified: BTreeMap<String, String>,
     pub events_dropped: BTreeMap<String, u64>,
     pub kernel_errors: u64,
+    /// Why the kernel state isn't what the daemon put there, if it isn't.
+    #[serde(default)]
+    pub enforcement_problem: Option<String>,
+    /// Why the HTTP address isn't served, if it isn't.
+    #[serde(default)]
+    pub http_problem: Option<String>,
 }
 
 pub fn collect(state: &State, counters: &Counters) -> Status {
@@ -78,6 +84,8 @@ pub fn collect(state: &State, counters: &Counters) -> Status {
             .map(|a| (a.as_str().to_string(), counters.dropped(*a)))
             .collect(),
         kernel_errors: counters.errors(),
+        enforcement_problem: state.enforcement_problem(),
+        http_problem: state.listener_problem(),
     }
 }
 
@@ -93,6 +101,12 @@ pub fn render(s: &Status) -> String {
         s.kernel,
         s.policies_loaded
     );
+    for problem in [&s.enforcement_problem, &s.http_problem]
+        .into_iter()
+        .flatten()
+    {
+        out += &format!("PROBLEM: {problem}\n");
+    }
     out += "enforcement verified:";
     for (a, v) in &s.enforcement_verified {
         out += &format!(" {a}={v}");

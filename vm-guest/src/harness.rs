@@ -63,8 +63,13 @@ impl Ctx {
     /// `actgate exec --user root --label LABEL --`, for the caller to add the command and its
     /// stdio. The tests run as root on purpose: most of them check what the policy denies root.
     pub fn labelled_command(&self, label: &str) -> Command {
+        self.labelled_command_as(label, "root")
+    }
+
+    /// `actgate exec --user USER --label LABEL --`.
+    pub fn labelled_command_as(&self, label: &str, user: &str) -> Command {
         let mut cmd = Command::new(&self.actgate);
-        cmd.args(["exec", "--user", "root", "--label", label, "--"]);
+        cmd.args(["exec", "--user", user, "--label", label, "--"]);
         cmd
     }
 
@@ -86,7 +91,17 @@ impl Ctx {
 
     /// `sh -c SCRIPT` as label LABEL, running on, with pipes to all of its stdio.
     pub fn spawn_labelled_sh(&self, label: &str, script: &str) -> std::io::Result<Child> {
-        self.labelled_command(label)
+        self.spawn_labelled_sh_as(label, "root", script)
+    }
+
+    /// `spawn_labelled_sh` as USER.
+    pub fn spawn_labelled_sh_as(
+        &self,
+        label: &str,
+        user: &str,
+        script: &str,
+    ) -> std::io::Result<Child> {
+        self.labelled_command_as(label, user)
             .args(["/bin/sh", "-c", script])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -269,11 +284,32 @@ pub fn kill_and_reap(child: &mut Child) {
     }
 }
 
-/// The real daemon, started as a child; killed if a test forgets to stop it.
+/// `actgate unload --force`: no program of an earlier daemon judges any more. The daemon
+/// pins its programs, so they outlive it; every test starts and ends without them.
+pub fn unload(actgate: &Path) -> Result<Output> {
+    let out = Command::new(actgate)
+        .args(["unload", "--force"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running actgate unload")?;
+    if !out.status.success() {
+        bail!(
+            "actgate unload --force failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// The real daemon, started as a child; killed if a test forgets to stop it, and its
+/// programs unloaded unless the test keeps them (`keep_enforcement`).
 pub struct Daemon {
     child: Child,
+    actgate: PathBuf,
     pub log: PathBuf,
     pub events: PathBuf,
+    keep: bool,
 }
 
 impl Daemon {
@@ -291,8 +327,8 @@ impl Daemon {
         )
     }
 
-    /// Starts `actgate run` writing a fresh EVENTS file and its output to LOG, and waits up to
-    /// `ready_within` until /readyz says 200.
+    /// Starts `actgate run` from a clean kernel (`unload`) writing a fresh EVENTS file and its
+    /// output to LOG, and waits up to `ready_within` until /readyz says 200.
     pub fn launch(
         actgate: &Path,
         policies: &Path,
@@ -301,14 +337,30 @@ impl Daemon {
         extra: &[&str],
         ready_within: Duration,
     ) -> Result<Daemon> {
+        unload(actgate)?;
         let _ = fs::remove_file(events);
+        Daemon::adopt(actgate, policies, events, log, extra, ready_within)
+    }
+
+    /// Starts `actgate run`, which takes over whatever an earlier daemon left in force,
+    /// appending to EVENTS, and waits up to `ready_within` until /readyz says 200.
+    pub fn adopt(
+        actgate: &Path,
+        policies: &Path,
+        events: &Path,
+        log: &Path,
+        extra: &[&str],
+        ready_within: Duration,
+    ) -> Result<Daemon> {
         let mut args = vec![OsStr::new("--events"), events.as_os_str()];
         args.extend(extra.iter().map(OsStr::new));
         let child = spawn_run(actgate, policies, &args, log)?;
         let mut d = Daemon {
             child,
+            actgate: actgate.to_path_buf(),
             log: log.to_path_buf(),
             events: events.to_path_buf(),
+            keep: false,
         };
         let deadline = Instant::now() + ready_within;
         loop {
@@ -342,6 +394,23 @@ impl Daemon {
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
+    /// Leaves the daemon's programs in force when it ends, for the next daemon to adopt.
+    pub fn keep_enforcement(&mut self) {
+        self.keep = true;
+    }
+
+    /// SIGKILL, keeping what it put in the kernel.
+    pub fn crash(mut self) {
+        self.keep_enforcement();
+        self.signal(libc::SIGKILL);
+        kill_and_reap(&mut self.child);
+    }
+
+    /// The exit status, once the daemon exits on its own within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        wait_exit(&mut self.child, timeout)
+    }
+
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> Result<ExitStatus> {
         self.signal(libc::SIGTERM);
@@ -368,6 +437,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         kill_and_reap(&mut self.child);
+        if !self.keep
+            && let Err(e) = unload(&self.actgate)
+        {
+            eprintln!("after the daemon's end: {e:#}");
+        }
     }
 }
 

@@ -26,13 +26,18 @@ const STATUS: &str = "@@status ";
 
 impl Session {
     pub fn start(ctx: &Ctx, label: &str) -> Result<Session> {
+        Session::start_as(ctx, label, "root")
+    }
+
+    /// `start` as USER.
+    pub fn start_as(ctx: &Ctx, label: &str, user: &str) -> Result<Session> {
         // `eval … 2>&1` only duplicates a descriptor: no open. A failed redirection of the
         // regular builtin `true` is not fatal to the shell, unlike one of `:`.
         let script = format!(
             "echo ready; while read -r line; do eval \"$line\" 2>&1; echo \"{STATUS}$?\"; done"
         );
         let mut child = ctx
-            .spawn_labelled_sh(label, &script)
+            .spawn_labelled_sh_as(label, user, &script)
             .context("starting a labelled shell")?;
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().context("no stdout")?;
@@ -108,10 +113,19 @@ impl Session {
     }
 }
 
-/// Names the errno of a failed shell redirection from dash's message (strerror text).
+/// Names the errno of a failed shell redirection from dash's message (strerror text), or
+/// of a failed `vm-guest try`, which prints the name itself.
 fn shell_verdict(status: &str, said: &str) -> String {
     if status == "0" {
         return "OK".into();
+    }
+    let named = said.len() > 1
+        && said.starts_with('E')
+        && said
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if named {
+        return said.into();
     }
     for (text, name) in [
         ("Operation not permitted", "EPERM"),

@@ -24,6 +24,7 @@ use crate::{
 pub(super) struct Unverified {
     child: Child,
     log: PathBuf,
+    actgate: PathBuf,
 }
 
 impl Unverified {
@@ -32,7 +33,11 @@ impl Unverified {
         let mut args = vec![OsStr::new("--test-fake-allow-all")];
         args.extend(extra.iter().map(OsStr::new));
         let child = harness::spawn_run(&ctx.actgate, &ctx.path("tele/policies"), &args, &log)?;
-        Ok(Unverified { child, log })
+        Ok(Unverified {
+            child,
+            log,
+            actgate: ctx.actgate.clone(),
+        })
     }
 
     fn log_text(&self) -> String {
@@ -48,6 +53,9 @@ impl Unverified {
 impl Drop for Unverified {
     fn drop(&mut self) {
         harness::kill_and_reap(&mut self.child);
+        if let Err(e) = harness::unload(&self.actgate) {
+            eprintln!("after the unverified daemon's end: {e:#}");
+        }
     }
 }
 

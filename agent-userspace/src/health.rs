@@ -1,0 +1,87 @@
+//! Watching that what the daemon put in the kernel is still what judges: its set owns, its
+//! links are pinned, and `CONFIG` holds the generation it wrote. Anything else (bpf(2) from
+//! outside every label, an `rm` in bpffs) is logged and makes the daemon unready until it is
+//! put right.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use agent_common::{Config, HOOKS, maps};
+use aya::maps::{Array, Map, MapData};
+use tracing::{error, info};
+
+use crate::{pin::Pins, state::State};
+
+const EVERY: Duration = Duration::from_secs(1);
+
+/// What is wrong with the set `instance`, if anything.
+fn check(pins: &Pins, instance: u64, in_force: u32) -> Option<String> {
+    match pins.owner() {
+        Ok(Some(owner)) if owner == instance => {}
+        Ok(owner) => {
+            return Some(format!(
+                "the owner map names set {}, not this daemon's set {instance}",
+                owner.unwrap_or(0)
+            ));
+        }
+        Err(e) => return Some(format!("reading the owner map: {e:#}")),
+    }
+    let dir = pins.set_dir(instance);
+    if let Some(hook) = HOOKS.iter().find(|h| !dir.join("links").join(h).exists()) {
+        return Some(format!(
+            "the link of {hook} is no longer pinned in {}",
+            dir.display()
+        ));
+    }
+    let config = MapData::from_pin(dir.join("maps").join(maps::CONFIG))
+        .map_err(anyhow::Error::from)
+        .and_then(|m| Ok(Array::<MapData, Config>::try_from(Map::Array(m))?))
+        .and_then(|a| Ok(a.get(&0, 0)?));
+    match config {
+        Ok(c) if c.generation == in_force => None,
+        Ok(c) => Some(format!(
+            "CONFIG holds generation {}, but the daemon put generation {in_force} in force",
+            c.generation
+        )),
+        Err(e) => Some(format!("reading the pinned CONFIG map: {e:#}")),
+    }
+}
+
+/// Checks every second. A problem seen twice in a row (a reload switches `CONFIG` a moment
+/// before it records the new generation) makes the daemon unready and is logged.
+pub fn watch(pins: Pins, instance: u64, in_force: Arc<AtomicU32>, state: Arc<State>) {
+    tokio::spawn(async move {
+        let mut seen_once = false;
+        loop {
+            tokio::time::sleep(EVERY).await;
+            let (p, i, g) = (pins.clone(), instance, in_force.load(Ordering::SeqCst));
+            let problem = tokio::task::spawn_blocking(move || check(&p, i, g))
+                .await
+                .unwrap_or_else(|e| Some(format!("the check panicked: {e}")));
+            let had = state.enforcement_problem();
+            match problem {
+                None => {
+                    seen_once = false;
+                    if had.is_some() {
+                        info!("the kernel state is this daemon's again; ready");
+                        state.set_enforcement_problem(None);
+                    }
+                }
+                Some(p) if seen_once => {
+                    if had.as_deref() != Some(p.as_str()) {
+                        error!(
+                            "NOT READY: the kernel state is not what this daemon put there: {p}"
+                        );
+                        state.set_enforcement_problem(Some(p));
+                    }
+                }
+                Some(_) => seen_once = true,
+            }
+        }
+    });
+}
