@@ -340,6 +340,22 @@ network:
     }
 
     #[test]
+    fn a_restarted_daemon_keeps_the_kept_indexes_and_hands_out_new_ones_above_them() {
+        let mut indexes = LabelIndexes::known([("watch".to_string(), 7), ("old".to_string(), 2)]);
+        let (next, _) = plan(
+            &[WATCHER.replace("[watch]", "[fresh, watch]").as_str()],
+            0,
+            &mut indexes,
+        );
+        let got: Vec<(&str, u32)> = next
+            .labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.info.label))
+            .collect();
+        assert_eq!(got, [("fresh", 8), ("watch", 7)]);
+    }
+
+    #[test]
     fn a_host_failure_fails_the_plan() {
         let compiled = compile_set(&set(&[CODER]), 0..1).unwrap();
         let mut host = FakeHost {

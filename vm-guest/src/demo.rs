@@ -179,6 +179,47 @@ pub fn run(actgate: &Path, policies: &Path) -> Result<()> {
     println!("\n{BOLD}actgate status:{RESET}");
     let status = Command::new(actgate).arg("status").output()?;
     print!("{}", String::from_utf8_lossy(&status.stdout));
-    daemon.stop()?;
+    outlive(&ctx, daemon, policies)
+}
+
+/// The daemon is killed while the agent runs: the policy stays in force, and a new daemon
+/// takes over with the counts the kernel kept.
+fn outlive(ctx: &Ctx, daemon: Daemon, policies: &Path) -> Result<()> {
+    let go = ctx.path("go");
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.2; done; \
+         cat /etc/shadow >/dev/null 2>&1 && echo 'reads the password hashes: done' \
+         || echo 'reads the password hashes: refused'",
+        go = go.display()
+    );
+    let agent = ctx.spawn_labelled_sh("coding-agent", &script)?;
+    println!(
+        "\n{BOLD}The agent keeps running, and the daemon is killed with SIGKILL (kill -9).{RESET}"
+    );
+    daemon.crash();
+    fs::write(&go, "")?;
+    let out = agent.wait_with_output()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let (what, outcome) = line.split_once(": ").unwrap_or((line, ""));
+        let colour = if outcome == "refused" { RED } else { GREEN };
+        println!("  agent {what}, with no daemon running: {colour}{outcome}{RESET}");
+    }
+    println!("{BOLD}A new daemon takes over what the kernel kept.{RESET}");
+    let next = Daemon::adopt(
+        &ctx.actgate,
+        policies,
+        &ctx.path("events.jsonl"),
+        &ctx.path("daemon-2.log"),
+        &[],
+        Duration::from_secs(120),
+    )?;
+    let (_, body) = http_get("/metrics")?;
+    for l in body.lines().filter(|l| {
+        l.starts_with("actgate_decisions_total{label=\"coding-agent\",action=\"file_read\"")
+            && !l.ends_with(" 0")
+    }) {
+        println!("  {l}");
+    }
+    next.stop()?;
     Ok(())
 }
