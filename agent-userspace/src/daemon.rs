@@ -2,6 +2,7 @@
 
 use std::{
     collections::BTreeMap,
+    fs,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
@@ -11,7 +12,7 @@ use std::{
 };
 
 use agent_common::{Action, kernel_release};
-use agent_policy::{Policy, PolicySet};
+use agent_policy::{PathPattern, Policy, PolicySet};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::{
@@ -97,12 +98,53 @@ struct Loader {
     root: LabelRoot,
     /// The self-test's policy, loaded beside the user's.
     selftest: Policy,
+    /// What no label may write, whatever its policy says (see `Protected`).
+    protected: Protected,
+}
+
+/// actgate's own files. A labelled root that could write them would steer the daemon: new
+/// policies in the policy directory, another binary on the next restart, or a control socket
+/// of its own in the runtime directory, through which `actgate exec` would start the next
+/// agent unconfined. Reading the runtime directory is denied too, so that no label can hold
+/// the daemon's lock file and keep a restarted daemon from starting.
+struct Protected {
+    write: Vec<PathPattern>,
+    read: Vec<PathPattern>,
+}
+
+impl Protected {
+    fn new(policies: &Path, runtime_dir: &Path) -> Result<Self> {
+        let real = |p: &Path| {
+            fs::canonicalize(p)
+                .with_context(|| format!("resolving {}", p.display()))
+                .map(|p| p.display().to_string())
+        };
+        let runtime = PathPattern::Tree(real(runtime_dir)?);
+        let exe = std::env::current_exe().context("finding actgate's own binary")?;
+        Ok(Self {
+            write: vec![
+                PathPattern::Tree(real(policies)?),
+                PathPattern::Exact(real(&exe)?),
+                runtime.clone(),
+            ],
+            read: vec![runtime],
+        })
+    }
+
+    /// Adds the denials to one of the user's policies.
+    fn apply(&self, policy: &mut Policy) {
+        policy.file_write.deny.extend(self.write.iter().cloned());
+        policy.file_read.deny.extend(self.read.iter().cloned());
+    }
 }
 
 impl Loader {
     /// The policy directory's path to the maps: compile (pure), plan (the host's facts), apply.
     fn load(&mut self, set: &PolicySet) -> Result<BTreeMap<u32, LabelState>> {
         let mut set = set.clone();
+        for policy in &mut set.policies {
+            self.protected.apply(policy);
+        }
         set.policies.push(self.selftest.clone());
         let next = self.rules.next();
         let compiled = agent_policy::compile_set(&set, next.rulesets)?;
@@ -196,6 +238,7 @@ pub async fn run(opts: Options) -> Result<Stopped> {
         indexes: LabelIndexes::known(known),
         root,
         selftest: selftest.policy(),
+        protected: Protected::new(&opts.policies, runtime_dir)?,
     };
     let first = set.clone();
     let (mut loader, labels) = loader.off_loop(move |l| l.load(&first)).await?;

@@ -63,13 +63,13 @@ pub fn watch(pins: Pins, instance: u64, in_force: Arc<AtomicU32>, state: Arc<Sta
             let problem = tokio::task::spawn_blocking(move || check(&p, i, g))
                 .await
                 .unwrap_or_else(|e| Some(format!("the check panicked: {e}")));
-            let had = state.enforcement_problem();
+            let had = state.enforcement_problem.get();
             match problem {
                 None => {
                     seen_once = false;
                     if had.is_some() {
                         info!("the kernel state is this daemon's again; ready");
-                        state.set_enforcement_problem(None);
+                        state.enforcement_problem.set(None);
                     }
                 }
                 Some(p) if seen_once => {
@@ -77,7 +77,7 @@ pub fn watch(pins: Pins, instance: u64, in_force: Arc<AtomicU32>, state: Arc<Sta
                         error!(
                             "NOT READY: the kernel state is not what this daemon put there: {p}"
                         );
-                        state.set_enforcement_problem(Some(p));
+                        state.enforcement_problem.set(Some(p));
                     }
                 }
                 Some(_) => seen_once = true,

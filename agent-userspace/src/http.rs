@@ -22,7 +22,7 @@ struct App {
 /// Alive, and what the operator should know: 503 while the kernel state isn't the daemon's
 /// (see `health`); a note when the address was taken before it could be bound.
 async fn healthz(Extract(app): Extract<App>) -> (StatusCode, String) {
-    let mut body = match app.state.enforcement_problem() {
+    let mut body = match app.state.enforcement_problem.get() {
         Some(p) => format!("unhealthy: {p}\n"),
         None => "ok\n".to_string(),
     };
@@ -32,7 +32,7 @@ async fn healthz(Extract(app): Extract<App>) -> (StatusCode, String) {
             "the HTTP address could not be bound {failed} time(s) before it was (see the log)\n"
         );
     }
-    let code = if app.state.enforcement_problem().is_some() {
+    let code = if app.state.enforcement_problem.get().is_some() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -84,18 +84,18 @@ pub fn serve(addr: SocketAddr, state: Arc<State>, metrics: Arc<Metrics>) {
                          (choose another with --metrics-addr)",
                         RETRY.as_secs()
                     );
-                    if state.listener_problem().is_none() {
+                    if state.listener_problem.get().is_none() {
                         tracing::error!("{problem}; enforcement goes on without /metrics");
                     }
                     state.listener_failures.fetch_add(1, Ordering::Relaxed);
-                    state.set_listener_problem(Some(problem));
+                    state.listener_problem.set(Some(problem));
                     tokio::time::sleep(RETRY).await;
                 }
             }
         };
-        if state.listener_problem().is_some() {
+        if state.listener_problem.get().is_some() {
             tracing::info!(%addr, "the metrics address is bound at last");
-            state.set_listener_problem(None);
+            state.listener_problem.set(None);
         }
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");

@@ -12,6 +12,20 @@ use agent_common::Action;
 
 use crate::{cgroup::LabelRoot, plan::LabelState};
 
+/// Something wrong that the daemon reports until it is put right.
+#[derive(Debug, Default)]
+pub struct Problem(Mutex<Option<String>>);
+
+impl Problem {
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, problem: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+}
+
 #[derive(Debug)]
 pub struct State {
     pub root: LabelRoot,
@@ -25,9 +39,9 @@ pub struct State {
     pub verified: Mutex<[Option<bool>; Action::COUNT]>,
     pub kernel: String,
     /// Why the kernel state is not what the daemon put there (see `health`).
-    enforcement_problem: Mutex<Option<String>>,
+    pub enforcement_problem: Problem,
     /// Why the HTTP address is not served (see `http`).
-    listener_problem: Mutex<Option<String>>,
+    pub listener_problem: Problem,
     /// Failed attempts to bind it.
     pub listener_failures: AtomicU64,
 }
@@ -43,43 +57,15 @@ impl State {
             reloads_failed: AtomicU64::new(0),
             verified: Mutex::new([None; Action::COUNT]),
             kernel,
-            enforcement_problem: Mutex::new(None),
-            listener_problem: Mutex::new(None),
+            enforcement_problem: Problem::default(),
+            listener_problem: Problem::default(),
             listener_failures: AtomicU64::new(0),
         }
     }
 
     /// Ready: the start-up proof passed and the kernel state is still the daemon's.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && self.enforcement_problem().is_none()
-    }
-
-    pub fn enforcement_problem(&self) -> Option<String> {
-        self.enforcement_problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn set_enforcement_problem(&self, problem: Option<String>) {
-        *self
-            .enforcement_problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = problem;
-    }
-
-    pub fn listener_problem(&self) -> Option<String> {
-        self.listener_problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn set_listener_problem(&self, problem: Option<String>) {
-        *self
-            .listener_problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = problem;
+        self.ready.load(Ordering::SeqCst) && self.enforcement_problem.get().is_none()
     }
 
     pub fn set_ready(&self, ready: bool) {

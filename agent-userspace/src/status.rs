@@ -84,8 +84,8 @@ pub fn collect(state: &State, counters: &Counters) -> Status {
             .map(|a| (a.as_str().to_string(), counters.dropped(*a)))
             .collect(),
         kernel_errors: counters.errors(),
-        enforcement_problem: state.enforcement_problem(),
-        http_problem: state.listener_problem(),
+        enforcement_problem: state.enforcement_problem.get(),
+        http_problem: state.listener_problem.get(),
     }
 }
 
