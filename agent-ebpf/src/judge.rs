@@ -5,7 +5,7 @@
 use agent_common::{
     Action, GUARD_ACTION, InodeKey, KernelError, LabelInfo, NET_ANY_PORT_RULES, NET_KEY_DATA,
     NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA, PATH_KEY_HEADER, RULE_DENY, Verdict,
-    net_key_header, path_key_header, path_key_header_raw, verdict,
+    net_key_header, path_key_header, path_key_header_raw, reason, verdict,
 };
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, maps::lpm_trie::Key};
 
@@ -145,7 +145,7 @@ fn judge_resolved(
         }
     }
     let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
-    record(info, action, v, |e| {
+    record(info, action, v, reason(flags, info.mode), |e| {
         // SAFETY: reads our own map memory.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
     });
@@ -191,7 +191,7 @@ pub fn net_action(info: &LabelInfo, d: &Dest) -> Verdict {
         }
     }
     let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
-    record(info, action, v, |e| {
+    record(info, action, v, reason(flags, info.mode), |e| {
         e.family = d.family;
         e.port = d.port;
         e.addr = d.addr;
