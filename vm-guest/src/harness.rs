@@ -63,8 +63,13 @@ impl Ctx {
     /// `actgate exec --user root --label LABEL --`, for the caller to add the command and its
     /// stdio. The tests run as root on purpose: most of them check what the policy denies root.
     pub fn labelled_command(&self, label: &str) -> Command {
+        self.labelled_command_as(label, "root")
+    }
+
+    /// `actgate exec --user USER --label LABEL --`.
+    pub fn labelled_command_as(&self, label: &str, user: &str) -> Command {
         let mut cmd = Command::new(&self.actgate);
-        cmd.args(["exec", "--user", "root", "--label", label, "--"]);
+        cmd.args(["exec", "--user", user, "--label", label, "--"]);
         cmd
     }
 

@@ -11,6 +11,7 @@ mod files;
 mod labels;
 mod mounts;
 mod net;
+mod orphans;
 mod session;
 mod telemetry;
 mod users;
@@ -298,6 +299,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(exec::suite().trials(&run));
     trials.extend(exec::without_daemon().trials(&run));
     trials.extend(users::suite().trials(&run));
+    trials.extend(orphans::suite().trials(&run));
     trials.extend(files::suite().trials(&run));
     trials.extend(net::connect::suite().trials(&run));
     trials.extend(net::reload::suite().trials(&run));
