@@ -135,6 +135,25 @@ pub fn enter(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes a cgroup and every cgroup beneath it; fails (EBUSY) where a process runs. A cgroup
+/// already gone is fine.
+pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let children = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in children.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Number of processes in a cgroup and every cgroup beneath it.
 pub fn process_count(dir: &Path) -> usize {
     let own = fs::read_to_string(dir.join("cgroup.procs"))

@@ -25,8 +25,10 @@ pub trait Host {
     fn label_cgroup(&mut self, label: &str) -> Result<u64>;
     /// The inode entries of rule set `ruleset`'s denied paths.
     fn denied_inodes(&mut self, ruleset: u16, denied: &[(Action, PathPattern)]) -> Vec<InodeKey>;
-    /// Processes in the label's cgroup and every cgroup beneath it.
-    fn label_processes(&mut self, label: &str) -> usize;
+    /// For a label no policy names: removes its cgroup subtree unless processes run in it,
+    /// and returns how many do (0 once removed). A removed cgroup can't be joined, so an
+    /// `actgate exec` racing the reload fails instead of running unconfined.
+    fn release_label(&mut self, label: &str) -> usize;
 }
 
 /// The real machine: label cgroups beneath `root`, files as mounted now.
@@ -53,8 +55,17 @@ impl Host for System<'_> {
         inodes::denied_inodes(&self.ids, ruleset, denied)
     }
 
-    fn label_processes(&mut self, label: &str) -> usize {
-        cgroup::process_count(&self.root.label_dir(label))
+    fn release_label(&mut self, label: &str) -> usize {
+        let dir = self.root.label_dir(label);
+        let running = cgroup::process_count(&dir);
+        if running > 0 {
+            return running;
+        }
+        match cgroup::remove_tree(&dir) {
+            Ok(()) => 0,
+            // A process joined since the count (rmdir says EBUSY): it must not go free.
+            Err(_) => cgroup::process_count(&dir).max(1),
+        }
     }
 }
 
@@ -172,7 +183,7 @@ pub fn resolve(
         if compiled.labels.iter().any(|l| l.name == old.name) {
             continue;
         }
-        let running = host.label_processes(&old.name);
+        let running = host.release_label(&old.name);
         if running == 0 {
             continue;
         }
@@ -236,6 +247,8 @@ mod tests {
         broken_label: Option<&'static str>,
         /// Label → processes running under it (none when absent).
         running: BTreeMap<String, usize>,
+        /// Labels asked to be released, in order.
+        released: Vec<String>,
     }
 
     impl Host for FakeHost {
@@ -272,7 +285,8 @@ mod tests {
                 .collect()
         }
 
-        fn label_processes(&mut self, label: &str) -> usize {
+        fn release_label(&mut self, label: &str) -> usize {
+            self.released.push(label.to_string());
             self.running.get(label).copied().unwrap_or(0)
         }
     }
@@ -441,6 +455,7 @@ network:
                 .all(|l| l.name == "helper" || l.info.ruleset != orphan.info.ruleset)
         );
         assert!(!next.labels.iter().any(|l| l.name == "coding-agent"));
+        assert_eq!(host.released, ["coding-agent", "helper"]);
         assert_eq!(next.orphans, [("helper".to_string(), 3)]);
         assert_eq!(
             next.states[&1],

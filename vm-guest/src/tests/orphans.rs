@@ -76,6 +76,8 @@ def act(op, arg):
         os.close(os.open(arg, os.O_RDONLY))
     elif op == "write":
         os.close(os.open(arg, os.O_WRONLY | os.O_APPEND))
+    elif op == "unlink":
+        os.unlink(arg)
     elif op == "connect":
         host, port = arg.rsplit(":", 1)
         with socket.socket() as s:
@@ -196,6 +198,22 @@ fn allowed(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("read", p(ctx, "data.txt")),
         ("connect", LISTEN.to_string()),
     ]
+}
+
+/// Directories above the deep file: more than the 40 components the kernel's path walk takes.
+const DEEP: usize = 45;
+
+/// A file `DEEP` directories beneath the workspace, which `user` may remove.
+fn deep_file(ctx: &Ctx, user: &str) -> Result<String> {
+    let mut dir = PathBuf::from(p(ctx, &format!("ws/deep-{user}")));
+    for _ in 0..DEEP {
+        dir.push("d");
+    }
+    fs::create_dir_all(&dir)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))?;
+    let file = dir.join("f");
+    harness::write(&file, "")?;
+    Ok(file.display().to_string())
 }
 
 pub struct Orphans {
@@ -392,6 +410,19 @@ fn agent_of_a_dropped_label_is_denied_until_named_again(
 
     fx.reload(ctx, false)?;
     agent.expect_all(&allowed, "EPERM", "once the label is orphaned")?;
+    // A path too deep for the kernel to name is an internal error, allowed for a label in
+    // force; an orphan's action is denied all the same.
+    let deep = deep_file(ctx, user)?;
+    expect_eq!(
+        agent.act("unlink", &deep)?,
+        "EPERM",
+        "unlink of a path {DEEP} directories deep by the orphaned agent"
+    );
+    expect_eq!(
+        Path::new(&deep).exists(),
+        true,
+        "the deep file after the denied unlink"
+    );
     expect_events(
         &fx.daemon,
         uid,
@@ -505,6 +536,13 @@ fn an_orphaned_label_without_processes_goes_at_the_next_reload(
         )));
     }
     expect_exec_refused(ctx, "no loaded policy names")?;
+    // Gone with its cgroup: an `actgate exec` that raced the reload could not join it.
+    let cgroup = format!("/sys/fs/cgroup/actgate/{LABEL}");
+    expect_eq!(
+        Path::new(&cgroup).exists(),
+        false,
+        "{cgroup} after the label went"
+    );
     fx.reload(ctx, true)?;
     Ok(())
 }
