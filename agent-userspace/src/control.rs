@@ -50,12 +50,13 @@ pub enum Reply {
 
 /// Why a client may not use the socket: it runs under a label. `None` for everyone else.
 ///
-/// SO_PEERCRED names the process that called connect(2), and its cgroup is read afterwards
-/// from /proc/PID/cgroup. If that process exits and its pid is reused by an unlabelled process
-/// in between, the newcomer is judged instead, and a labelled child that inherited the
-/// connection is served. Closing that race needs a pidfd of the peer (SO_PEERPIDFD, Linux 6.5;
-/// 6.1 lacks it). A connection an unlabelled process hands to a labelled one is served too, but
-/// only root outside every label can do that.
+/// The remaining race: SO_PEERCRED names the process that called connect(2), and its cgroup
+/// is read afterwards from /proc/PID/cgroup. If that process exits and its pid goes to an
+/// unlabelled process in between, the newcomer is judged instead, and whichever labelled
+/// process still holds the connection (a child that inherited it) is served. Closing it needs
+/// a pidfd of the peer (SO_PEERPIDFD, Linux 6.5; 6.1 lacks it). A connection an unlabelled
+/// process hands to a labelled one is served too, but only root outside every label can do
+/// that.
 fn labelled_peer(stream: &AsyncUnixStream, state: &State) -> Option<String> {
     let pid = match stream.peer_cred().map(|c| c.pid()) {
         Ok(Some(pid)) if pid > 0 => pid,
