@@ -106,6 +106,9 @@ pub const DECISION_SLOTS: u32 = MAX_LABELS * ACTION_SLOTS * VERDICT_SLOTS;
 /// `mode` of a label's policy.
 pub const MODE_ENFORCE: u8 = 0;
 pub const MODE_AUDIT: u8 = 1;
+/// A label no policy names any more while processes still run under it: every action of
+/// theirs is denied, so a reload never releases them by accident.
+pub const MODE_ORPHANED: u8 = 2;
 
 /// Bits of a rule lookup result (the value of a path or network trie entry, and a label's
 /// per-action default). An entry carries the union of its own rule and every shorter rule that
@@ -115,10 +118,11 @@ pub const RULE_DENY: u8 = 2;
 
 /// Turns the flags of the longest matching rule into a verdict: deny beats allow, and the
 /// label's default (`RULE_ALLOW` or `RULE_DENY`) applies when no rule matched. `mode` is the
-/// label's `MODE_*`. The kernel decides every action with this.
+/// label's `MODE_*`; an orphaned label is denied whatever matched. The kernel decides every
+/// action with this.
 #[inline(always)]
 pub fn verdict(flags: u8, default: u8, mode: u8) -> Verdict {
-    let denied = if flags & RULE_DENY != 0 {
+    let denied = if mode == MODE_ORPHANED || flags & RULE_DENY != 0 {
         true
     } else if flags & RULE_ALLOW != 0 {
         false
@@ -129,6 +133,48 @@ pub fn verdict(flags: u8, default: u8, mode: u8) -> Verdict {
         (false, _) => Verdict::Allow,
         (true, false) => Verdict::Deny,
         (true, true) => Verdict::Audit,
+    }
+}
+
+/// Why the kernel decided as it did; every event carries one.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A rule matched (an allow or deny rule, or a move guard).
+    Rule = 0,
+    /// No rule matched: the label's default for the action decided.
+    Default = 1,
+    /// No policy names the label any more (`MODE_ORPHANED`).
+    Orphaned = 2,
+}
+
+impl Reason {
+    pub const COUNT: usize = 3;
+    pub const ALL: [Reason; Reason::COUNT] = [Reason::Rule, Reason::Default, Reason::Orphaned];
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
+    }
+
+    /// The name used in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rule => "rule",
+            Reason::Default => "default",
+            Reason::Orphaned => "orphaned",
+        }
+    }
+}
+
+/// What decided a `verdict` with the same arguments.
+#[inline(always)]
+pub fn reason(flags: u8, mode: u8) -> Reason {
+    if mode == MODE_ORPHANED {
+        Reason::Orphaned
+    } else if flags & (RULE_ALLOW | RULE_DENY) != 0 {
+        Reason::Rule
+    } else {
+        Reason::Default
     }
 }
 
@@ -156,7 +202,7 @@ pub struct LabelInfo {
     pub label: u32,
     /// Rule set of the label's policy in this generation: the first bytes of every trie key.
     pub ruleset: u16,
-    /// `MODE_ENFORCE` or `MODE_AUDIT`.
+    /// `MODE_ENFORCE`, `MODE_AUDIT` or `MODE_ORPHANED`.
     pub mode: u8,
     pub _pad: u8,
     /// Per action: `RULE_ALLOW` or `RULE_DENY` when no rule matches.
@@ -273,7 +319,8 @@ pub struct Event {
     /// Address family of a connect target (`NET_FAMILY_V4` or `NET_FAMILY_V6`: 4 or 6, not
     /// `AF_INET`), 0 for paths.
     pub family: u8,
-    pub _pad: u8,
+    /// What decided: a `Reason`.
+    pub reason: u8,
     /// Port of a connect target, host byte order.
     pub port: u16,
     pub _pad2: [u8; 6],
@@ -362,6 +409,29 @@ mod tests {
     }
 
     #[test]
+    fn an_orphaned_label_is_denied_whatever_matched() {
+        for flags in [0, RULE_ALLOW, RULE_DENY, RULE_ALLOW | RULE_DENY] {
+            for default in [RULE_ALLOW, RULE_DENY] {
+                assert_eq!(verdict(flags, default, MODE_ORPHANED), Verdict::Deny);
+                assert_eq!(reason(flags, MODE_ORPHANED), Reason::Orphaned);
+            }
+        }
+    }
+
+    #[test]
+    fn the_reason_is_the_rule_when_one_matched_and_the_default_otherwise() {
+        for mode in [MODE_ENFORCE, MODE_AUDIT] {
+            assert_eq!(reason(0, mode), Reason::Default);
+            assert_eq!(reason(RULE_ALLOW, mode), Reason::Rule);
+            assert_eq!(reason(RULE_DENY, mode), Reason::Rule);
+        }
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_u8(r as u8), Some(r));
+        }
+        assert_eq!(Reason::from_u8(Reason::COUNT as u8), None);
+    }
+
+    #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<LabelKey>(), 16);
         assert_eq!(core::mem::size_of::<LabelInfo>(), 16);
@@ -371,5 +441,6 @@ mod tests {
             core::mem::size_of::<Event>(),
             8 + 8 + 5 * 4 + 4 + 2 + 6 + 16 + COMM_LEN + 2 * EVENT_PATH
         );
+        assert_eq!(core::mem::offset_of!(Event, reason), 8 + 8 + 5 * 4 + 3);
     }
 }

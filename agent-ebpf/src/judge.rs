@@ -3,9 +3,9 @@
 //! `INODE_RULES`); connections look the destination up in `NET_RULES`.
 
 use agent_common::{
-    Action, GUARD_ACTION, InodeKey, KernelError, LabelInfo, NET_ANY_PORT_RULES, NET_KEY_DATA,
-    NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA, PATH_KEY_HEADER, RULE_DENY, Verdict,
-    net_key_header, path_key_header, path_key_header_raw, verdict,
+    Action, GUARD_ACTION, InodeKey, KernelError, LabelInfo, MODE_ORPHANED, NET_ANY_PORT_RULES,
+    NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA, PATH_KEY_HEADER, RULE_DENY,
+    Reason, Verdict, net_key_header, path_key_header, path_key_header_raw, reason, verdict,
 };
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, maps::lpm_trie::Key};
 
@@ -63,7 +63,9 @@ pub fn exec_action(
     inode: Option<Inode>,
 ) -> Result<Verdict, KernelError> {
     let s = scratch()?;
-    path::resolve(s, target)?;
+    if !resolve(info, s, target, Action::Exec)? {
+        return Ok(Verdict::Deny);
+    }
     let v = judge_resolved(info, Action::Exec, s, inode, false);
     if v != Verdict::Deny {
         process::remember_exe(&s.path);
@@ -111,7 +113,10 @@ fn judge_path(
         return Ok(Verdict::Allow);
     }
     let s = scratch()?;
-    path::resolve(s, target)?;
+    let first = actions.first().copied().unwrap_or(Action::FileWrite);
+    if !resolve(info, s, target, first)? {
+        return Ok(Verdict::Deny);
+    }
     let mut result = Verdict::Allow;
     for action in actions {
         let guarded = guard && *action == Action::FileWrite;
@@ -122,6 +127,26 @@ fn judge_path(
         }
     }
     Ok(result)
+}
+
+/// Resolves `target` into `s`; false when the path can't be named but the action is denied
+/// anyway: nothing an orphaned label's process does may pass, so for it that is no internal
+/// error (which would allow the action) but a denial, recorded without a target.
+#[inline(always)]
+fn resolve(
+    info: &LabelInfo,
+    s: &mut Scratch,
+    target: Target,
+    action: Action,
+) -> Result<bool, KernelError> {
+    match path::resolve(s, target) {
+        Ok(()) => Ok(true),
+        Err(_) if info.mode == MODE_ORPHANED => {
+            record(info, action, Verdict::Deny, Reason::Orphaned, |_| {});
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// One action on the path already resolved in `s`: one trie lookup, plus the inode's rules.
@@ -145,7 +170,7 @@ fn judge_resolved(
         }
     }
     let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
-    record(info, action, v, |e| {
+    record(info, action, v, reason(flags, info.mode), |e| {
         // SAFETY: reads our own map memory.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
     });
@@ -191,7 +216,7 @@ pub fn net_action(info: &LabelInfo, d: &Dest) -> Verdict {
         }
     }
     let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
-    record(info, action, v, |e| {
+    record(info, action, v, reason(flags, info.mode), |e| {
         e.family = d.family;
         e.port = d.port;
         e.addr = d.addr;

@@ -3,7 +3,9 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use agent_common::{Action, COMM_LEN, Event, KernelError, LabelInfo, Verdict, decision_index};
+use agent_common::{
+    Action, COMM_LEN, Event, KernelError, LabelInfo, Reason, Verdict, decision_index,
+};
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
@@ -44,10 +46,16 @@ pub fn events_allow() -> bool {
     maps::CONFIG.get(0).map(|c| c.events_allow).unwrap_or(0) != 0
 }
 
-/// Counts a decision and, for denials, audits and (if asked) allows, sends an event. A full
-/// ring buffer is counted per action, never silent.
+/// Counts a decision and, for denials, audits and (if asked) allows, sends an event that says
+/// `why`. A full ring buffer is counted per action, never silent.
 #[inline(always)]
-pub fn record(info: &LabelInfo, action: Action, v: Verdict, fill_target: impl FnOnce(&mut Event)) {
+pub fn record(
+    info: &LabelInfo,
+    action: Action,
+    v: Verdict,
+    why: Reason,
+    fill_target: impl FnOnce(&mut Event),
+) {
     count(info, action, v);
     if v == Verdict::Allow && !events_allow() {
         return;
@@ -71,7 +79,7 @@ pub fn record(info: &LabelInfo, action: Action, v: Verdict, fill_target: impl Fn
     e.action = action as u8;
     e.verdict = v as u8;
     e.family = 0;
-    e._pad = 0;
+    e.reason = why as u8;
     e.port = 0;
     e._pad2 = [0; 6];
     e.addr = [0; 16];

@@ -56,6 +56,17 @@ impl LabelRoot {
             .ino())
     }
 
+    /// The label whose subtree holds the cgroup at `path` (as /proc/PID/cgroup names it,
+    /// "/actgate/<label>/…"), if any.
+    pub fn label_of(&self, path: &str) -> Option<String> {
+        let full = self.dir.parent()?.join(path.trim_start_matches('/'));
+        let beneath = full.strip_prefix(&self.dir).ok()?;
+        beneath
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+    }
+
     /// The path of the cgroup with this id beneath actgate's cgroup, as /proc/PID/cgroup
     /// names it ("/actgate/<label>/…"). It outlives the process, unlike /proc/PID/cgroup.
     pub fn cgroup_path(&self, id: u64) -> Option<String> {
@@ -124,6 +135,25 @@ pub fn enter(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes a cgroup and every cgroup beneath it; fails (EBUSY) where a process runs. A cgroup
+/// already gone is fine.
+pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let children = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in children.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Number of processes in a cgroup and every cgroup beneath it.
 pub fn process_count(dir: &Path) -> usize {
     let own = fs::read_to_string(dir.join("cgroup.procs"))
@@ -141,10 +171,16 @@ pub fn process_count(dir: &Path) -> usize {
 
 /// The cgroup v2 path of the current process, relative to the hierarchy root ("0::/x/y").
 pub fn current_path() -> Result<String> {
-    let text = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    path_of("self")
+}
+
+/// The cgroup v2 path of process `pid` ("self" for this one), as its /proc/PID/cgroup names it.
+pub fn path_of(pid: &str) -> Result<String> {
+    let file = format!("/proc/{pid}/cgroup");
+    let text = fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
     match text.lines().find_map(|l| l.strip_prefix("0::")) {
         Some(p) => Ok(p.to_string()),
-        None => bail!("this process has no cgroup v2 membership"),
+        None => bail!("process {pid} has no cgroup v2 membership"),
     }
 }
 
@@ -170,6 +206,20 @@ mod tests {
             cgroup2_mount(info),
             Some(("/mnt/c g".into(), "/a b".into()))
         );
+    }
+
+    #[test]
+    fn a_cgroup_path_names_the_label_it_lies_beneath() {
+        let root = LabelRoot {
+            dir: PathBuf::from("/sys/fs/cgroup/actgate"),
+            label_level: 2,
+        };
+        assert_eq!(root.label_of("/actgate/coder"), Some("coder".into()));
+        assert_eq!(root.label_of("/actgate/coder/a/b"), Some("coder".into()));
+        assert_eq!(root.label_of("/actgate"), None);
+        assert_eq!(root.label_of("/"), None);
+        assert_eq!(root.label_of("/user.slice/actgate/coder"), None);
+        assert_eq!(root.label_of("/actgate-other/x"), None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The daemon's root-only Unix socket: `actgate exec` asks it whether a label is enforced,
 //! `actgate status` asks for the state. One JSON request line, one JSON response line.
+//! Labelled processes are refused whatever their uid: a root agent must not move itself into
+//! another label, nor learn what is enforced.
 
 use std::{
     fs,
@@ -14,11 +16,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader},
-    net::UnixListener,
+    net::{UnixListener, UnixStream as AsyncUnixStream},
     sync::mpsc,
 };
+use tracing::warn;
 
-use crate::{counters::Counters, state::State, status};
+use crate::{cgroup, counters::Counters, state::State, status};
 
 pub const DEFAULT_SOCKET: &str = "/run/actgate/actgate.sock";
 
@@ -53,6 +56,34 @@ pub enum Reply {
     Error(String),
 }
 
+/// Why a client may not use the socket: it runs under a label. `None` for everyone else.
+///
+/// The remaining race: SO_PEERCRED names the process that called connect(2), and its cgroup
+/// is read afterwards from /proc/PID/cgroup. If that process exits and its pid goes to an
+/// unlabelled process in between, the newcomer is judged instead, and whichever labelled
+/// process still holds the connection (a child that inherited it) is served. Closing it needs
+/// a pidfd of the peer (SO_PEERPIDFD, Linux 6.5; 6.1 lacks it). A connection an unlabelled
+/// process hands to a labelled one is served too, but only root outside every label can do
+/// that.
+fn labelled_peer(stream: &AsyncUnixStream, state: &State) -> Option<String> {
+    let pid = match stream.peer_cred().map(|c| c.pid()) {
+        Ok(Some(pid)) if pid > 0 => pid,
+        // Whoever can't be placed is not served.
+        _ => return Some("a client whose pid the kernel does not give (SO_PEERCRED)".into()),
+    };
+    let refused = match cgroup::path_of(&pid.to_string()) {
+        Ok(path) => state
+            .root
+            .label_of(&path)
+            .map(|label| format!("process {pid} under label {label:?}")),
+        Err(e) => Some(format!("process {pid}, whose cgroup is unknown ({e:#})")),
+    };
+    if let Some(who) = &refused {
+        warn!("refused the control socket to {who}: labelled processes may not use it");
+    }
+    refused
+}
+
 fn answer(req: Request, state: &State, counters: &Counters, unload: &mpsc::Sender<()>) -> Reply {
     match req {
         Request::Label { label } => {
@@ -63,6 +94,11 @@ fn answer(req: Request, state: &State, counters: &Counters, unload: &mpsc::Sende
                 );
             }
             match state.label_by_name(&label) {
+                Some(l) if l.orphaned => Reply::Error(format!(
+                    "label {label:?} is orphaned: no policy names it any more and the kernel \
+                     denies everything its remaining processes do; add it to a policy's `labels` \
+                     and reload"
+                )),
                 Some(l) => Reply::Label(LabelReply {
                     cgroup: state.root.label_dir(&l.name),
                     policy: l.policy,
@@ -116,6 +152,8 @@ pub fn serve(
             };
             let (state, counters, unload) = (state.clone(), counters.clone(), unload.clone());
             tokio::spawn(async move {
+                // Judged before anything is read, while the peer's pid is most likely its own.
+                let refused = labelled_peer(&stream, &state);
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
                 if AsyncBufReader::new(read)
@@ -125,13 +163,17 @@ pub fn serve(
                 {
                     return;
                 }
-                let reply = match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => {
+                let reply = match (refused, serde_json::from_str::<Request>(&line)) {
+                    (Some(who), _) => Reply::Error(format!(
+                        "actgate's control socket does not serve labelled processes ({who}); \
+                         run actgate commands from outside every label"
+                    )),
+                    (None, Ok(req)) => {
                         tokio::task::spawn_blocking(move || answer(req, &state, &counters, &unload))
                             .await
                             .unwrap_or_else(|e| Reply::Error(e.to_string()))
                     }
-                    Err(e) => Reply::Error(format!("bad request: {e}")),
+                    (None, Err(e)) => Reply::Error(format!("bad request: {e}")),
                 };
                 if let Ok(mut text) = serde_json::to_string(&reply) {
                     text.push('\n');

@@ -12,7 +12,7 @@ use std::{
 };
 
 use agent_common::{Action, kernel_release};
-use agent_policy::{PathPattern, Policy, PolicySet};
+use agent_policy::{Mode, PathPattern, Policy, PolicySet};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::{
@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     bpf,
-    cgroup::{self, LabelRoot},
+    cgroup::LabelRoot,
     control,
     counters::Counters,
     events, health, http, inodes,
@@ -95,6 +95,8 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet> {
 struct Loader {
     rules: RuleMaps,
     indexes: LabelIndexes,
+    /// What the generation in force resolved to, orphans included.
+    in_force: BTreeMap<u32, LabelState>,
     root: LabelRoot,
     /// The self-test's policy, loaded beside the user's.
     selftest: Policy,
@@ -152,9 +154,14 @@ impl Loader {
             compiled,
             next.number,
             &mut self.indexes,
+            &self.in_force,
             &mut plan::System::new(&self.root),
         )?;
-        self.rules.apply(plan)
+        let orphans = plan.orphans.clone();
+        let states = self.rules.apply(plan)?;
+        report_orphans(&orphans);
+        self.in_force = states.clone();
+        Ok(states)
     }
 
     /// Runs `job` with this loader on a blocking thread, and gives the loader back.
@@ -235,6 +242,7 @@ pub async fn run(opts: Options) -> Result<Stopped> {
 
     let loader = Loader {
         rules,
+        in_force: earlier_labels(&known, &root),
         indexes: LabelIndexes::known(known),
         root,
         selftest: selftest.policy(),
@@ -304,6 +312,25 @@ pub async fn run(opts: Options) -> Result<Stopped> {
     Ok(stopped)
 }
 
+/// The labels an earlier daemon governed whose cgroups are still there. A policy set that
+/// doesn't name one of them orphans it if it runs processes (see `plan`): a restart must
+/// not release what a reload wouldn't. Which policy named them, this daemon can't know.
+fn earlier_labels(known: &[(String, u32)], root: &LabelRoot) -> BTreeMap<u32, LabelState> {
+    known
+        .iter()
+        .filter(|(name, _)| root.label_dir(name).is_dir())
+        .map(|(name, index)| {
+            let state = LabelState {
+                name: name.clone(),
+                policy: "(an earlier daemon's)".into(),
+                mode: Mode::Enforce,
+                orphaned: false,
+            };
+            (*index, state)
+        })
+        .collect()
+}
+
 /// Runs the start-up proof; ready only when every hook denied. A failure stops the daemon
 /// unless the operator accepted running unverified.
 fn prove(selftest: &SelfTest, state: &State, allow_unverified: bool) -> Result<()> {
@@ -345,12 +372,11 @@ fn prove(selftest: &SelfTest, state: &State, allow_unverified: bool) -> Result<(
 
 /// Validates everything first, then swaps; a bad file changes nothing.
 async fn reload(loader: Loader, dir: &Path, state: &Arc<State>) -> Result<Loader> {
-    let (dir, shared) = (dir.to_path_buf(), state.clone());
+    let dir = dir.to_path_buf();
     let (loader, result) = loader
         .off_loop(move |l| {
             let set = load_policies(&dir)?;
             let labels = l.load(&set)?;
-            warn_about_dropped_labels(&shared, &labels);
             anyhow::Ok((set, labels))
         })
         .await?;
@@ -368,21 +394,16 @@ async fn reload(loader: Loader, dir: &Path, state: &Arc<State>) -> Result<Loader
     Ok(loader)
 }
 
-/// Labels in force before a reload that `labels` no longer has, and that still run processes.
-fn warn_about_dropped_labels(state: &State, labels: &BTreeMap<u32, LabelState>) {
-    for gone in state
-        .labels()
-        .values()
-        .filter(|l| !labels.values().any(|n| n.name == l.name))
-    {
-        let running = cgroup::process_count(&state.root.label_dir(&gone.name));
-        if running > 0 {
-            warn!(
-                label = gone.name,
-                processes = running,
-                "no policy names this label any more: its running processes are no \
-                 longer governed"
-            );
-        }
+/// Labels a reload dropped while processes still run under them: the kernel now denies
+/// everything those processes do, which their owner will notice.
+fn report_orphans(orphans: &[(String, usize)]) {
+    for (label, running) in orphans {
+        error!(
+            label,
+            processes = running,
+            "no policy names label {label:?} any more, but {running} process(es) still run under \
+             it: every action of theirs is denied (reason \"orphaned\") until a policy names the \
+             label again or they exit"
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_common::{Action, Event, Verdict, maps};
+use agent_common::{Action, Event, Reason, Verdict, maps};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
@@ -34,6 +34,8 @@ pub struct EventLine {
     pub policy: String,
     pub action: &'static str,
     pub verdict: &'static str,
+    /// What decided: "rule", "default" or "orphaned".
+    pub reason: &'static str,
     pub target: String,
     pub pid: u32,
     pub ppid: u32,
@@ -108,6 +110,7 @@ fn to_line(
         policy: label.policy,
         action: Action::from_u8(e.action).map_or("unknown", Action::as_str),
         verdict: Verdict::from_u8(e.verdict).map_or("unknown", Verdict::as_str),
+        reason: Reason::from_u8(e.reason).map_or("unknown", Reason::as_str),
         target: target(e),
         pid: e.tgid,
         ppid: e.ppid,

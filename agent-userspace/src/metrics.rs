@@ -103,6 +103,18 @@ impl Collector for ActgateCollector {
             ConstGauge::new(n as i64).encode(m.encode_family(&set)?)?;
         }
 
+        let mut m = enc.encode_descriptor(
+            "actgate_label_orphaned",
+            "1 when no policy names the label any more while processes still run under it (the \
+             kernel denies all they do), 0 otherwise",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for label in labels.values() {
+            let set: Labels = vec![("label", label.name.clone())];
+            ConstGauge::new(i64::from(label.orphaned)).encode(m.encode_family(&set)?)?;
+        }
+
         let verified = *self
             .state
             .verified

@@ -1,17 +1,23 @@
 //! Resolving what a compiled policy set leaves to the host, into the entries of one generation
 //! of the kernel maps: the inodes of denied files, the cgroup id of each label (creating its
-//! cgroup) and each label's stable counter index.
+//! cgroup), each label's stable counter index, and the labels a reload drops while processes
+//! still run under them (orphans, kept and denied everything).
 //!
 //! The host is reached only through `Host`, so a plan is built and checked without a kernel,
 //! cgroupfs or the files a policy names.
 
 use std::collections::BTreeMap;
 
-use agent_common::{Action, InodeKey, LabelInfo, LabelKey, MAX_LABELS, NetKey, PathKey};
+use agent_common::{
+    Action, InodeKey, LabelInfo, LabelKey, MAX_LABELS, MODE_ORPHANED, NetKey, PathKey, RULE_DENY,
+};
 use agent_policy::{CompiledSet, Mode, PathPattern};
 use anyhow::{Result, bail};
 
-use crate::{cgroup::LabelRoot, inodes};
+use crate::{
+    cgroup::{self, LabelRoot},
+    inodes,
+};
 
 /// What the plan needs to know about the machine it runs on.
 pub trait Host {
@@ -19,6 +25,10 @@ pub trait Host {
     fn label_cgroup(&mut self, label: &str) -> Result<u64>;
     /// The inode entries of rule set `ruleset`'s denied paths.
     fn denied_inodes(&mut self, ruleset: u16, denied: &[(Action, PathPattern)]) -> Vec<InodeKey>;
+    /// For a label no policy names: removes its cgroup subtree unless processes run in it,
+    /// and returns how many do (0 once removed). A removed cgroup can't be joined, so an
+    /// `actgate exec` racing the reload fails instead of running unconfined.
+    fn release_label(&mut self, label: &str) -> usize;
 }
 
 /// The real machine: label cgroups beneath `root`, files as mounted now.
@@ -43,6 +53,19 @@ impl Host for System<'_> {
 
     fn denied_inodes(&mut self, ruleset: u16, denied: &[(Action, PathPattern)]) -> Vec<InodeKey> {
         inodes::denied_inodes(&self.ids, ruleset, denied)
+    }
+
+    fn release_label(&mut self, label: &str) -> usize {
+        let dir = self.root.label_dir(label);
+        let running = cgroup::process_count(&dir);
+        if running > 0 {
+            return running;
+        }
+        match cgroup::remove_tree(&dir) {
+            Ok(()) => 0,
+            // A process joined since the count (rmdir says EBUSY): it must not go free.
+            Err(_) => cgroup::process_count(&dir).max(1),
+        }
     }
 }
 
@@ -79,9 +102,18 @@ impl LabelIndexes {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabelState {
     pub name: String,
+    /// The policy that names the label; for an orphan, the last one that did.
     pub policy: String,
     pub mode: Mode,
+    /// No policy names the label any more, but processes still run under it: the kernel
+    /// denies all they do.
+    pub orphaned: bool,
 }
+
+/// The rule set number of orphaned labels. They have no rules, so only a move guard's lookup
+/// uses it, and `verdict` denies an orphan whatever that finds. No compiled rule set has this
+/// number (a generation's range ends below it).
+const ORPHAN_RULESET: u16 = u16::MAX;
 
 /// The entries of one policy, keyed by its rule set.
 #[derive(Debug)]
@@ -108,13 +140,18 @@ pub struct Plan {
     pub labels: Vec<LabelEntry>,
     /// Label index → what it resolves to, once this plan is in force.
     pub states: BTreeMap<u32, LabelState>,
+    /// The orphaned labels and how many processes each still runs.
+    pub orphans: Vec<(String, usize)>,
 }
 
-/// Resolves `compiled` on `host` into the entries of `generation`.
+/// Resolves `compiled` on `host` into the entries of `generation`. `in_force` is what the
+/// generation being replaced resolved to: its labels that `compiled` drops while processes
+/// still run under them become orphans.
 pub fn resolve(
     compiled: CompiledSet,
     generation: u32,
     indexes: &mut LabelIndexes,
+    in_force: &BTreeMap<u32, LabelState>,
     host: &mut impl Host,
 ) -> Result<Plan> {
     let mut labels = Vec::with_capacity(compiled.labels.len());
@@ -145,8 +182,43 @@ pub fn resolve(
                 name: label.name.clone(),
                 policy: ruleset.policy.clone(),
                 mode: label.mode,
+                orphaned: false,
             },
         );
+    }
+    let mut orphans = Vec::new();
+    for (index, old) in in_force {
+        if compiled.labels.iter().any(|l| l.name == old.name) {
+            continue;
+        }
+        let running = host.release_label(&old.name);
+        if running == 0 {
+            continue;
+        }
+        labels.push(LabelEntry {
+            name: old.name.clone(),
+            key: LabelKey {
+                cgroup_id: host.label_cgroup(&old.name)?,
+                generation,
+                _pad: 0,
+            },
+            info: LabelInfo {
+                label: *index,
+                ruleset: ORPHAN_RULESET,
+                mode: MODE_ORPHANED,
+                _pad: 0,
+                defaults: [RULE_DENY; Action::COUNT],
+                has_rules: [0; Action::COUNT],
+            },
+        });
+        states.insert(
+            *index,
+            LabelState {
+                orphaned: true,
+                ..old.clone()
+            },
+        );
+        orphans.push((old.name.clone(), running));
     }
     let rulesets = compiled
         .rulesets
@@ -163,6 +235,7 @@ pub fn resolve(
         rulesets,
         labels,
         states,
+        orphans,
     })
 }
 
@@ -180,6 +253,10 @@ mod tests {
         cgroups: Vec<String>,
         asked: Vec<(u16, Vec<(Action, PathPattern)>)>,
         broken_label: Option<&'static str>,
+        /// Label → processes running under it (none when absent).
+        running: BTreeMap<String, usize>,
+        /// Labels asked to be released, in order.
+        released: Vec<String>,
     }
 
     impl Host for FakeHost {
@@ -215,6 +292,11 @@ mod tests {
                 })
                 .collect()
         }
+
+        fn release_label(&mut self, label: &str) -> usize {
+            self.released.push(label.to_string());
+            self.running.get(label).copied().unwrap_or(0)
+        }
     }
 
     fn set(files: &[&str]) -> PolicySet {
@@ -245,8 +327,26 @@ network:
     fn plan(files: &[&str], generation: u32, indexes: &mut LabelIndexes) -> (Plan, FakeHost) {
         let compiled = compile_set(&set(files), 40..50).unwrap();
         let mut host = FakeHost::default();
-        let plan = resolve(compiled, generation, indexes, &mut host).unwrap();
+        let plan = resolve(compiled, generation, indexes, &BTreeMap::new(), &mut host).unwrap();
         (plan, host)
+    }
+
+    /// A reload on `host` after `before` was in force.
+    fn reload(
+        files: &[&str],
+        indexes: &mut LabelIndexes,
+        before: &Plan,
+        host: &mut FakeHost,
+    ) -> Plan {
+        let compiled = compile_set(&set(files), 40..50).unwrap();
+        resolve(
+            compiled,
+            before.generation ^ 1,
+            indexes,
+            &before.states,
+            host,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -279,9 +379,11 @@ network:
             LabelState {
                 name: "watch".into(),
                 policy: "watcher".into(),
-                mode: Mode::Audit
+                mode: Mode::Audit,
+                orphaned: false,
             }
         );
+        assert!(plan.orphans.is_empty());
     }
 
     #[test]
@@ -356,13 +458,85 @@ network:
     }
 
     #[test]
+    fn a_dropped_label_with_processes_is_kept_orphaned_and_denied_everything() {
+        let mut indexes = LabelIndexes::default();
+        let mut host = FakeHost::default();
+        let compiled = compile_set(&set(&[CODER, WATCHER]), 40..50).unwrap();
+        let first = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &mut host).unwrap();
+        host.running.insert("helper".into(), 3);
+        // `helper` runs 3 processes, `coding-agent` none: both lose their policy.
+        let next = reload(&[WATCHER], &mut indexes, &first, &mut host);
+        let orphan = next.labels.iter().find(|l| l.name == "helper").unwrap();
+        assert_eq!(orphan.key.cgroup_id, first.labels[1].key.cgroup_id);
+        assert_eq!(orphan.key.generation, 0);
+        assert_eq!(orphan.info.label, 1);
+        assert_eq!(orphan.info.mode, MODE_ORPHANED);
+        assert_eq!(orphan.info.defaults, [RULE_DENY; Action::COUNT]);
+        assert_eq!(orphan.info.has_rules, [0; Action::COUNT]);
+        assert!(
+            next.labels
+                .iter()
+                .all(|l| l.name == "helper" || l.info.ruleset != orphan.info.ruleset)
+        );
+        assert!(!next.labels.iter().any(|l| l.name == "coding-agent"));
+        assert_eq!(host.released, ["coding-agent", "helper"]);
+        assert_eq!(next.orphans, [("helper".to_string(), 3)]);
+        assert_eq!(
+            next.states[&1],
+            LabelState {
+                name: "helper".into(),
+                policy: "coder".into(),
+                mode: Mode::Enforce,
+                orphaned: true,
+            }
+        );
+        assert_eq!(next.states.keys().copied().collect::<Vec<_>>(), [1, 2]);
+
+        // Still running at the next reload: still orphaned.
+        let again = reload(&[WATCHER], &mut indexes, &next, &mut host);
+        assert_eq!(again.orphans, [("helper".to_string(), 3)]);
+        assert!(again.states[&1].orphaned);
+
+        // A policy names it again: governed by that policy, under the same index.
+        let named = reload(&[CODER, WATCHER], &mut indexes, &again, &mut host);
+        let helper = named.labels.iter().find(|l| l.name == "helper").unwrap();
+        assert_eq!((helper.info.label, helper.info.mode), (1, MODE_ENFORCE));
+        assert_eq!(helper.info.ruleset, 40);
+        assert!(!named.states[&1].orphaned);
+        assert!(named.orphans.is_empty());
+    }
+
+    #[test]
+    fn an_orphan_without_processes_left_is_dropped() {
+        let mut indexes = LabelIndexes::default();
+        let mut host = FakeHost::default();
+        host.running.insert("helper".into(), 1);
+        let compiled = compile_set(&set(&[CODER]), 40..50).unwrap();
+        let first = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &mut host).unwrap();
+        let orphaned = reload(&[WATCHER], &mut indexes, &first, &mut host);
+        assert!(orphaned.states[&1].orphaned);
+        host.running.clear();
+        let gone = reload(&[WATCHER], &mut indexes, &orphaned, &mut host);
+        assert!(!gone.labels.iter().any(|l| l.name == "helper"));
+        assert!(!gone.states.contains_key(&1));
+        assert!(gone.orphans.is_empty());
+    }
+
+    #[test]
     fn a_host_failure_fails_the_plan() {
         let compiled = compile_set(&set(&[CODER]), 0..1).unwrap();
         let mut host = FakeHost {
             broken_label: Some("helper"),
             ..FakeHost::default()
         };
-        let err = resolve(compiled, 0, &mut LabelIndexes::default(), &mut host).unwrap_err();
+        let err = resolve(
+            compiled,
+            0,
+            &mut LabelIndexes::default(),
+            &BTreeMap::new(),
+            &mut host,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("helper"), "{err}");
     }
 

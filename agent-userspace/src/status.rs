@@ -11,8 +11,14 @@ use crate::{cgroup, counters::Counters, state::State};
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LabelStatus {
     pub label: String,
+    /// For an orphaned label, the last policy that named it.
     pub policy: String,
+    /// "enforce", "audit", or "orphaned".
     pub mode: String,
+    /// No policy names the label any more while processes still run under it: the kernel
+    /// denies everything they do.
+    #[serde(default)]
+    pub orphaned: bool,
     pub cgroup: String,
     pub processes: usize,
     /// action → verdict → count.
@@ -52,7 +58,12 @@ pub fn collect(state: &State, counters: &Counters) -> Status {
                 LabelStatus {
                     processes: cgroup::process_count(&dir),
                     cgroup: dir.display().to_string(),
-                    mode: mode_name(l.mode).to_string(),
+                    mode: if l.orphaned {
+                        ORPHANED.to_string()
+                    } else {
+                        mode_name(l.mode).to_string()
+                    },
+                    orphaned: l.orphaned,
                     decisions: Action::ALL
                         .iter()
                         .map(|a| {
@@ -117,9 +128,21 @@ pub fn render(s: &Status) -> String {
         "LABEL", "POLICY", "MODE", "PROCS", "CGROUP"
     );
     for l in &s.labels {
+        let mode = if l.orphaned {
+            ORPHANED.to_uppercase()
+        } else {
+            l.mode.clone()
+        };
         out += &format!(
             "{:<20} {:<20} {:<8} {:>6}  {}\n",
-            l.label, l.policy, l.mode, l.processes, l.cgroup
+            l.label, l.policy, mode, l.processes, l.cgroup
+        );
+    }
+    for l in s.labels.iter().filter(|l| l.orphaned) {
+        out += &format!(
+            "\nORPHANED: no policy names label {:?} any more; the kernel denies everything its \
+             {} process(es) do until a policy names it again or they exit\n",
+            l.label, l.processes
         );
     }
     out += &format!(
@@ -146,6 +169,9 @@ pub fn render(s: &Status) -> String {
     );
     out
 }
+
+/// The `mode` of an orphaned label in status.
+const ORPHANED: &str = "orphaned";
 
 pub fn mode_name(mode: Mode) -> &'static str {
     match mode {

@@ -12,6 +12,7 @@ mod labels;
 mod lifetime;
 mod mounts;
 mod net;
+mod orphans;
 mod session;
 mod telemetry;
 mod users;
@@ -300,6 +301,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(exec::without_daemon().trials(&run));
     trials.extend(users::suite().trials(&run));
     trials.extend(lifetime::suite().trials(&run));
+    trials.extend(orphans::suite().trials(&run));
     trials.extend(files::suite().trials(&run));
     trials.extend(net::connect::suite().trials(&run));
     trials.extend(net::reload::suite().trials(&run));

@@ -49,9 +49,9 @@ const HOOKS: [(&str, &str); 4] = [
     ("connect", "socket_connect"),
 ];
 /// The fields of an event line, all of them.
-const EVENT_FIELDS: [&str; 12] = [
-    "time", "label", "policy", "action", "verdict", "target", "pid", "ppid", "uid", "comm", "exe",
-    "cgroup",
+const EVENT_FIELDS: [&str; 13] = [
+    "time", "label", "policy", "action", "verdict", "reason", "target", "pid", "ppid", "uid",
+    "comm", "exe", "cgroup",
 ];
 
 /// A path under the suite's scratch directory.

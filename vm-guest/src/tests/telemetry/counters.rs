@@ -283,6 +283,7 @@ pub(super) fn audit_decisions_are_allowed_counted_and_logged(
                 policy: AUDIT_POLICY,
                 action,
                 verdict: "audit",
+                reason: "rule",
                 target,
                 pid: *pid,
                 exe: None,

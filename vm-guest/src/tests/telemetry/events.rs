@@ -160,6 +160,8 @@ pub(super) struct Expected<'a> {
     pub(super) policy: &'a str,
     pub(super) action: &'a str,
     pub(super) verdict: &'a str,
+    /// `rule`, `default` or `orphaned`.
+    pub(super) reason: &'a str,
     pub(super) target: &'a str,
     pub(super) pid: u32,
     /// The process's executable, which implies its cgroup is the label's too; None for a
@@ -196,6 +198,7 @@ pub(super) fn check_event(v: &Value, e: &Expected) -> Outcome {
     expect_eq!(s(v, "policy"), e.policy, "policy of {v}");
     expect_eq!(s(v, "action"), e.action, "action of {v}");
     expect_eq!(s(v, "verdict"), e.verdict, "verdict of {v}");
+    expect_eq!(s(v, "reason"), e.reason, "reason of {v}");
     expect_eq!(s(v, "target"), e.target, "target of {v}");
     expect_eq!(n(v, "pid"), Some(u64::from(e.pid)), "pid of {v}");
     expect_eq!(

@@ -148,6 +148,7 @@ pub(super) fn events_have_every_field_exactly(ctx: &Ctx, fixture: &Enforcing) ->
                 policy: POLICY,
                 action,
                 verdict: "deny",
+                reason: "rule",
                 target,
                 pid,
                 exe: Some(&exe),
@@ -214,6 +215,7 @@ pub(super) fn event_of_exited_process_names_its_exe_and_cgroup(
             policy: POLICY,
             action: "file_read",
             verdict: "deny",
+            reason: "rule",
             target: &rdenied,
             pid,
             // Both come from the kernel, so they outlive the process.
