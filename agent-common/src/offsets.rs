@@ -28,10 +28,12 @@ macro_rules! kernel_offsets {
             INODE_I_SB: inode.i_sb,
             INODE_I_INO: inode.i_ino,
             SUPER_BLOCK_S_DEV: super_block.s_dev,
+            SUPER_BLOCK_S_MAGIC: super_block.s_magic,
             MOUNT_MNT: mount.mnt,
             MOUNT_MNT_PARENT: mount.mnt_parent,
             MOUNT_MNT_MOUNTPOINT: mount.mnt_mountpoint,
             VFSMOUNT_MNT_ROOT: vfsmount.mnt_root,
+            VFSMOUNT_MNT_SB: vfsmount.mnt_sb,
             MSGHDR_MSG_NAME: msghdr.msg_name,
             MSGHDR_MSG_NAMELEN: msghdr.msg_namelen,
         }

@@ -129,6 +129,8 @@ pub fn resolve(
                 _pad: 0,
                 defaults: ruleset.defaults,
                 has_rules: ruleset.has_rules,
+                _pad2: [0; 4],
+                denied_caps: ruleset.denied_caps,
             },
         });
         states.insert(
