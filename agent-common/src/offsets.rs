@@ -19,6 +19,7 @@ macro_rules! kernel_offsets {
             TASK_STRUCT_TGID: task_struct.tgid,
             TASK_STRUCT_GROUP_LEADER: task_struct.group_leader,
             TASK_STRUCT_START_TIME: task_struct.start_time,
+            TASK_STRUCT_REAL_CRED: task_struct.real_cred,
             DENTRY_D_NAME: dentry.d_name,
             DENTRY_D_INODE: dentry.d_inode,
             DENTRY_D_PARENT: dentry.d_parent,

@@ -6,12 +6,12 @@
 use agent_common::{
     Action, CAP_NAME_LEN, CAPABILITIES, DENIED_CAPABILITIES, Hook, RULE_ALLOW, RULE_DENY,
 };
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::lsm, programs::LsmContext};
 
 use crate::{
     hook::{frame, frame_when},
     judge::fixed,
-    kernel::{self, field, get},
+    kernel::{self, field, get, read},
     maps,
 };
 
@@ -46,30 +46,37 @@ pub fn bpf(ctx: LsmContext) -> i32 {
     })
 }
 
+/// Whether `cred` is the current task's own: a check made with other credentials is the kernel
+/// acting for someone else, such as overlayfs reading its trusted.* xattrs with its mounter's
+/// credentials (override_creds), and refusing it would change what the task sees.
+#[inline(always)]
+fn own_credentials(cred: usize) -> bool {
+    // SAFETY: a helper without arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    read::<usize>(task, get(&kernel::TASK_STRUCT_REAL_CRED)) == cred
+}
+
 #[lsm(hook = "capable")]
 pub fn capable(ctx: LsmContext) -> i32 {
+    let cred: usize = ctx.arg(0);
     let cap: i32 = ctx.arg(2);
     let bit = 1u64.checked_shl(cap as u32).unwrap_or(0);
     // Most checks are for capabilities nobody denies; they leave before the label lookup.
-    frame_when(
-        &ctx,
-        Hook::CAPABLE,
-        || bit & DENIED_CAPABILITIES != 0,
-        |info| {
-            let opts: u32 = ctx.arg(3);
-            let flags = if info.denied_caps & bit != 0 {
-                RULE_DENY
-            } else {
-                RULE_ALLOW
-            };
-            if opts & CAP_OPT_NOAUDIT != 0 {
-                return Ok(agent_common::verdict(flags, RULE_DENY, info.mode));
-            }
-            Ok(fixed(info, Action::Capability, flags, |e| {
-                e.path[..CAP_NAME_LEN].copy_from_slice(&CAP_NAMES[cap as usize & 63]);
-            }))
-        },
-    )
+    let concerns = || bit & DENIED_CAPABILITIES != 0 && own_credentials(cred);
+    frame_when(&ctx, Hook::CAPABLE, concerns, |info| {
+        let opts: u32 = ctx.arg(3);
+        let flags = if info.denied_caps & bit != 0 {
+            RULE_DENY
+        } else {
+            RULE_ALLOW
+        };
+        if opts & CAP_OPT_NOAUDIT != 0 {
+            return Ok(agent_common::verdict(flags, RULE_DENY, info.mode));
+        }
+        Ok(fixed(info, Action::Capability, flags, |e| {
+            e.path[..CAP_NAME_LEN].copy_from_slice(&CAP_NAMES[cap as usize & 63]);
+        }))
+    })
 }
 
 /// Whether `task` (a BTF-typed `struct task_struct *`) belongs to the daemon.

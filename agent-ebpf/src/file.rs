@@ -81,10 +81,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         let target =
             Target::Resolved(file.wrapping_add(get(&kernel::FILE_F_PATH) as usize) as *const path);
         let f_inode = field::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8;
+        let inode = Inode::of(f_inode, false);
         if mode & FMODE_WRITE != 0 && on_protected_sb(f_inode) {
             return Ok(protected_write(info, target));
         }
-        let inode = Inode::of(f_inode, false);
         let actions: &[Action] = match (mode & FMODE_WRITE != 0, mode & FMODE_READ != 0) {
             (true, true) => &[Action::FileWrite, Action::FileRead],
             (true, false) => &[Action::FileWrite],

@@ -71,14 +71,14 @@ impl Inode {
             return None;
         }
         let nlink: u32 = field(inode, get(&INODE_I_NLINK));
+        if nlink <= 1 && !always {
+            return None;
+        }
         let sb = field::<usize>(inode, get(&INODE_I_SB)) as *const u8;
         let dev: u32 = field(sb, get(&SUPER_BLOCK_S_DEV));
-        // Read even when unused: an early `None` leaves its payload undefined, and LLVM may
-        // spill that undefined register, which the verifier refuses (`R5 !read_ok`).
-        let found = Inode {
+        Some(Inode {
             dev: u64::from(dev),
             ino: field(inode, get(&INODE_I_INO)),
-        };
-        (nlink > 1 || always).then_some(found)
+        })
     }
 }
