@@ -68,8 +68,9 @@ fn pin_map(path: &Path) -> Result<()> {
     let fd = agent_common::sys::bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)
         .context("creating a map to pin")?;
     let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: as above; the path outlives the call.
+    // SAFETY: as above.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_OBJ_PIN member of the union; the path outlives the call.
     let pin = unsafe { &mut attr.__bindgen_anon_4 };
     pin.pathname = name.as_ptr() as u64;
     pin.bpf_fd = fd as u32;
