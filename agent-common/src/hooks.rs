@@ -48,17 +48,34 @@ hooks! {
     PATH_RENAME = "path_rename", 5, [FileWrite, FileRead];
     SOCKET_CONNECT = "socket_connect", 3, [Connect];
     SOCKET_SENDMSG = "socket_sendmsg", 3, [Connect];
+    BPF = "bpf", 3, [Bpf];
+    CAPABLE = "capable", 4, [Capability];
+    TASK_KILL = "task_kill", 4, [Signal];
+    PTRACE_ACCESS_CHECK = "ptrace_access_check", 2, [Ptrace];
+    TASK_ALLOC = "task_alloc", 2, [Cgroup];
+    USERNS_CREATE = "userns_create", 1, [Namespace];
 }
+
+/// Number of hooks in `Hook::ALL`.
+pub const HOOK_COUNT: usize = Hook::ALL.len();
 
 impl Hook {
     /// The first hook in `ALL` that judges `action`: the one an exec, an open or a connect(2)
-    /// passes through, which is what the start-up self-test tries. Every action has one (see
-    /// the test below).
+    /// passes through. Every action has one (see the test below).
     pub fn first_for(action: Action) -> Option<Hook> {
         Hook::ALL
             .iter()
             .copied()
             .find(|h| h.actions.contains(&action))
+    }
+
+    /// Every hook that judges `action`, with its index in `ALL`.
+    pub fn all_for(action: Action) -> impl Iterator<Item = (usize, Hook)> {
+        Hook::ALL
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(move |(_, h)| h.actions.contains(&action))
     }
 }
 
@@ -84,5 +101,7 @@ mod tests {
         assert_eq!(hook(Action::FileWrite), Some("file_open"));
         assert_eq!(hook(Action::FileRead), Some("file_open"));
         assert_eq!(hook(Action::Connect), Some("socket_connect"));
+        assert_eq!(hook(Action::Capability), Some("capable"));
+        assert_eq!(Hook::all_for(Action::Connect).count(), 2);
     }
 }

@@ -7,6 +7,7 @@
 #[cfg(feature = "user")]
 extern crate std;
 
+mod caps;
 mod errors;
 mod hooks;
 pub mod maps;
@@ -14,8 +15,9 @@ mod offsets;
 #[cfg(feature = "user")]
 pub mod sys;
 
+pub use caps::{CAP_NAME_LEN, CAPABILITIES, DENIED_CAPABILITIES, capability_by_name};
 pub use errors::KernelError;
-pub use hooks::{HOOKS, Hook};
+pub use hooks::{HOOK_COUNT, HOOKS, Hook};
 pub use offsets::{KERNEL_OFFSETS, KernelOffset};
 
 /// The actions a policy governs. The discriminant indexes counters and lives in map keys; the
@@ -27,15 +29,33 @@ pub enum Action {
     FileWrite = 1,
     FileRead = 2,
     Connect = 3,
+    /// Any bpf(2) call.
+    Bpf = 4,
+    /// A capability on `DENIED_CAPABILITIES` the policy doesn't grant.
+    Capability = 5,
+    /// A signal to the daemon.
+    Signal = 6,
+    /// ptrace, /proc/PID/mem and the like, aimed at the daemon.
+    Ptrace = 7,
+    /// Creating a user namespace.
+    Namespace = 8,
+    /// Leaving the label's cgroup subtree (`clone3(CLONE_INTO_CGROUP)`).
+    Cgroup = 9,
 }
 
 impl Action {
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 10;
     pub const ALL: [Action; Action::COUNT] = [
         Action::Exec,
         Action::FileWrite,
         Action::FileRead,
         Action::Connect,
+        Action::Bpf,
+        Action::Capability,
+        Action::Signal,
+        Action::Ptrace,
+        Action::Namespace,
+        Action::Cgroup,
     ];
 
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -49,6 +69,12 @@ impl Action {
             Action::FileWrite => "file_write",
             Action::FileRead => "file_read",
             Action::Connect => "connect",
+            Action::Bpf => "bpf",
+            Action::Capability => "capability",
+            Action::Signal => "signal",
+            Action::Ptrace => "ptrace",
+            Action::Namespace => "namespace",
+            Action::Cgroup => "cgroup",
         }
     }
 }
@@ -210,6 +236,9 @@ pub struct LabelInfo {
     /// Per action: non-zero when the policy has any rule at all, so the hook can skip
     /// resolving the path when only the default can apply. For connect, the `NET_*_RULES` bits.
     pub has_rules: [u8; Action::COUNT],
+    pub _pad2: [u8; 4],
+    /// Bit n set: capability n is denied (`DENIED_CAPABILITIES` less what the policy grants).
+    pub denied_caps: u64,
 }
 
 /// Global switches, in a one-element array map so the daemon can flip them at run time.
@@ -220,6 +249,9 @@ pub struct Config {
     pub generation: u32,
     /// Send allow decisions to the ring buffer too (`--events-allow`).
     pub events_allow: u32,
+    /// The daemon's process: no labelled task may signal or ptrace it.
+    pub daemon_tgid: u32,
+    pub _pad: u32,
 }
 
 /// LPM tries accept at most 256 bytes of key data (`LPM_DATA_SIZE_MAX` in kernel/bpf/lpm_trie.c).
@@ -434,7 +466,12 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<LabelKey>(), 16);
-        assert_eq!(core::mem::size_of::<LabelInfo>(), 16);
+        assert_eq!(
+            core::mem::size_of::<LabelInfo>(),
+            8 + 2 * Action::COUNT + 4 + 8
+        );
+        assert_eq!(core::mem::offset_of!(LabelInfo, denied_caps) % 8, 0);
+        assert_eq!(core::mem::size_of::<Config>(), 16);
         assert_eq!(core::mem::size_of::<PathKey>(), 4 + PATH_KEY_DATA);
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(

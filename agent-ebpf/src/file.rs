@@ -2,13 +2,13 @@
 //! (CONFIG_SECURITY_PATH) for every other change to the file system. Each hook is given the
 //! kernel's resolved path (or directory plus entry name), never the caller's string.
 
-use agent_common::{Action, Hook, Verdict};
+use agent_common::{Action, Hook, KernelError, LabelInfo, Verdict};
 use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
 
 use crate::{
     hook::{frame, frame_when},
-    judge::{moved_path, path_actions, worst},
-    kernel::{self, Inode, field, get},
+    judge::{moved_path, path_actions, protected_write, worst},
+    kernel::{self, Inode, field, get, read},
     path::Target,
 };
 
@@ -22,6 +22,34 @@ const FMODE_EXEC: u32 = 0x20;
 /// under the path the user sees.
 const FMODE_NOACCOUNT: u32 = 1 << 29;
 const RENAME_EXCHANGE: u32 = 1 << 1;
+/// File systems no labelled task may write, whatever its policy says and through whichever
+/// mount: cgroupfs (cgroup.procs moves a process out of its label) and bpffs (actgate's pins).
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: u64 = 0x0027_e0eb;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+
+#[inline(always)]
+fn protected_magic(magic: u64) -> bool {
+    matches!(
+        magic,
+        CGROUP2_SUPER_MAGIC | CGROUP_SUPER_MAGIC | BPF_FS_MAGIC
+    )
+}
+
+/// Whether the BTF-typed `struct inode *` lives on a protected file system.
+#[inline(always)]
+fn on_protected_sb(inode: *const u8) -> bool {
+    let sb = field::<usize>(inode, get(&kernel::INODE_I_SB)) as *const u8;
+    protected_magic(field(sb, get(&kernel::SUPER_BLOCK_S_MAGIC)))
+}
+
+/// Whether the mount of `at` (a `struct path *`) holds a protected file system.
+#[inline(always)]
+fn on_protected_fs(at: *const path) -> bool {
+    let mnt = read::<usize>(at as *const u8, 0) as *const u8;
+    let sb = read::<usize>(mnt, get(&kernel::VFSMOUNT_MNT_SB)) as *const u8;
+    protected_magic(read(sb, get(&kernel::SUPER_BLOCK_S_MAGIC)))
+}
 
 /// The inode behind a BTF-typed `struct dentry *`.
 #[inline(always)]
@@ -52,10 +80,11 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         // bpf_d_path.
         let target =
             Target::Resolved(file.wrapping_add(get(&kernel::FILE_F_PATH) as usize) as *const path);
-        let inode = Inode::of(
-            field::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8,
-            false,
-        );
+        let f_inode = field::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8;
+        let inode = Inode::of(f_inode, false);
+        if mode & FMODE_WRITE != 0 && on_protected_sb(f_inode) {
+            return Ok(protected_write(info, target));
+        }
         let actions: &[Action] = match (mode & FMODE_WRITE != 0, mode & FMODE_READ != 0) {
             (true, true) => &[Action::FileWrite, Action::FileRead],
             (true, false) => &[Action::FileWrite],
@@ -74,6 +103,9 @@ macro_rules! existing_write_hook {
         pub fn $name(ctx: LsmContext) -> i32 {
             frame(&ctx, Hook::$konst, |info| {
                 let p: *const path = ctx.arg(0);
+                if on_protected_fs(p) {
+                    return Ok(protected_write(info, Target::at(p)));
+                }
                 let inode = Inode::of(path_inode(p as *const u8), false);
                 path_actions(info, Target::at(p), inode, &[Action::FileWrite])
             })
@@ -85,14 +117,27 @@ existing_write_hook!(path_truncate, "path_truncate", PATH_TRUNCATE);
 existing_write_hook!(path_chmod, "path_chmod", PATH_CHMOD);
 existing_write_hook!(path_chown, "path_chown", PATH_CHOWN);
 
+/// A write of the entry `dentry` in the directory `dir`.
+#[inline(always)]
+fn entry_write(
+    info: &LabelInfo,
+    dir: *const path,
+    dentry: *const u8,
+) -> Result<Verdict, KernelError> {
+    let target = Target::Walk(dir, dentry);
+    if on_protected_fs(dir) {
+        return Ok(protected_write(info, target));
+    }
+    path_actions(info, target, None, &[Action::FileWrite])
+}
+
 /// A hook whose first two arguments are (directory, entry) and that writes that entry.
 macro_rules! entry_write_hook {
     ($name:ident, $hook:literal, $konst:ident) => {
         #[lsm(hook = $hook)]
         pub fn $name(ctx: LsmContext) -> i32 {
             frame(&ctx, Hook::$konst, |info| {
-                let target = Target::Walk(ctx.arg(0), ctx.arg(1));
-                path_actions(info, target, None, &[Action::FileWrite])
+                entry_write(info, ctx.arg(0), ctx.arg(1))
             })
         }
     };
@@ -108,8 +153,7 @@ entry_write_hook!(path_symlink, "path_symlink", PATH_SYMLINK);
 #[lsm(hook = "path_mknod")]
 pub fn path_mknod(ctx: LsmContext) -> i32 {
     frame(&ctx, Hook::PATH_MKNOD, |info| {
-        let target = Target::Walk(ctx.arg(0), ctx.arg(1));
-        path_actions(info, target, None, &[Action::FileWrite])
+        entry_write(info, ctx.arg(0), ctx.arg(1))
     })
 }
 
@@ -120,6 +164,9 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     frame(&ctx, Hook::PATH_LINK, |info| {
         let old: *const u8 = ctx.arg(0);
         let new_dir: *const path = ctx.arg(1);
+        if on_protected_fs(new_dir) {
+            return Ok(protected_write(info, Target::Walk(new_dir, ctx.arg(2))));
+        }
         // A hard link can't cross mounts (do_linkat returns EXDEV first), so the source sits on
         // new_dir's mount and the walk can rebuild its path too.
         let source = Target::Walk(new_dir, old);
@@ -144,6 +191,10 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
         let from = Target::Walk(ctx.arg(0), ctx.arg(1));
         let to = Target::Walk(ctx.arg(2), ctx.arg(3));
         let flags: u32 = ctx.arg(4);
+        // A rename can't cross mounts, so the target's mount is the source's.
+        if on_protected_fs(ctx.arg(0)) {
+            return Ok(protected_write(info, from));
+        }
         let mut v = moved_path(info, from, None, &[Action::FileWrite, Action::FileRead])?;
         if v != Verdict::Deny {
             // An exchange moves the target's file to the source's name as well.

@@ -3,9 +3,10 @@
 //! `INODE_RULES`); connections look the destination up in `NET_RULES`.
 
 use agent_common::{
-    Action, GUARD_ACTION, InodeKey, KernelError, LabelInfo, MODE_ORPHANED, NET_ANY_PORT_RULES,
-    NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA, PATH_KEY_HEADER, RULE_DENY,
-    Reason, Verdict, net_key_header, path_key_header, path_key_header_raw, reason, verdict,
+    Action, Event, GUARD_ACTION, InodeKey, KernelError, LabelInfo, MODE_AUDIT, MODE_ENFORCE,
+    MODE_ORPHANED, NET_ANY_PORT_RULES, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA,
+    PATH_KEY_HEADER, RULE_DENY, Reason, Verdict, net_key_header, path_key_header,
+    path_key_header_raw, reason, verdict,
 };
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, maps::lpm_trie::Key};
 
@@ -222,6 +223,53 @@ pub fn net_action(info: &LabelInfo, d: &Dest) -> Verdict {
         e.addr = d.addr;
     });
     v
+}
+
+/// An action judged without rule lookups: `flags` are what the policy says about this very
+/// call (`RULE_DENY` for a granted-nothing capability, 0 to let the label's default decide).
+/// `fill_target` names the target in the event.
+///
+/// These are actgate's own protections (see `escape.rs`), enforced in audit mode too: a label
+/// that is only observed could otherwise switch enforcement off for every other label.
+#[inline(always)]
+pub fn fixed(
+    info: &LabelInfo,
+    action: Action,
+    flags: u8,
+    fill_target: impl FnOnce(&mut Event),
+) -> Verdict {
+    let default = info.defaults.get(action as usize).copied().unwrap_or(0);
+    let mode = enforced(info.mode);
+    let v = verdict(flags, default, mode);
+    record(info, action, v, reason(flags, mode), fill_target);
+    v
+}
+
+/// `mode`, with audit made enforce.
+#[inline(always)]
+pub fn enforced(mode: u8) -> u8 {
+    if mode == MODE_AUDIT {
+        MODE_ENFORCE
+    } else {
+        mode
+    }
+}
+
+/// A write to a file system no labelled task may change (cgroupfs, bpffs), whatever the
+/// policy's rules say: denied as a file write, with the path when it resolves.
+#[inline(always)]
+pub fn protected_write(info: &LabelInfo, target: Target) -> Verdict {
+    let s = scratch().ok();
+    let resolved = match s {
+        Some(s) => path::resolve(s, target).is_ok().then_some(s),
+        None => None,
+    };
+    fixed(info, Action::FileWrite, RULE_DENY, |e| {
+        if let Some(s) = resolved {
+            // SAFETY: reads our own map memory.
+            let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
+        }
+    })
 }
 
 /// The worse of two verdicts (deny over audit over allow), so a hook that judges several

@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use agent_common::{
-    Action, GUARD_ACTION, NET_ANY_PORT_RULES, NET_FAMILY_V4, NET_FAMILY_V6, NET_KEY_DATA,
-    NET_KEY_HEADER, NET_PORT_RULES, NetKey, PATH_KEY_DATA, PATH_KEY_HEADER, PathKey, RULE_ALLOW,
-    RULE_DENY, net_key_header, path_key_header, path_key_header_raw,
+    Action, DENIED_CAPABILITIES, GUARD_ACTION, NET_ANY_PORT_RULES, NET_FAMILY_V4, NET_FAMILY_V6,
+    NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, NetKey, PATH_KEY_DATA, PATH_KEY_HEADER, PathKey,
+    RULE_ALLOW, RULE_DENY, net_key_header, path_key_header, path_key_header_raw,
 };
 use ipnet::IpNet;
 
@@ -204,7 +204,27 @@ pub fn defaults(policy: &Policy) -> [u8; Action::COUNT] {
     out[Action::FileWrite as usize] = flag(policy.file_write.default);
     out[Action::FileRead as usize] = flag(policy.file_read.default);
     out[Action::Connect as usize] = flag(policy.connect.default);
+    out[Action::Namespace as usize] = flag(policy.process.namespaces);
+    // Nothing grants these: the kernel denies them to every label (in audit mode, reports).
+    for action in [
+        Action::Bpf,
+        Action::Capability,
+        Action::Signal,
+        Action::Ptrace,
+        Action::Cgroup,
+    ] {
+        out[action as usize] = RULE_DENY;
+    }
     out
+}
+
+/// The capabilities the kernel denies the policy's labels: actgate's list less those the
+/// policy grants.
+pub fn denied_capabilities(policy: &Policy) -> u64 {
+    let granted = policy.process.capabilities.iter().fold(0u64, |bits, cap| {
+        bits | 1u64.checked_shl(u32::from(*cap)).unwrap_or(0)
+    });
+    DENIED_CAPABILITIES & !granted
 }
 
 /// Per action: 0 if the policy has no allow or deny rule for it. Path actions with rules get
@@ -241,6 +261,7 @@ mod tests {
             file_write: Rules::default(),
             file_read: Rules::default(),
             connect: Rules::default(),
+            process: Default::default(),
             file: "t.yaml".into(),
             line: 1,
         }
@@ -592,8 +613,25 @@ mod tests {
         p.file_write.default = Fallback::Deny;
         p.connect.default = Fallback::Deny;
         p.file_read.deny = vec![exact("/etc/shadow")];
-        assert_eq!(defaults(&p), [RULE_ALLOW, RULE_DENY, RULE_ALLOW, RULE_DENY]);
-        assert_eq!(has_rules(&p), [0, 0, 1, 0]);
+        let d = defaults(&p);
+        assert_eq!(d[..4], [RULE_ALLOW, RULE_DENY, RULE_ALLOW, RULE_DENY]);
+        assert_eq!(has_rules(&p), [0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        // Without a `process` section every escape route is denied, user namespaces too.
+        assert!(d[4..].iter().all(|f| *f == RULE_DENY));
+        p.process.namespaces = Fallback::Allow;
+        assert_eq!(defaults(&p)[Action::Namespace as usize], RULE_ALLOW);
+    }
+
+    #[test]
+    fn granted_capabilities_leave_the_denied_set_and_others_change_nothing() {
+        let mut p = policy();
+        assert_eq!(denied_capabilities(&p), DENIED_CAPABILITIES);
+        let cap = |n| agent_common::capability_by_name(n).unwrap();
+        p.process.capabilities = vec![cap("CAP_NET_RAW"), cap("CAP_CHOWN")];
+        assert_eq!(
+            denied_capabilities(&p),
+            DENIED_CAPABILITIES & !(1 << cap("CAP_NET_RAW"))
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@ use agent_common::{Action, MODE_AUDIT, MODE_ENFORCE, NetKey, PathKey};
 use thiserror::Error;
 
 use crate::{
-    compile::{compile_guards, compile_net, compile_paths, defaults, has_rules},
+    compile::{
+        compile_guards, compile_net, compile_paths, defaults, denied_capabilities, has_rules,
+    },
     model::{Mode, PathPattern, PolicySet},
 };
 
@@ -37,6 +39,8 @@ pub struct CompiledRuleset {
     pub defaults: [u8; Action::COUNT],
     /// Per action: which lookups can match at all.
     pub has_rules: [u8; Action::COUNT],
+    /// Bit n set: capability n is denied.
+    pub denied_caps: u64,
     /// The deny patterns whose files are also denied by inode (see the daemon's `inodes`).
     pub denied_paths: Vec<(Action, PathPattern)>,
 }
@@ -99,6 +103,7 @@ pub fn compile_set(set: &PolicySet, numbers: Range<u16>) -> Result<CompiledSet, 
             nets: compile_net(policy, number),
             defaults: defaults(policy),
             has_rules: has_rules(policy),
+            denied_caps: denied_capabilities(policy),
             denied_paths,
         });
         compiled
@@ -242,13 +247,21 @@ network:
             },
             file_read: Rules::default(),
             connect: Rules::<NetPattern>::default(),
+            process: Default::default(),
             file: "t.yaml".into(),
             line: 1,
         };
         let c = compile_set(&PolicySet { policies: vec![p] }, 0..1).unwrap();
         let r = &c.rulesets[0];
         assert!(r.paths.is_empty() && r.nets.is_empty() && r.denied_paths.is_empty());
-        assert_eq!(r.defaults, [RULE_ALLOW, RULE_DENY, RULE_ALLOW, RULE_ALLOW]);
+        assert_eq!(
+            r.defaults,
+            [
+                RULE_ALLOW, RULE_DENY, RULE_ALLOW, RULE_ALLOW, RULE_DENY, RULE_DENY, RULE_DENY,
+                RULE_DENY, RULE_DENY, RULE_DENY
+            ]
+        );
+        assert_eq!(r.denied_caps, agent_common::DENIED_CAPABILITIES);
         assert_eq!(r.has_rules, [0; Action::COUNT]);
     }
 }

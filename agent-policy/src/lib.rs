@@ -10,9 +10,11 @@ pub mod parse;
 pub mod pattern;
 mod yaml;
 
-pub use compile::{compile_guards, compile_net, compile_paths, defaults, has_rules};
+pub use compile::{
+    compile_guards, compile_net, compile_paths, defaults, denied_capabilities, has_rules,
+};
 pub use compiled::{CompileError, CompiledLabel, CompiledRuleset, CompiledSet, compile_set};
 pub use diagnostic::Diagnostic;
-pub use model::{Fallback, Mode, NetPattern, PathPattern, Policy, PolicySet, Rules};
+pub use model::{Fallback, Mode, NetPattern, PathPattern, Policy, PolicySet, ProcessRules, Rules};
 pub use parse::{load_path, parse_str};
 pub use pattern::{PatternError, parse_net, parse_path};

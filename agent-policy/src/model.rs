@@ -98,6 +98,25 @@ impl<P> Rules<P> {
     }
 }
 
+/// What a labelled process may do beyond its files and connections (`process:`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessRules {
+    /// Capabilities (by number) granted from `agent_common::DENIED_CAPABILITIES`; granting
+    /// one that isn't denied changes nothing.
+    pub capabilities: Vec<u8>,
+    /// Whether the label may create user namespaces.
+    pub namespaces: Fallback,
+}
+
+impl Default for ProcessRules {
+    fn default() -> Self {
+        ProcessRules {
+            capabilities: Vec::new(),
+            namespaces: Fallback::Deny,
+        }
+    }
+}
+
 /// One validated policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -108,6 +127,7 @@ pub struct Policy {
     pub file_write: Rules<PathPattern>,
     pub file_read: Rules<PathPattern>,
     pub connect: Rules<NetPattern>,
+    pub process: ProcessRules,
     /// Where the policy was defined, for messages.
     pub file: PathBuf,
     pub line: usize,

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use agent_common::MAX_LABELS;
+use agent_common::{MAX_LABELS, capability_by_name};
 
 use crate::diagnostic::{Diagnostic, Pos};
-use crate::model::{Fallback, Mode, Policy, PolicySet, Rules};
+use crate::model::{Fallback, Mode, Policy, PolicySet, ProcessRules, Rules};
 use crate::pattern::{PatternError, parse_net, parse_path};
 use crate::yaml::{Node, Value, parse_documents};
 
@@ -17,9 +17,12 @@ pub const MAX_NAME_LEN: usize = 128;
 /// Labels become cgroup directory names.
 pub const MAX_LABEL_LEN: usize = 64;
 
-const POLICY_KEYS: &[&str] = &["name", "labels", "mode", "exec", "files", "network"];
+const POLICY_KEYS: &[&str] = &[
+    "name", "labels", "mode", "exec", "files", "network", "process",
+];
 const FILES_KEYS: &[&str] = &["write", "read"];
 const NETWORK_KEYS: &[&str] = &["connect"];
+const PROCESS_KEYS: &[&str] = &["capabilities", "namespaces"];
 const RULES_KEYS: &[&str] = &["default", "allow", "deny"];
 
 /// Load a policy file, or every `*.yaml`/`*.yml` file directly in a directory, and check the
@@ -265,6 +268,7 @@ impl Checker<'_> {
         let mut file_write = Rules::default();
         let mut file_read = Rules::default();
         let mut connect = Rules::default();
+        let mut process = ProcessRules::default();
         for (key, _, value) in &fields {
             match *key {
                 "name" => parsed.name = self.name(value),
@@ -298,6 +302,7 @@ impl Checker<'_> {
                         }
                     }
                 }
+                "process" => process = self.process(value),
                 // `fields` only returns the keys it was given.
                 _ => {}
             }
@@ -322,6 +327,7 @@ impl Checker<'_> {
                 file_write,
                 file_read,
                 connect,
+                process,
                 file: self.file.to_path_buf(),
                 line: doc.pos.line,
             });
@@ -445,6 +451,57 @@ impl Checker<'_> {
             }
         }
         labels
+    }
+
+    fn process(&mut self, node: &Node) -> ProcessRules {
+        let mut process = ProcessRules::default();
+        let Some(fields) = self.fields(node, "`process`", PROCESS_KEYS) else {
+            return process;
+        };
+        for (key, _, value) in fields {
+            match key {
+                "capabilities" => process.capabilities = self.capabilities(value),
+                "namespaces" => {
+                    let options = [("allow", Fallback::Allow), ("deny", Fallback::Deny)];
+                    if let Some(n) = self.choice(value, "process.namespaces", &options) {
+                        process.namespaces = n;
+                    }
+                }
+                _ => {}
+            }
+        }
+        process
+    }
+
+    fn capabilities(&mut self, node: &Node) -> Vec<u8> {
+        let Value::Seq(items) = &node.value else {
+            self.shape_error(
+                node,
+                format!(
+                    "expected a list of capabilities for `process.capabilities`, found {}",
+                    node.kind()
+                ),
+            );
+            return Vec::new();
+        };
+        let mut caps = Vec::new();
+        for item in items {
+            let Some(name) = self.string(item, "a capability name") else {
+                continue;
+            };
+            match capability_by_name(name) {
+                Some(cap) if !caps.contains(&cap) => caps.push(cap),
+                Some(_) => {}
+                None => self.error(
+                    item.pos,
+                    format!(
+                        "unknown capability `{name}`: expected a name as capabilities(7) \
+                         spells it, such as CAP_NET_RAW"
+                    ),
+                ),
+            }
+        }
+        caps
     }
 
     fn path_rules(&mut self, node: &Node, section: &str) -> Rules<crate::model::PathPattern> {

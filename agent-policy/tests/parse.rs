@@ -467,3 +467,38 @@ fn the_shipped_examples_are_valid() {
         assert!(!agent_policy::compile_net(p, ruleset).is_empty());
     }
 }
+
+#[test]
+fn process_grants_capabilities_by_name_and_may_allow_namespaces() {
+    let (policies, diags) = parse(
+        "name: p\nlabels: [l]\nprocess:\n  capabilities: [CAP_NET_RAW, CAP_CHOWN]\n  namespaces: allow\n",
+    );
+    assert!(diags.is_empty(), "{diags:#?}");
+    let process = &policies[0].process;
+    assert_eq!(process.capabilities, [13, 0]);
+    assert_eq!(process.namespaces, Fallback::Allow);
+    // Without the section nothing is granted and namespaces are denied.
+    let (policies, _) = parse("name: p\nlabels: [l]\n");
+    assert!(policies[0].process.capabilities.is_empty());
+    assert_eq!(policies[0].process.namespaces, Fallback::Deny);
+}
+
+#[test]
+fn process_problems_are_reported_where_they_are() {
+    expect(
+        "name: p\nlabels: [l]\nprocess:\n  capabilities: [CAP_NET_RAW, CAP_NETRAW]\n",
+        &[("4:31", "unknown capability `CAP_NETRAW`")],
+    );
+    expect(
+        "name: p\nlabels: [l]\nprocess:\n  namespaces: maybe\n",
+        &[("4:15", "invalid `process.namespaces` `maybe`")],
+    );
+    expect(
+        "name: p\nlabels: [l]\nprocess:\n  capabilities: CAP_NET_RAW\n",
+        &[("4:17", "expected a list of capabilities")],
+    );
+    expect(
+        "name: p\nlabels: [l]\nprocess:\n  users: [root]\n",
+        &[("4:3", "unknown key `users` in `process`")],
+    );
+}

@@ -11,7 +11,7 @@ use std::{
     },
 };
 
-use agent_common::{Action, kernel_release};
+use agent_common::{Hook, kernel_release};
 use agent_policy::{Mode, PathPattern, Policy, PolicySet};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -336,17 +336,13 @@ fn earlier_labels(known: &[(String, u32)], root: &LabelRoot) -> BTreeMap<u32, La
 fn prove(selftest: &SelfTest, state: &State, allow_unverified: bool) -> Result<()> {
     let cgroup = state.root.label_dir(selftest::LABEL);
     let verified = selftest.run(&cgroup)?;
-    *state.verified.lock().unwrap_or_else(|e| e.into_inner()) = verified.map(Some);
-    let failed: Vec<Action> = Action::ALL
-        .into_iter()
-        .filter(|a| !verified[*a as usize])
-        .collect();
-    for a in Action::ALL.into_iter().filter(|a| verified[*a as usize]) {
-        info!(
-            action = a.as_str(),
-            hook = selftest::hook_of(a),
-            "enforcement verified"
-        );
+    *state.verified.lock().unwrap_or_else(|e| e.into_inner()) = verified;
+    let (proved, failed): (Vec<_>, Vec<_>) = Hook::ALL
+        .iter()
+        .zip(verified)
+        .partition(|(_, v)| *v == Some(true));
+    for (hook, _) in proved {
+        info!(hook = hook.name, "enforcement verified");
     }
     if failed.is_empty() {
         state.set_ready(true);
@@ -355,7 +351,11 @@ fn prove(selftest: &SelfTest, state: &State, allow_unverified: bool) -> Result<(
     }
     let names: Vec<String> = failed
         .iter()
-        .map(|a| format!("{} (LSM hook {})", a.as_str(), selftest::hook_of(*a)))
+        .flat_map(|(h, _)| {
+            h.actions
+                .iter()
+                .map(|a| format!("{} (LSM hook {})", a.as_str(), h.name))
+        })
         .collect();
     let msg = format!(
         "the start-up self-test saw no EPERM for: {}. The program is attached but does not deny; \

@@ -66,10 +66,12 @@ enum Command {
     SelftestProbe {
         #[arg(long)]
         cgroup: PathBuf,
+        /// The self-test's probe files.
         #[arg(long)]
-        exec_file: PathBuf,
+        dir: PathBuf,
+        /// The daemon, which signals and ptrace must not reach.
         #[arg(long)]
-        file: PathBuf,
+        daemon_pid: u32,
     },
     /// Run CMD under a label; refuses unless a running daemon enforces that label.
     Exec {
@@ -173,9 +175,9 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::SelftestProbe {
             cgroup,
-            exec_file,
-            file,
-        } => match selftest::probe(&cgroup, &exec_file, &file) {
+            dir,
+            daemon_pid,
+        } => match selftest::probe(&cgroup, &dir, daemon_pid) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("actgate selftest-probe: {e:#}");

@@ -103,6 +103,8 @@ impl RuleMaps {
             current: Config {
                 generation: 1,
                 events_allow: u32::from(events_allow),
+                daemon_tgid: std::process::id(),
+                _pad: 0,
             },
             written: Written::default(),
             retired: Written::default(),

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use agent_common::{Action, KernelError, Verdict};
+use agent_common::{Action, Hook, KernelError, Verdict};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
@@ -11,7 +11,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{cgroup, counters::Counters, state::State};
+use crate::{cgroup, counters::Counters, selftest, state::State};
 
 #[derive(Debug)]
 struct ActgateCollector {
@@ -122,14 +122,27 @@ impl Collector for ActgateCollector {
             .unwrap_or_else(|e| e.into_inner());
         let mut m = enc.encode_descriptor(
             "actgate_enforcement_verified",
-            "1 when the start-up self-test saw this hook deny, 0 when it did not or has not run",
+            "1 when the start-up self-test saw every hook of this action deny, 0 when it did not \
+             or has not run",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for a in Action::ALL {
             let set: Labels = vec![("action", a.as_str().into())];
-            let v = i64::from(verified[a as usize] == Some(true));
+            let v = i64::from(selftest::action_verified(&verified, a) == Some(true));
             ConstGauge::new(v).encode(m.encode_family(&set)?)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "actgate_hook_verified",
+            "1 when the start-up self-test saw this LSM hook deny, 0 when it did not or has not \
+             run",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (hook, v) in Hook::ALL.iter().zip(verified) {
+            let set: Labels = vec![("hook", hook.name.into())];
+            ConstGauge::new(i64::from(v == Some(true))).encode(m.encode_family(&set)?)?;
         }
 
         let set: Labels = vec![

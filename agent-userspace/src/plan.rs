@@ -174,6 +174,8 @@ pub fn resolve(
                 _pad: 0,
                 defaults: ruleset.defaults,
                 has_rules: ruleset.has_rules,
+                _pad2: [0; 4],
+                denied_caps: ruleset.denied_caps,
             },
         });
         states.insert(
@@ -209,6 +211,8 @@ pub fn resolve(
                 _pad: 0,
                 defaults: [RULE_DENY; Action::COUNT],
                 has_rules: [0; Action::COUNT],
+                _pad2: [0; 4],
+                denied_caps: u64::MAX,
             },
         });
         states.insert(

@@ -8,9 +8,9 @@ use std::{
     },
 };
 
-use agent_common::Action;
+use agent_common::HOOK_COUNT;
 
-use crate::{cgroup::LabelRoot, plan::LabelState};
+use crate::{cgroup::LabelRoot, plan::LabelState, selftest::Verified};
 
 /// Something wrong that the daemon reports until it is put right.
 #[derive(Debug, Default)]
@@ -35,8 +35,8 @@ pub struct State {
     pub policies_loaded: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
-    /// Per action: the start-up proof that the hook denies (None before it ran).
-    pub verified: Mutex<[Option<bool>; Action::COUNT]>,
+    /// Per hook of `Hook::ALL`: the start-up proof that it denies (None before it ran).
+    pub verified: Mutex<Verified>,
     pub kernel: String,
     /// Why the kernel state is not what the daemon put there (see `health`).
     pub enforcement_problem: Problem,
@@ -55,7 +55,7 @@ impl State {
             policies_loaded: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
-            verified: Mutex::new([None; Action::COUNT]),
+            verified: Mutex::new([None; HOOK_COUNT]),
             kernel,
             enforcement_problem: Problem::default(),
             listener_problem: Problem::default(),

@@ -2,11 +2,11 @@
 
 use std::{collections::BTreeMap, sync::atomic::Ordering};
 
-use agent_common::{Action, Verdict};
+use agent_common::{Action, Hook, Verdict};
 use agent_policy::Mode;
 use serde::{Deserialize, Serialize};
 
-use crate::{cgroup, counters::Counters, state::State};
+use crate::{cgroup, counters::Counters, selftest, state::State};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LabelStatus {
@@ -31,8 +31,11 @@ pub struct Status {
     pub kernel: String,
     pub policies_loaded: u64,
     pub labels: Vec<LabelStatus>,
-    /// action → "verified" | "failed" | "not run".
+    /// action → "verified" | "failed" | "not run": verified when every hook of it is.
     pub enforcement_verified: BTreeMap<String, String>,
+    /// LSM hook → "verified" | "failed" | "not run".
+    #[serde(default)]
+    pub hooks_verified: BTreeMap<String, String>,
     pub events_dropped: BTreeMap<String, u64>,
     pub kernel_errors: u64,
     /// Why the kernel state isn't what the daemon put there, if it isn't.
@@ -82,13 +85,14 @@ pub fn collect(state: &State, counters: &Counters) -> Status {
         enforcement_verified: Action::ALL
             .iter()
             .map(|a| {
-                let v = match verified[*a as usize] {
-                    Some(true) => "verified",
-                    Some(false) => "failed",
-                    None => "not run",
-                };
-                (a.as_str().to_string(), v.to_string())
+                let v = selftest::action_verified(&verified, *a);
+                (a.as_str().to_string(), proof(v).to_string())
             })
+            .collect(),
+        hooks_verified: Hook::ALL
+            .iter()
+            .zip(verified)
+            .map(|(h, v)| (h.name.to_string(), proof(v).to_string()))
             .collect(),
         events_dropped: Action::ALL
             .iter()
@@ -97,6 +101,14 @@ pub fn collect(state: &State, counters: &Counters) -> Status {
         kernel_errors: counters.errors(),
         enforcement_problem: state.enforcement_problem.get(),
         http_problem: state.listener_problem.get(),
+    }
+}
+
+fn proof(verified: Option<bool>) -> &'static str {
+    match verified {
+        Some(true) => "verified",
+        Some(false) => "failed",
+        None => "not run",
     }
 }
 
@@ -121,6 +133,10 @@ pub fn render(s: &Status) -> String {
     out += "enforcement verified:";
     for (a, v) in &s.enforcement_verified {
         out += &format!(" {a}={v}");
+    }
+    out += "\nhooks verified:";
+    for (h, v) in &s.hooks_verified {
+        out += &format!(" {h}={v}");
     }
     out += "\n\n";
     out += &format!(

@@ -62,6 +62,21 @@ pub enum Action {
     SendtoUdp { addr: SocketAddr },
     /// An AF_UNIX stream socket's connect(PATH).
     ConnectUnix { path: PathBuf },
+    /// kill(PID, SIGNAL).
+    Kill { pid: i32, signal: i32 },
+    /// ptrace(PTRACE_ATTACH, PID), detaching again if it succeeds.
+    PtraceAttach { pid: i32 },
+    /// bpf(BPF_MAP_CREATE) of a one-element array.
+    BpfMapCreate,
+    /// mount("none", PATH, FSTYPE), unmounted again if it succeeds (CAP_SYS_ADMIN).
+    Mount { fstype: String, path: PathBuf },
+    /// socket(AF_INET, SOCK_RAW, IPPROTO_ICMP) (CAP_NET_RAW).
+    RawSocket,
+    /// unshare(CLONE_NEWUSER).
+    UnshareUser,
+    /// clone3(CLONE_INTO_CGROUP) into the cgroup directory DIR (opened first); the child
+    /// exits at once.
+    CloneIntoCgroup { dir: PathBuf },
     /// open(PATH, O_RDONLY) as fast as possible for SECONDS; prints the number of attempts
     /// (every one of which must meet EPERM).
     FloodOpen { path: PathBuf, seconds: f64 },
@@ -288,6 +303,60 @@ fn chmod(path: &Path, mode: &str) -> io::Result<()> {
     path_call(path, |p| unsafe { libc::chmod(p, mode) })
 }
 
+fn ptrace_attach(pid: libc::pid_t) -> io::Result<()> {
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: PTRACE_ATTACH takes no pointers.
+    check(unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, null, null) } as libc::c_int)?;
+    // SAFETY: waiting for the stop of the tracee, then letting it go.
+    unsafe {
+        libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+        libc::ptrace(libc::PTRACE_DETACH, pid, null, null);
+    }
+    Ok(())
+}
+
+fn bpf_map_create() -> io::Result<()> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
+    // SAFETY: bpf_attr is plain old data; all zeroes is its empty value.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_MAP_CREATE member of the union.
+    let create = unsafe { &mut attr.__bindgen_anon_1 };
+    create.map_type = bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
+    create.key_size = 4;
+    create.value_size = 4;
+    create.max_entries = 1;
+    let fd = agent_common::sys::bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: the map's fd the kernel just gave us.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
+}
+
+fn mount(fstype: &str, path: &Path) -> io::Result<()> {
+    let target = cstring(path)?;
+    let fstype = cstring(fstype.as_ref())?;
+    let src = c"none";
+    // SAFETY: NUL-terminated strings that outlive the calls; no mount data.
+    unsafe {
+        check(libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        ))?;
+        libc::umount(target.as_ptr());
+    }
+    Ok(())
+}
+
+fn raw_socket() -> io::Result<()> {
+    // SAFETY: socket(2), and close of the fd it returned.
+    let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) })?;
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
 pub fn run(action: Action) -> ExitCode {
     use libc::{O_APPEND, O_CREAT, O_EXCL, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY};
     let result = match &action {
@@ -321,6 +390,16 @@ pub fn run(action: Action) -> ExitCode {
         Action::ConnectUdp { addr } => connect_udp(addr),
         Action::SendtoUdp { addr } => sendto_udp(addr),
         Action::ConnectUnix { path } => connect_unix(path),
+        // SAFETY: kill(2) takes no pointers.
+        Action::Kill { pid, signal } => check(unsafe { libc::kill(*pid, *signal) }).map(|_| ()),
+        Action::PtraceAttach { pid } => ptrace_attach(*pid),
+        Action::BpfMapCreate => bpf_map_create(),
+        Action::Mount { fstype, path } => mount(fstype, path),
+        Action::RawSocket => raw_socket(),
+        // SAFETY: unshare(2) of this single-threaded process; it exits right after.
+        Action::UnshareUser => check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }).map(|_| ()),
+        Action::CloneIntoCgroup { dir } => std::fs::File::open(dir)
+            .and_then(|d| agent_common::sys::clone_into_cgroup(std::os::fd::AsFd::as_fd(&d))),
         Action::FloodOpen { path, seconds } => return flood_open(path, *seconds),
     };
     report(result)

@@ -6,6 +6,7 @@
 //! daemon: the fixtures are made just before the suite's first selected test and torn down
 //! right after its last, so a filter starts only the daemons its tests need.
 
+mod escapes;
 mod exec;
 mod files;
 mod labels;
@@ -302,6 +303,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(users::suite().trials(&run));
     trials.extend(lifetime::suite().trials(&run));
     trials.extend(orphans::suite().trials(&run));
+    trials.extend(escapes::suite().trials(&run));
     trials.extend(files::suite().trials(&run));
     trials.extend(net::connect::suite().trials(&run));
     trials.extend(net::reload::suite().trials(&run));

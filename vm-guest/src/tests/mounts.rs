@@ -20,6 +20,11 @@ impl Mount {
         mount("tmpfs", dir, "tmpfs", "mode=0755,size=256m")
     }
 
+    /// A bpffs on `dir` that every user may write to, so only actgate refuses changes.
+    pub fn bpffs(dir: &Path) -> Result<Mount> {
+        mount("bpf", dir, "bpf", "mode=0777")
+    }
+
     /// An overlayfs of `lower`, `upper` and `work` on `target`.
     pub fn overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<Mount> {
         let layers = format!(

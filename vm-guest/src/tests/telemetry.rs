@@ -39,13 +39,32 @@ const LABELS: [&str; 4] = [LABEL, AUDIT_LABEL, FLOOD_LABEL, OVERLAY_LABEL];
 /// Every connection to this address is denied (audited for AUDIT_LABEL).
 const DENIED_IP: &str = "127.0.0.9";
 
-const ACTIONS: [&str; 4] = ["exec", "file_write", "file_read", "connect"];
+const ACTIONS: [&str; 10] = [
+    "exec",
+    "file_write",
+    "file_read",
+    "connect",
+    "bpf",
+    "capability",
+    "signal",
+    "ptrace",
+    "namespace",
+    "cgroup",
+];
 const VERDICTS: [&str; 3] = ["allow", "deny", "audit"];
 /// The hook behind each action, as the self-test names it.
-const HOOKS: [(&str, &str); 4] = [
+const HOOKS: [(&str, &str); 12] = [
     ("exec", "bprm_check_security"),
     ("file_write", "file_open"),
     ("file_read", "file_open"),
+    ("file_write", "path_rename"),
+    ("file_write", "path_unlink"),
+    ("bpf", "bpf"),
+    ("capability", "capable"),
+    ("signal", "task_kill"),
+    ("ptrace", "ptrace_access_check"),
+    ("namespace", "userns_create"),
+    ("cgroup", "task_alloc"),
     ("connect", "socket_connect"),
 ];
 /// The fields of an event line, all of them.

@@ -118,6 +118,14 @@ pub(super) fn expect_verified(body: &str, want: u64, when: &str) -> Outcome {
             "actgate_enforcement_verified for {a}{when}"
         );
     }
+    for hook in agent_common::HOOKS {
+        let series = format!("actgate_hook_verified{{hook=\"{hook}\"}}");
+        expect_eq!(
+            sample(body, &series)?,
+            want,
+            "actgate_hook_verified for {hook}{when}"
+        );
+    }
     Ok(())
 }
 
