@@ -218,6 +218,10 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
+                Ok(control::Reply::Error(e)) => {
+                    eprintln!("actgate status: {e}");
+                    ExitCode::FAILURE
+                }
                 Ok(other) => {
                     eprintln!("actgate status: unexpected reply: {other:?}");
                     ExitCode::FAILURE
