@@ -2,9 +2,12 @@
 //! doesn't offer (the daemon's RCU barrier map and the benchmark's no-op programs), and
 //! clone3(CLONE_INTO_CGROUP) for the self-test and the VM tests.
 
-use std::io;
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+};
 
-use aya_obj::generated::{bpf_attr, bpf_cmd};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
 
 /// bpf(2) with `cmd` and `attr`; the kernel's non-negative result (often a new fd) or errno.
 pub fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
@@ -22,6 +25,36 @@ pub fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
         return Err(io::Error::last_os_error());
     }
     Ok(ret)
+}
+
+/// A new one-element map of `map_type` with 4-byte keys and values; `inner` is the template
+/// of a map of maps' inner map.
+pub fn create_map(map_type: bpf_map_type, inner: Option<BorrowedFd<'_>>) -> io::Result<OwnedFd> {
+    // SAFETY: bpf_attr is plain old data; all zeroes is its empty value.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_MAP_CREATE member of the union.
+    let create = unsafe { &mut attr.__bindgen_anon_1 };
+    create.map_type = map_type as u32;
+    create.key_size = 4;
+    create.value_size = 4;
+    create.max_entries = 1;
+    create.inner_map_fd = inner.map_or(0, |fd| fd.as_raw_fd() as u32);
+    let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: a new fd the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins the BPF object `fd` at `path` in a bpffs.
+pub fn pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: bpf_attr is plain old data; all zeroes is its empty value.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_OBJ_PIN member of the union; the path outlives the call.
+    let pin = unsafe { &mut attr.__bindgen_anon_4 };
+    pin.pathname = name.as_ptr() as u64;
+    pin.bpf_fd = fd.as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
 
 /// `CLONE_INTO_CGROUP`: clone3 starts the child in the cgroup its `cgroup` fd names.
@@ -47,8 +80,7 @@ struct CloneArgs {
 /// Forks a child straight into the cgroup of the directory `cgroup_fd` with
 /// `clone3(CLONE_INTO_CGROUP)`; the child exits at once and is reaped. Ok when the kernel
 /// allowed the clone.
-pub fn clone_into_cgroup(cgroup_fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
+pub fn clone_into_cgroup(cgroup_fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,

@@ -19,12 +19,9 @@
 //! it. So once `wait` returns, no hook call can still look up an entry of the generation that
 //! was replaced before the call, and its entries can be deleted.
 
-use std::{
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use agent_common::sys::bpf;
+use agent_common::sys::{bpf, create_map};
 use anyhow::{Context, Result};
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
 
@@ -35,28 +32,15 @@ pub struct Barrier {
     inner: OwnedFd,
 }
 
-/// A one-element map of `map_type` whose values are 4 bytes (a u32, or an inner map's fd).
-fn create(map_type: bpf_map_type, inner: Option<&OwnedFd>) -> io::Result<OwnedFd> {
-    // SAFETY: bpf_attr is plain old data; all zeroes is its empty value.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the BPF_MAP_CREATE member of the union.
-    let create = unsafe { &mut attr.__bindgen_anon_1 };
-    create.map_type = map_type as u32;
-    create.key_size = 4;
-    create.value_size = 4;
-    create.max_entries = 1;
-    create.inner_map_fd = inner.map_or(0, |fd| fd.as_raw_fd() as u32);
-    let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?;
-    // SAFETY: a new fd the kernel just gave us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 impl Barrier {
     pub fn new() -> Result<Self> {
-        let inner = create(bpf_map_type::BPF_MAP_TYPE_ARRAY, None)
+        let inner = create_map(bpf_map_type::BPF_MAP_TYPE_ARRAY, None)
             .context("creating the inner map of the RCU barrier")?;
-        let outer = create(bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS, Some(&inner))
-            .context("creating the array of maps of the RCU barrier")?;
+        let outer = create_map(
+            bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS,
+            Some(inner.as_fd()),
+        )
+        .context("creating the array of maps of the RCU barrier")?;
         Ok(Self { outer, inner })
     }
 

@@ -316,19 +316,8 @@ fn ptrace_attach(pid: libc::pid_t) -> io::Result<()> {
 }
 
 fn bpf_map_create() -> io::Result<()> {
-    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
-    // SAFETY: bpf_attr is plain old data; all zeroes is its empty value.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the BPF_MAP_CREATE member of the union.
-    let create = unsafe { &mut attr.__bindgen_anon_1 };
-    create.map_type = bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
-    create.key_size = 4;
-    create.value_size = 4;
-    create.max_entries = 1;
-    let fd = agent_common::sys::bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)?;
-    // SAFETY: the map's fd the kernel just gave us.
-    unsafe { libc::close(fd as libc::c_int) };
-    Ok(())
+    use aya_obj::generated::bpf_map_type;
+    agent_common::sys::create_map(bpf_map_type::BPF_MAP_TYPE_ARRAY, None).map(drop)
 }
 
 fn mount(fstype: &str, path: &Path) -> io::Result<()> {

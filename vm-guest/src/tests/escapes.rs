@@ -55,30 +55,12 @@ fn start(ctx: &Ctx) -> Result<Enforcing> {
 
 /// Pins a new one-element array map at `path` (as the unlabelled test itself).
 fn pin_map(path: &Path) -> Result<()> {
-    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: bpf_attr is plain old data; all zeroes is its empty value.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the BPF_MAP_CREATE member of the union.
-    let create = unsafe { &mut attr.__bindgen_anon_1 };
-    create.map_type = bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
-    create.key_size = 4;
-    create.value_size = 4;
-    create.max_entries = 1;
-    let fd = agent_common::sys::bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr)
-        .context("creating a map to pin")?;
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: as above.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: writing the BPF_OBJ_PIN member of the union; the path outlives the call.
-    let pin = unsafe { &mut attr.__bindgen_anon_4 };
-    pin.pathname = name.as_ptr() as u64;
-    pin.bpf_fd = fd as u32;
-    let pinned = agent_common::sys::bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr);
-    // SAFETY: our own fd; the pin keeps the map.
-    unsafe { libc::close(fd as i32) };
-    pinned.with_context(|| format!("pinning a map at {}", path.display()))?;
-    Ok(())
+    use agent_common::sys;
+    use aya_obj::generated::bpf_map_type;
+    use std::os::fd::AsFd;
+    let map =
+        sys::create_map(bpf_map_type::BPF_MAP_TYPE_ARRAY, None).context("creating a map to pin")?;
+    sys::pin(map.as_fd(), path).with_context(|| format!("pinning a map at {}", path.display()))
 }
 
 /// `vm-guest try ARGS` run by `actgate exec --user USER --label LABEL`; its verdict line.
