@@ -196,6 +196,18 @@ pub fn scrape() -> Result<String> {
     Ok(body)
 }
 
+/// (successes, failures) of policy reloads so far, as /metrics says.
+pub fn reloads() -> Result<(f64, f64)> {
+    let body = scrape()?;
+    let n = |result: &str| {
+        metric(
+            &body,
+            &format!("actgate_policy_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    Ok((n("success"), n("failure")))
+}
+
 /// The decision counter of one label, action and verdict, named as /metrics writes it.
 pub fn decision_series(label: &str, action: &str, verdict: &str) -> String {
     format!(

@@ -224,33 +224,21 @@ pub struct Orphans {
 }
 
 impl Orphans {
-    /// (successes, failures) of policy reloads so far.
-    fn reloads() -> Result<(f64, f64)> {
-        let body = scrape()?;
-        let n = |result: &str| {
-            harness::metric(
-                &body,
-                &format!("actgate_policy_reloads_total{{result=\"{result}\"}}"),
-            )
-        };
-        Ok((n("success"), n("failure")))
-    }
-
     /// Puts the policies (naming `LABEL` or not) in force: the file is replaced in one rename,
     /// then SIGHUP; done once a reload succeeded and none followed for 2 s (the daemon also
     /// reloads by itself when the directory changes).
     fn reload(&self, ctx: &Ctx, named: bool) -> Result<()> {
-        let (ok, failed) = Orphans::reloads()?;
+        let (ok, failed) = harness::reloads()?;
         let new = self.policies.join("policies.yaml.new");
         harness::write(&new, &policy_text(ctx, named))?;
         fs::rename(&new, self.policies.join("policies.yaml"))?;
         self.daemon.signal(libc::SIGHUP);
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = Orphans::reloads()?;
+        let mut last = harness::reloads()?;
         let mut since = Instant::now();
         loop {
             thread::sleep(Duration::from_millis(250));
-            let now = Orphans::reloads()?;
+            let now = harness::reloads()?;
             if now != last {
                 (last, since) = (now, Instant::now());
             } else if now.0 > ok && since.elapsed() >= Duration::from_secs(2) {

@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 use super::listeners::Listeners;
 use crate::{
     case, expect_eq,
-    harness::{self, Ctx, Daemon, NotPassed, Outcome, eventually, scrape},
+    harness::{self, Ctx, Daemon, NotPassed, Outcome, eventually},
     tests::{Suite, mounts::Mount, session::Session},
 };
 
@@ -82,27 +82,15 @@ impl Reload {
         ctx.attempt(Some(RELOAD), &["connect-tcp", RELOAD_PORT])
     }
 
-    /// (successes, failures) of policy reloads so far.
-    fn counts(&self) -> Result<(f64, f64)> {
-        let body = scrape()?;
-        let n = |result: &str| {
-            harness::metric(
-                &body,
-                &format!("actgate_policy_reloads_total{{result=\"{result}\"}}"),
-            )
-        };
-        Ok((n("success"), n("failure")))
-    }
-
     /// Waits until the reload counters have not moved for 2 s, since a daemon that also
     /// watches its directory reloads by itself after a change; fails if they keep moving.
     fn settled(&self) -> Result<(f64, f64)> {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut last = self.counts()?;
+        let mut last = harness::reloads()?;
         let mut still_since = Instant::now();
         loop {
             thread::sleep(Duration::from_millis(250));
-            let now = self.counts()?;
+            let now = harness::reloads()?;
             if now != last {
                 last = now;
                 still_since = Instant::now();
@@ -143,7 +131,7 @@ impl Reload {
         self.daemon.signal(libc::SIGHUP);
         let want = if ok { (s + 1.0, f) } else { (s, f + 1.0) };
         let show = |(s, f): (f64, f64)| format!("success={s} failure={f}");
-        let got = eventually(&show(want), || Ok(show(self.counts()?)))?;
+        let got = eventually(&show(want), || Ok(show(harness::reloads()?)))?;
         expect_eq!(
             got,
             show(want),
@@ -205,10 +193,10 @@ fn sighup_reload_of_broken_file_keeps_policy_and_reports_position(
     // were applied, the narrow policy in force would widen.
     r.make_wide(ctx, false)?;
     let (text, position) = broken_policy(ctx);
-    let (successes, _) = r.counts()?;
+    let (successes, _) = harness::reloads()?;
     r.hup("broken.yaml", &text, false)?;
     expect_eq!(
-        r.counts()?.0,
+        harness::reloads()?.0,
         successes,
         "successful reloads since the broken file was written"
     );
