@@ -141,6 +141,8 @@ pub const MODE_ORPHANED: u8 = 2;
 /// also matches, so one longest-prefix lookup answers "did any deny match? any allow?".
 pub const RULE_ALLOW: u8 = 1;
 pub const RULE_DENY: u8 = 2;
+/// With `RULE_DENY`: the denial holds in audit mode too (actgate's own files).
+pub const RULE_PROTECT: u8 = 4;
 
 /// Turns the flags of the longest matching rule into a verdict: deny beats allow, and the
 /// label's default (`RULE_ALLOW` or `RULE_DENY`) applies when no rule matched. `mode` is the
@@ -155,7 +157,8 @@ pub fn verdict(flags: u8, default: u8, mode: u8) -> Verdict {
     } else {
         default == RULE_DENY
     };
-    match (denied, mode == MODE_AUDIT) {
+    let audit = mode == MODE_AUDIT && flags & RULE_PROTECT == 0;
+    match (denied, audit) {
         (false, _) => Verdict::Allow,
         (true, false) => Verdict::Deny,
         (true, true) => Verdict::Audit,
@@ -461,6 +464,15 @@ mod tests {
             assert_eq!(Reason::from_u8(r as u8), Some(r));
         }
         assert_eq!(Reason::from_u8(Reason::COUNT as u8), None);
+    }
+
+    #[test]
+    fn a_protected_denial_holds_in_audit_mode() {
+        let flags = RULE_DENY | RULE_PROTECT;
+        for mode in [MODE_ENFORCE, MODE_AUDIT, MODE_ORPHANED] {
+            assert_eq!(verdict(flags, RULE_ALLOW, mode), Verdict::Deny);
+            assert_eq!(verdict(flags | RULE_ALLOW, RULE_ALLOW, mode), Verdict::Deny);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use agent_common::{
     Action, DENIED_CAPABILITIES, GUARD_ACTION, NET_ANY_PORT_RULES, NET_FAMILY_V4, NET_FAMILY_V6,
     NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, NetKey, PATH_KEY_DATA, PATH_KEY_HEADER, PathKey,
-    RULE_ALLOW, RULE_DENY, net_key_header, path_key_header, path_key_header_raw,
+    RULE_ALLOW, RULE_DENY, RULE_PROTECT, net_key_header, path_key_header, path_key_header_raw,
 };
 use ipnet::IpNet;
 
@@ -60,7 +60,7 @@ pub fn compile_guards(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
     let header = path_key_header_raw(ruleset, GUARD_ACTION);
     let mut guarded: BTreeSet<&str> = BTreeSet::new();
     for rules in [&policy.exec, &policy.file_write, &policy.file_read] {
-        for pattern in &rules.deny {
+        for pattern in rules.denials() {
             let path = match pattern {
                 PathPattern::Exact(p) | PathPattern::Tree(p) => p.as_str(),
             };
@@ -117,7 +117,8 @@ fn path_bytes(pattern: &PathPattern) -> Vec<u8> {
 fn flagged<P>(rules: &Rules<P>) -> impl Iterator<Item = (&P, u8)> {
     let allow = rules.allow.iter().map(|p| (p, RULE_ALLOW));
     let deny = rules.deny.iter().map(|p| (p, RULE_DENY));
-    allow.chain(deny)
+    let protect = rules.protect.iter().map(|p| (p, RULE_DENY | RULE_PROTECT));
+    allow.chain(deny).chain(protect)
 }
 
 /// A network rule reduced to what orders and nests it: port and family namespace, then the
@@ -459,6 +460,7 @@ mod tests {
                 default,
                 allow,
                 deny,
+                protect: Vec::new(),
             })
     }
 
@@ -522,7 +524,12 @@ mod tests {
             queries in proptest::collection::vec((small_addr(), port()), 1..20),
         ) {
             let mut p = policy();
-            p.connect = Rules { default, allow, deny };
+            p.connect = Rules {
+                default,
+                allow,
+                deny,
+                protect: Vec::new(),
+            };
             let entries = compile_net(&p, ruleset);
             for (addr, port) in queries {
                 prop_assert_eq!(kernel_net(&entries, &p, ruleset, addr, port), decide_net(&p, addr, port), "{} {}", addr, port);
@@ -536,6 +543,29 @@ mod tests {
 
     fn tree(p: &str) -> PathPattern {
         PathPattern::Tree(p.into())
+    }
+
+    #[test]
+    fn a_protected_tree_denies_beneath_it_in_any_mode_and_is_guarded() {
+        let mut p = policy();
+        p.file_write.allow = vec![tree("/run/actgate/open")];
+        p.file_write.protect = vec![tree("/run/actgate")];
+        let entries = compile_paths(&p, 0);
+        let flags: Vec<u8> = entries.iter().map(|(_, f)| *f).collect();
+        // The allow rule beneath inherits the protected denial.
+        assert_eq!(
+            flags,
+            [
+                RULE_DENY | RULE_PROTECT,
+                RULE_ALLOW | RULE_DENY | RULE_PROTECT
+            ]
+        );
+        let guarded: Vec<Vec<u8>> = compile_guards(&p, 0)
+            .iter()
+            .map(|(k, _)| k.data[4..4 + (k.prefix_len / 8) as usize - 4].to_vec())
+            .collect();
+        assert_eq!(guarded, [b"/run\0".to_vec(), b"/run/actgate\0".to_vec()]);
+        assert_eq!(has_rules(&p)[Action::FileWrite as usize], 1);
     }
 
     #[test]

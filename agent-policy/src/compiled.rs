@@ -94,7 +94,7 @@ pub fn compile_set(set: &PolicySet, numbers: Range<u16>) -> Result<CompiledSet, 
             (Action::FileRead, &policy.file_read),
         ]
         .into_iter()
-        .flat_map(|(action, rules)| rules.deny.iter().map(move |p| (action, p.clone())))
+        .flat_map(|(action, rules)| rules.denials().map(move |p| (action, p.clone())))
         .collect();
         compiled.rulesets.push(CompiledRuleset {
             policy: policy.name.clone(),

@@ -74,6 +74,9 @@ pub struct Rules<P> {
     pub default: Fallback,
     pub allow: Vec<P>,
     pub deny: Vec<P>,
+    /// Denials that hold whatever the policy's mode, audit included: actgate's own files,
+    /// added by the daemon. No policy file sets them.
+    pub protect: Vec<P>,
 }
 
 // Hand-written so `P` need not implement `Default`.
@@ -83,6 +86,7 @@ impl<P> Default for Rules<P> {
             default: Fallback::Allow,
             allow: Vec::new(),
             deny: Vec::new(),
+            protect: Vec::new(),
         }
     }
 }
@@ -90,11 +94,16 @@ impl<P> Default for Rules<P> {
 impl<P> Rules<P> {
     /// Number of patterns, allow and deny together.
     pub fn len(&self) -> usize {
-        self.allow.len() + self.deny.len()
+        self.allow.len() + self.deny.len() + self.protect.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.allow.is_empty() && self.deny.is_empty()
+        self.len() == 0
+    }
+
+    /// The patterns that deny, in any mode or only in enforce mode.
+    pub fn denials(&self) -> impl Iterator<Item = &P> {
+        self.deny.iter().chain(&self.protect)
     }
 }
 

@@ -133,10 +133,10 @@ impl Protected {
         })
     }
 
-    /// Adds the denials to one of the user's policies.
+    /// Adds the denials to one of the user's policies; they hold in audit mode too.
     fn apply(&self, policy: &mut Policy) {
-        policy.file_write.deny.extend(self.write.iter().cloned());
-        policy.file_read.deny.extend(self.read.iter().cloned());
+        policy.file_write.protect.extend(self.write.iter().cloned());
+        policy.file_read.protect.extend(self.read.iter().cloned());
     }
 }
 

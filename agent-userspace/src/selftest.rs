@@ -91,12 +91,11 @@ impl SelfTest {
     /// granted that would refuse a probe before its own hook.
     pub fn policy(&self) -> Policy {
         let deny = |paths: &[&PathBuf]| Rules {
-            default: Fallback::Allow,
-            allow: Vec::new(),
             deny: paths
                 .iter()
                 .map(|p| PathPattern::Exact(p.display().to_string()))
                 .collect(),
+            ..Rules::default()
         };
         let addr = SocketAddr::from(CONNECT_TO);
         Policy {
@@ -107,12 +106,11 @@ impl SelfTest {
             file_write: deny(&[&self.file_probe, &self.dir_probe, &self.new_probe]),
             file_read: deny(&[&self.file_probe]),
             connect: Rules {
-                default: Fallback::Allow,
-                allow: Vec::new(),
                 deny: vec![NetPattern {
                     net: ipnet::IpNet::from(addr.ip()),
                     port: Some(addr.port()),
                 }],
+                ..Rules::default()
             },
             process: ProcessRules {
                 // bpf(2) asks for CAP_BPF before its LSM hook on 6.1; ptrace may ask for

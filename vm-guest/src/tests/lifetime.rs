@@ -25,9 +25,13 @@ use crate::{
 
 /// (user, label): every test runs one agent of each.
 const AGENTS: [(&str, &str); 2] = [("root", "vmlife-root"), ("nobody", "vmlife-nobody")];
+/// A label whose policy only audits.
+const AUDIT: &str = "vmlife-audit";
 /// Denied to both labels; nothing listens there.
 const DENIED_ADDR: &str = "127.0.0.1:18201";
 const PIN_ROOT: &str = "/sys/fs/bpf/actgate";
+/// The daemon's runtime directory (its control socket's).
+const RUNTIME: &str = "/run/actgate";
 
 pub struct Fixture {
     /// Accepts the allowed connections.
@@ -58,6 +62,11 @@ fn start(ctx: &Ctx) -> Result<Fixture> {
         p(ctx, "ws/denied.txt"),
     );
     harness::write(&ctx.path("life/policies/life.yaml"), &policy)?;
+    let audit = format!(
+        "name: vmlife-audit\nlabels: [{AUDIT}]\nmode: audit\nfiles:\n  write:\n    deny: [{}]\n",
+        p(ctx, "ws/denied.txt"),
+    );
+    harness::write(&ctx.path("life/policies/audit.yaml"), &audit)?;
     Ok(Fixture {
         listener: TcpListener::bind("127.0.0.1:0").context("binding the allowed listener")?,
     })
@@ -481,6 +490,69 @@ fn removed_link_pins_make_the_daemon_unready(ctx: &Ctx, fx: &mut Fixture) -> Out
     Ok(())
 }
 
+/// What a labelled root may not touch, however it tries: the pins that keep the policy in
+/// force, the daemon's lock, its control socket's directory and the policy directory. As
+/// `nobody` the file modes refuse first, so only "not done" is asserted there.
+fn actgates_pins_lock_and_policies_are_out_of_a_labels_reach(
+    ctx: &Ctx,
+    fx: &mut Fixture,
+) -> Outcome {
+    let _daemon = fresh_daemon(ctx, "reach.log")?;
+    let mut shells = agents(ctx)?;
+    let set = pinned_sets()?.pop().context("no pinned set")?;
+    let attempts = [
+        format!("rm -f {}", set.join("links/file_open").display()),
+        format!("rm -rf {PIN_ROOT}"),
+        format!("true <{RUNTIME}/daemon.lock"),
+        format!("true >{RUNTIME}/actgate.sock.new"),
+        format!("true >{}/evil.yaml", policies(ctx).display()),
+        format!("{} unload --force", ctx.actgate.display()),
+    ];
+    for (shell, (user, _)) in shells.iter_mut().zip(AGENTS) {
+        for cmd in &attempts {
+            let got = shell.run(cmd)?;
+            if user == "root" && cmd.contains("unload") {
+                // Refused by the control socket, which doesn't serve labelled clients.
+                if got == "OK" {
+                    return Err(NotPassed::Fail(format!("`{cmd}` as root worked")));
+                }
+            } else if user == "root" {
+                expect_eq!(got, "EPERM", "`{cmd}` as root");
+            } else if got == "OK" {
+                return Err(NotPassed::Fail(format!("`{cmd}` as {user} worked")));
+            }
+        }
+    }
+    // Audit mode observes the policy's own rules, but actgate's files stay out of reach.
+    let mut auditor = Session::start_as(ctx, AUDIT, "root")?;
+    let audited = format!(
+        "{} try open-write {}",
+        ctx.guest.display(),
+        p(ctx, "ws/denied.txt")
+    );
+    expect_eq!(auditor.run(&audited)?, "OK", "a denied write in audit mode");
+    for cmd in &attempts[..5] {
+        expect_eq!(auditor.run(cmd)?, "EPERM", "`{cmd}` as root in audit mode");
+    }
+    expect_eq!(
+        pinned_sets()?,
+        vec![set.clone()],
+        "the pinned sets afterwards"
+    );
+    expect_eq!(
+        set.join("links/file_open").exists(),
+        true,
+        "the file_open link's pin afterwards"
+    );
+    expect_eq!(
+        policies(ctx).join("evil.yaml").exists(),
+        false,
+        "a policy file planted by the agent"
+    );
+    expect_eq!(http_get("/readyz")?.0, 200, "/readyz afterwards");
+    expect_policy(ctx, fx, &mut shells, "after the attempts")
+}
+
 fn a_taken_metrics_port_is_logged_and_enforcement_goes_on(ctx: &Ctx, fx: &mut Fixture) -> Outcome {
     harness::unload(&ctx.actgate)?;
     let squatter = TcpListener::bind(METRICS_ADDR).context("taking the metrics address")?;
@@ -563,6 +635,10 @@ pub fn suite() -> Suite<Fixture> {
             case!(unload_without_a_daemon_removes_the_pins, fixture),
             case!(a_second_daemon_is_refused_while_one_runs, fixture),
             case!(removed_link_pins_make_the_daemon_unready, fixture),
+            case!(
+                actgates_pins_lock_and_policies_are_out_of_a_labels_reach,
+                fixture
+            ),
             case!(
                 a_taken_metrics_port_is_logged_and_enforcement_goes_on,
                 fixture
