@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Seek, SeekFrom},
+    io::{BufRead, BufReader, Read, Seek, SeekFrom},
     net::TcpListener,
     os::unix::fs::PermissionsExt,
     path::Path,
@@ -187,19 +187,25 @@ pub fn run(actgate: &Path, policies: &Path) -> Result<()> {
 fn outlive(ctx: &Ctx, daemon: Daemon, policies: &Path) -> Result<()> {
     let go = ctx.path("go");
     let script = format!(
-        "while [ ! -e {go} ]; do sleep 0.2; done; \
+        "echo ready; while [ ! -e {go} ]; do sleep 0.2; done; \
          cat /etc/shadow >/dev/null 2>&1 && echo 'reads the password hashes: done' \
          || echo 'reads the password hashes: refused'",
         go = go.display()
     );
-    let agent = ctx.spawn_labelled_sh("coding-agent", &script)?;
+    let mut agent = ctx.spawn_labelled_sh("coding-agent", &script)?;
+    let mut said = BufReader::new(agent.stdout.take().context("the agent's stdout")?);
+    let mut ready = String::new();
+    said.read_line(&mut ready)?;
+    anyhow::ensure!(ready.trim() == "ready", "the agent didn't start: {ready:?}");
     println!(
         "\n{BOLD}The agent keeps running, and the daemon is killed with SIGKILL (kill -9).{RESET}"
     );
     daemon.crash();
     fs::write(&go, "")?;
-    let out = agent.wait_with_output()?;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    let mut rest = String::new();
+    said.read_to_string(&mut rest)?;
+    agent.wait()?;
+    for line in rest.lines() {
         let (what, outcome) = line.split_once(": ").unwrap_or((line, ""));
         let colour = if outcome == "refused" { RED } else { GREEN };
         println!("  agent {what}, with no daemon running: {colour}{outcome}{RESET}");
