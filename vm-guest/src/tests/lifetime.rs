@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_common::Config;
 use anyhow::{Context, Result, bail};
 
 use crate::{
@@ -490,6 +491,61 @@ fn removed_link_pins_make_the_daemon_unready(ctx: &Ctx, fx: &mut Fixture) -> Out
     Ok(())
 }
 
+/// The pinned `CONFIG` of `set`, read or (with `write`) replaced, through bpf(2) as an
+/// unlabelled root would do it.
+fn pinned_config(set: &Path, write: Option<Config>) -> Result<Config> {
+    use agent_common::sys::bpf;
+    use aya_obj::generated::{bpf_attr, bpf_cmd};
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    let path = std::ffi::CString::new(set.join("maps/CONFIG").as_os_str().as_bytes())?;
+    // SAFETY: bpf_attr is plain old data; all zeroes is its empty value.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // The BPF_OBJ_GET member of the union; the path outlives the call.
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr).context("opening the pinned CONFIG")?;
+    // SAFETY: the fd the kernel just gave us.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let key = 0u32;
+    let mut value = write.unwrap_or_default();
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the map element members of the union; key and value outlive the call.
+    let elem = unsafe { &mut attr.__bindgen_anon_2 };
+    elem.map_fd = std::os::fd::AsRawFd::as_raw_fd(&fd) as u32;
+    elem.key = &key as *const u32 as u64;
+    elem.__bindgen_anon_1.value = &mut value as *mut Config as u64;
+    let cmd = match write {
+        Some(_) => bpf_cmd::BPF_MAP_UPDATE_ELEM,
+        None => bpf_cmd::BPF_MAP_LOOKUP_ELEM,
+    };
+    bpf(cmd, &mut attr).context("the CONFIG element")?;
+    Ok(value)
+}
+
+fn an_overwritten_generation_makes_the_daemon_unready(ctx: &Ctx, _: &mut Fixture) -> Outcome {
+    let daemon = fresh_daemon(ctx, "generation.log")?;
+    let set = pinned_sets()?.pop().context("no pinned set")?;
+    let config = pinned_config(&set, None)?;
+    let tampered = Config {
+        generation: config.generation ^ 1,
+        ..config
+    };
+    pinned_config(&set, Some(tampered))?;
+    let ready = harness::eventually("503", || Ok(http_get("/readyz")?.0.to_string()))?;
+    expect_eq!(ready, "503", "/readyz with another generation in CONFIG");
+    let (code, body) = http_get("/healthz")?;
+    expect_eq!(code, 503, "/healthz with another generation in CONFIG");
+    if !body.contains("generation") || !daemon.log_text().contains("NOT READY") {
+        return Err(NotPassed::Fail(format!(
+            "neither /healthz ({body}) nor the log names the problem"
+        )));
+    }
+    pinned_config(&set, Some(config))?;
+    let ready = harness::eventually("200", || Ok(http_get("/readyz")?.0.to_string()))?;
+    expect_eq!(ready, "200", "/readyz once CONFIG is put back");
+    Ok(())
+}
+
 /// What a labelled root may not touch, however it tries: the pins that keep the policy in
 /// force, the daemon's lock, its control socket's directory and the policy directory. As
 /// `nobody` the file modes refuse first, so only "not done" is asserted there.
@@ -635,6 +691,7 @@ pub fn suite() -> Suite<Fixture> {
             case!(unload_without_a_daemon_removes_the_pins, fixture),
             case!(a_second_daemon_is_refused_while_one_runs, fixture),
             case!(removed_link_pins_make_the_daemon_unready, fixture),
+            case!(an_overwritten_generation_makes_the_daemon_unready, fixture),
             case!(
                 actgates_pins_lock_and_policies_are_out_of_a_labels_reach,
                 fixture
