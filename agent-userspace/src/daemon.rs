@@ -190,6 +190,11 @@ pub enum Stopped {
 }
 
 pub async fn run(opts: Options) -> Result<Stopped> {
+    // First of all: a SIGTERM during start-up then waits until the take-over is complete,
+    // instead of killing the daemon half-way (with the default action, exit by signal).
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     bpf::preflight()?;
     let set = load_policies(&opts.policies)?;
     let root = LabelRoot::discover()?;
@@ -273,9 +278,6 @@ pub async fn run(opts: Options) -> Result<Stopped> {
 
     let (tx, mut changed) = mpsc::channel(1);
     let watch = watch::watch(&opts.policies, tx)?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let stopped = loop {
         tokio::select! {
             _ = term.recv() => break Stopped::Signal,
