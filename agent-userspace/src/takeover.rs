@@ -3,7 +3,14 @@
 //! moment some set judges every labelled action (see `pin`). A start that fails part way puts
 //! the previous set back in charge and removes its own.
 
-use std::{fs::File, os::fd::AsRawFd, path::Path};
+use std::{
+    fs::File,
+    os::{
+        fd::AsRawFd,
+        unix::fs::{OpenOptionsExt, PermissionsExt},
+    },
+    path::Path,
+};
 
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
@@ -18,15 +25,20 @@ pub struct Lock {
 }
 
 impl Lock {
-    /// Takes the lock in `runtime_dir`, or fails when a daemon holds it.
+    /// Takes the lock in `runtime_dir`; None while a daemon holds it. The directory and the
+    /// file are root's alone: anyone who could open the file could hold the lock and keep a
+    /// restarted daemon from starting.
     pub fn take(runtime_dir: &Path) -> Result<Option<Self>> {
         std::fs::create_dir_all(runtime_dir)
             .with_context(|| format!("creating {}", runtime_dir.display()))?;
+        std::fs::set_permissions(runtime_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to root", runtime_dir.display()))?;
         let path = runtime_dir.join("daemon.lock");
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
