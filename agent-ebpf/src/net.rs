@@ -11,13 +11,18 @@ use crate::{
     kernel::{self, field, get, read},
 };
 
+const AF_UNSPEC: u16 = 0;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
 /// Reads a `sockaddr` the kernel already copied from user space. IPv4-mapped IPv6 addresses
-/// (::ffff:a.b.c.d) come back as IPv4, so the IPv4 rules judge them.
+/// (::ffff:a.b.c.d) come back as IPv4, so the IPv4 rules judge them. With `unspec_is_v4`, an
+/// AF_UNSPEC address is read as IPv4: that is how the kernel sends a datagram to it on an
+/// IPv4 socket (udp_sendmsg and raw_sendmsg accept AF_UNSPEC), so it must be judged as one.
+/// An IPv6 socket ignores such an address and sends to its connected peer; judging the bytes
+/// as IPv4 there can only refuse, never let anything through.
 #[inline(always)]
-fn destination(addr: *const u8, len: i32) -> Option<Dest> {
+fn destination(addr: *const u8, len: i32, unspec_is_v4: bool) -> Option<Dest> {
     if addr.is_null() || len < 2 {
         return None;
     }
@@ -32,6 +37,7 @@ fn destination(addr: *const u8, len: i32) -> Option<Dest> {
     };
     match family {
         AF_INET if len >= 16 => d.addr[..4].copy_from_slice(&raw[4..8]),
+        AF_UNSPEC if unspec_is_v4 && len >= 16 => d.addr[..4].copy_from_slice(&raw[4..8]),
         AF_INET6 if len >= 24 => {
             let a = &raw[8..24];
             if a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff {
@@ -56,7 +62,8 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
         len >= 2 && matches!(family, AF_INET | AF_INET6)
     };
     frame_when(&ctx, Hook::SOCKET_CONNECT, concerns, |info| {
-        Ok(match destination(addr, len) {
+        // connect(2) with AF_UNSPEC dissolves an association: no destination to judge.
+        Ok(match destination(addr, len, false) {
             Some(d) => judge::net_action(info, &d),
             None => Verdict::Allow,
         })
@@ -73,7 +80,7 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     let concerns = || !name.is_null();
     frame_when(&ctx, Hook::SOCKET_SENDMSG, concerns, |info| {
         let len: i32 = field(msg, get(&kernel::MSGHDR_MSG_NAMELEN));
-        Ok(match destination(name, len) {
+        Ok(match destination(name, len, true) {
             Some(d) => judge::net_action(info, &d),
             None => Verdict::Allow,
         })

@@ -60,6 +60,9 @@ pub enum Action {
     ConnectUdp { addr: SocketAddr },
     /// sendto(ADDR:PORT) of one datagram from an unconnected, unbound UDP socket.
     SendtoUdp { addr: SocketAddr },
+    /// An IPv4 UDP socket's sendto(ADDR:PORT) of one datagram, the address given with
+    /// sin_family AF_UNSPEC, which the kernel sends to as if it were AF_INET.
+    SendtoUdpUnspec { addr: std::net::SocketAddrV4 },
     /// An AF_UNIX stream socket's connect(PATH).
     ConnectUnix { path: PathBuf },
     /// kill(PID, SIGNAL).
@@ -278,6 +281,30 @@ fn sendto_udp(addr: &SocketAddr) -> io::Result<()> {
     check(sent as libc::c_int).map(drop)
 }
 
+fn sendto_udp_unspec(addr: &std::net::SocketAddrV4) -> io::Result<()> {
+    let s = Socket::for_addr(&SocketAddr::V4(*addr), libc::SOCK_DGRAM)?;
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: a valid buffer and socket address of the given lengths.
+    let sent = unsafe {
+        libc::sendto(
+            s.0,
+            DATAGRAM.as_ptr().cast(),
+            DATAGRAM.len(),
+            0,
+            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    check(sent as libc::c_int).map(drop)
+}
+
 fn connect_unix(path: &Path) -> io::Result<()> {
     let s = Socket::new(libc::AF_UNIX, libc::SOCK_STREAM)?;
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
@@ -378,6 +405,7 @@ pub fn run(action: Action) -> ExitCode {
         Action::ConnectTcp { addr } => connect_tcp(addr),
         Action::ConnectUdp { addr } => connect_udp(addr),
         Action::SendtoUdp { addr } => sendto_udp(addr),
+        Action::SendtoUdpUnspec { addr } => sendto_udp_unspec(addr),
         Action::ConnectUnix { path } => connect_unix(path),
         // SAFETY: kill(2) takes no pointers.
         Action::Kill { pid, signal } => check(unsafe { libc::kill(*pid, *signal) }).map(|_| ()),

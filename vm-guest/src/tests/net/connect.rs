@@ -182,6 +182,23 @@ fn labelled_udp_sendto_follows_rules(ctx: &Ctx, net: &Network) -> Outcome {
     run_cases(ctx, l, Some(LABEL), &udp_cases("sendto-udp"))
 }
 
+/// AF_UNSPEC on an IPv4 UDP socket sends to the address it carries: judged as that address.
+fn labelled_udp_sendto_with_af_unspec_is_judged_as_ipv4(ctx: &Ctx, net: &Network) -> Outcome {
+    let l = &net.listeners;
+    run_cases(
+        ctx,
+        l,
+        Some(LABEL),
+        &[
+            ("sendto-udp-unspec", ANY_1, "OK"),
+            ("sendto-udp-unspec", PORT_OK, "OK"),
+            ("sendto-udp-unspec", PORT_OTHER, "EPERM"),
+            ("sendto-udp-unspec", DENIED, "EPERM"),
+            ("sendto-udp-unspec", NO_RULE, "EPERM"),
+        ],
+    )
+}
+
 fn labelled_ipv4_mapped_ipv6_destination_is_judged_as_ipv4(ctx: &Ctx, net: &Network) -> Outcome {
     let l = &net.listeners;
     // No IPv6 rule allows these: only the IPv4 rules can.
@@ -325,6 +342,10 @@ pub fn suite() -> Suite<Network> {
             case!(labelled_tcp6_connect_follows_port_rule, fixture),
             case!(labelled_udp_connect_follows_rules, fixture),
             case!(labelled_udp_sendto_follows_rules, fixture),
+            case!(
+                labelled_udp_sendto_with_af_unspec_is_judged_as_ipv4,
+                fixture
+            ),
             case!(
                 labelled_ipv4_mapped_ipv6_destination_is_judged_as_ipv4,
                 fixture
