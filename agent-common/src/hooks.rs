@@ -54,6 +54,10 @@ hooks! {
     PTRACE_ACCESS_CHECK = "ptrace_access_check", 2, [Ptrace];
     TASK_ALLOC = "task_alloc", 2, [Cgroup];
     USERNS_CREATE = "userns_create", 1, [Namespace];
+    SB_MOUNT = "sb_mount", 5, [Namespace];
+    MOVE_MOUNT = "move_mount", 2, [Namespace];
+    SB_PIVOTROOT = "sb_pivotroot", 2, [Namespace];
+    PATH_CHROOT = "path_chroot", 1, [Namespace];
 }
 
 /// Number of hooks in `Hook::ALL`.

@@ -37,7 +37,7 @@ pub enum Action {
     Signal = 6,
     /// ptrace, /proc/PID/mem and the like, aimed at the daemon.
     Ptrace = 7,
-    /// Creating a user namespace.
+    /// Creating a user namespace; a mount, move_mount, pivot_root or chroot.
     Namespace = 8,
     /// Leaving the label's cgroup subtree (`clone3(CLONE_INTO_CGROUP)`).
     Cgroup = 9,

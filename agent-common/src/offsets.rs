@@ -37,6 +37,7 @@ macro_rules! kernel_offsets {
             VFSMOUNT_MNT_SB: vfsmount.mnt_sb,
             MSGHDR_MSG_NAME: msghdr.msg_name,
             MSGHDR_MSG_NAMELEN: msghdr.msg_namelen,
+            USER_NAMESPACE_LEVEL: user_namespace.level,
         }
     };
 }

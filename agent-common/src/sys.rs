@@ -1,6 +1,7 @@
 //! System calls libc and aya don't wrap (userspace only): bpf(2) for the commands aya's API
-//! doesn't offer (the daemon's RCU barrier map and the benchmark's no-op programs), and
-//! clone3(CLONE_INTO_CGROUP) for the self-test and the VM tests.
+//! doesn't offer (the daemon's RCU barrier map and the benchmark's no-op programs),
+//! clone3(CLONE_INTO_CGROUP), move_mount(2) and pivot_root(2) for the self-test and the VM
+//! tests.
 
 use std::{
     io,
@@ -46,8 +47,7 @@ pub fn create_map(map_type: bpf_map_type, inner: Option<BorrowedFd<'_>>) -> io::
 
 /// Pins the BPF object `fd` at `path` in a bpffs.
 pub fn pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let name = c_path(path)?;
     // SAFETY: bpf_attr is plain old data; all zeroes is its empty value.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     // SAFETY: writing the BPF_OBJ_PIN member of the union; the path outlives the call.
@@ -106,4 +106,42 @@ pub fn clone_into_cgroup(cgroup_fd: BorrowedFd<'_>) -> io::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A path as the C string a system call takes.
+fn c_path(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    Ok(std::ffi::CString::new(path.as_os_str().as_bytes())?)
+}
+
+/// A raw system call's result: -1 means errno says why.
+fn result(ret: libc::c_long) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// move_mount(2) of the mount at `from` onto `to`, both looked up from the working directory.
+pub fn move_mount(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+    let (from, to) = (c_path(from)?, c_path(to)?);
+    // SAFETY: NUL-terminated paths that outlive the call; no flags.
+    result(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            0,
+        )
+    })
+}
+
+/// pivot_root(2): `new_root` becomes the root, the old one moves to `put_old`.
+pub fn pivot_root(new_root: &std::path::Path, put_old: &std::path::Path) -> io::Result<()> {
+    let (new_root, put_old) = (c_path(new_root)?, c_path(put_old)?);
+    // SAFETY: NUL-terminated paths that outlive the call.
+    result(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })
 }

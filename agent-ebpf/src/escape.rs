@@ -1,10 +1,10 @@
 //! The routes by which a task, root or not, could get out from under its label: bpf(2) (the
 //! maps and programs that enforce), capabilities that undo the policy, signals and ptrace
-//! aimed at the daemon, a clone into another cgroup, and user namespaces. The writes to
-//! cgroupfs and bpffs that would do the same are refused in `file.rs`.
+//! aimed at the daemon, a clone into another cgroup, user namespaces, and mounts. The writes
+//! to cgroupfs and bpffs that would do the same are refused in `file.rs`.
 
 use agent_common::{
-    Action, CAP_NAME_LEN, CAPABILITIES, DENIED_CAPABILITIES, Hook, RULE_ALLOW, RULE_DENY,
+    Action, CAP_NAME_LEN, CAPABILITIES, DENIED_CAPABILITIES, Hook, RULE_ALLOW, RULE_DENY, Verdict,
 };
 use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::lsm, programs::LsmContext};
 
@@ -65,10 +65,17 @@ pub fn capable(ctx: LsmContext) -> i32 {
     let concerns = || bit & DENIED_CAPABILITIES != 0 && own_credentials(cred);
     frame_when(&ctx, Hook::CAPABLE, concerns, |info| {
         let opts: u32 = ctx.arg(3);
-        let flags = if info.denied_caps & bit != 0 {
-            RULE_DENY
-        } else {
+        // Under `process.namespaces: allow`, a capability in a user namespace below the host's
+        // is granted: root there is root over that namespace's own mounts and nothing else,
+        // which is what the policy allowed. Without it, such a check is judged like the
+        // host's: entering a namespace someone else made would bring their mounts along.
+        let ns: *const u8 = ctx.arg(1);
+        let level: u32 = field(ns, get(&kernel::USER_NAMESPACE_LEVEL));
+        let namespaces_allowed = info.defaults[Action::Namespace as usize] == RULE_ALLOW;
+        let flags = if info.denied_caps & bit == 0 || (level > 0 && namespaces_allowed) {
             RULE_ALLOW
+        } else {
+            RULE_DENY
         };
         if opts & CAP_OPT_NOAUDIT != 0 {
             return Ok(agent_common::verdict(flags, RULE_DENY, enforced(info.mode)));
@@ -135,11 +142,34 @@ pub fn task_alloc(ctx: LsmContext) -> i32 {
     )
 }
 
-/// A user namespace makes its creator root over its own mounts, which the path rules don't
-/// know about; allowed only by `process.namespaces: allow`.
-#[lsm(hook = "userns_create")]
-pub fn userns_create(ctx: LsmContext) -> i32 {
-    frame(&ctx, Hook::USERNS_CREATE, |info| {
-        Ok(fixed(info, Action::Namespace, 0, |_| {}))
+/// A namespace or mount operation, named in the event's target: allowed only by
+/// `process.namespaces: allow`.
+#[inline(always)]
+fn namespace_op(info: &agent_common::LabelInfo, op: &[u8]) -> Verdict {
+    fixed(info, Action::Namespace, 0, |e| {
+        let n = op.len().min(e.path.len() - 1);
+        e.path[..n].copy_from_slice(&op[..n]);
     })
 }
+
+/// A hook that only namespaces and mounts reach, judged as `namespace_op`.
+macro_rules! namespace_hook {
+    ($name:ident, $hook:literal, $konst:ident, $op:literal) => {
+        #[lsm(hook = $hook)]
+        pub fn $name(ctx: LsmContext) -> i32 {
+            frame(&ctx, Hook::$konst, |info| Ok(namespace_op(info, $op)))
+        }
+    };
+}
+
+// A user namespace makes its creator root over mounts of its own, which the path rules don't
+// know about.
+namespace_hook!(userns_create, "userns_create", USERNS_CREATE, b"userns");
+// A mount, a moved or cloned mount, pivot_root and chroot all change which file a path names,
+// so a rule about the path would judge another file. They need CAP_SYS_ADMIN or
+// CAP_SYS_CHROOT, or a user namespace, which actgate denies too; these hooks hold when the
+// policy grants one of those. mount(2) asks sb_mount before checking the capability.
+namespace_hook!(sb_mount, "sb_mount", SB_MOUNT, b"mount");
+namespace_hook!(move_mount, "move_mount", MOVE_MOUNT, b"move_mount");
+namespace_hook!(sb_pivotroot, "sb_pivotroot", SB_PIVOTROOT, b"pivot_root");
+namespace_hook!(path_chroot, "path_chroot", PATH_CHROOT, b"chroot");

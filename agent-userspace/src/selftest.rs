@@ -3,8 +3,9 @@
 //! time. A policy that loads but doesn't enforce is the failure this catches.
 //!
 //! Each probe can only be refused by its own hook: the files are denied to one kind of
-//! action each, and the policy grants the capabilities (CAP_BPF, CAP_SYS_PTRACE) that would
-//! otherwise refuse the bpf(2) and ptrace probes before their hooks run.
+//! action each, and the policy grants the capabilities (CAP_BPF, CAP_SYS_PTRACE,
+//! CAP_SYS_ADMIN, CAP_SYS_CHROOT) that would otherwise refuse the bpf(2), ptrace, mount and
+//! chroot probes before their hooks run.
 
 use std::{
     ffi::CString,
@@ -114,11 +115,17 @@ impl SelfTest {
             },
             process: ProcessRules {
                 // bpf(2) asks for CAP_BPF before its LSM hook on 6.1; ptrace may ask for
-                // CAP_SYS_PTRACE. CAP_NET_RAW stays denied for the capable probe.
-                capabilities: ["CAP_BPF", "CAP_SYS_PTRACE"]
-                    .iter()
-                    .filter_map(|c| capability_by_name(c))
-                    .collect(),
+                // CAP_SYS_PTRACE; move_mount and pivot_root for CAP_SYS_ADMIN, chroot for
+                // CAP_SYS_CHROOT. CAP_NET_ADMIN stays denied for the capable probe.
+                capabilities: [
+                    "CAP_BPF",
+                    "CAP_SYS_PTRACE",
+                    "CAP_SYS_ADMIN",
+                    "CAP_SYS_CHROOT",
+                ]
+                .iter()
+                .filter_map(|c| capability_by_name(c))
+                .collect(),
                 namespaces: Fallback::Deny,
             },
             file: self.dir.clone(),
@@ -253,13 +260,9 @@ pub fn probe(cgroup: &Path, dir: &Path, daemon: u32) -> Result<()> {
         Hook::BPF,
         agent_common::sys::bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map(|_| ()),
     )?;
-    // SAFETY: plain socket(2); the fd is closed if one comes back.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
-    if raw >= 0 {
-        // SAFETY: our own fd.
-        unsafe { libc::close(raw) };
-    }
-    report(Hook::CAPABLE, check(raw.into()))?;
+    // A priority above 6 needs CAP_NET_ADMIN (6.12 asks for CAP_NET_RAW first); nothing
+    // else judges a SOL_SOCKET option.
+    report(Hook::CAPABLE, set_high_priority())?;
     // SAFETY: signal 0 only asks whether the process exists.
     report(
         Hook::TASK_KILL,
@@ -274,6 +277,41 @@ pub fn probe(cgroup: &Path, dir: &Path, daemon: u32) -> Result<()> {
         Hook::TASK_ALLOC,
         agent_common::sys::clone_into_cgroup(cgroup_dir.as_fd()),
     )?;
+    // mount(2) asks sb_mount before CAP_SYS_ADMIN; an allowed mount is undone at once.
+    let dir = c_path(&t.dir_probe)?;
+    // SAFETY: NUL-terminated strings that outlive the calls; no mount data.
+    let mounted = check(
+        unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                dir.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        }
+        .into(),
+    );
+    if mounted.is_ok() {
+        // SAFETY: as above.
+        unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+    }
+    report(Hook::SB_MOUNT, mounted)?;
+    // The directory is no mount root: allowed, both calls would fail with EINVAL.
+    report(
+        Hook::MOVE_MOUNT,
+        agent_common::sys::move_mount(&t.dir_probe, &t.dir_probe),
+    )?;
+    report(
+        Hook::SB_PIVOTROOT,
+        agent_common::sys::pivot_root(&t.dir_probe, &t.dir_probe),
+    )?;
+    // chroot("/") changes nothing even when allowed.
+    // SAFETY: a NUL-terminated path.
+    report(
+        Hook::PATH_CHROOT,
+        check(unsafe { libc::chroot(c"/".as_ptr()) }.into()),
+    )?;
     // Last: an allowed unshare would leave this process root in a namespace of its own.
     // SAFETY: unshare(2) of the calling, single-threaded process.
     report(
@@ -281,4 +319,23 @@ pub fn probe(cgroup: &Path, dir: &Path, daemon: u32) -> Result<()> {
         check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into()),
     )?;
     Ok(())
+}
+
+/// SO_PRIORITY 7 on a new UDP socket.
+fn set_high_priority() -> io::Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let priority: libc::c_int = 7;
+    // SAFETY: a valid fd and an int option of the right size.
+    check(
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_PRIORITY,
+                (&raw const priority).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+        .into(),
+    )
 }

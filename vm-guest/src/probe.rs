@@ -73,6 +73,20 @@ pub enum Action {
     BpfMapCreate,
     /// mount("none", PATH, FSTYPE), unmounted again if it succeeds (CAP_SYS_ADMIN).
     Mount { fstype: String, path: PathBuf },
+    /// mount(FROM, TO, MS_BIND), unmounted again if it succeeds (CAP_SYS_ADMIN).
+    BindMount { from: PathBuf, to: PathBuf },
+    /// move_mount(FROM, TO) (CAP_SYS_ADMIN).
+    MoveMount { from: PathBuf, to: PathBuf },
+    /// pivot_root(NEW_ROOT, PUT_OLD) (CAP_SYS_ADMIN).
+    PivotRoot { new_root: PathBuf, put_old: PathBuf },
+    /// chroot(PATH) (CAP_SYS_CHROOT).
+    Chroot { path: PathBuf },
+    /// unshare(CLONE_NEWNS) (CAP_SYS_ADMIN), then a bind mount of FROM over TO in the new
+    /// mount namespace: the bind is what must be refused.
+    UnshareMountBind { from: PathBuf, to: PathBuf },
+    /// unshare(CLONE_NEWUSER|CLONE_NEWNS) (`unshare -Urm`, no capability needed), then a bind
+    /// mount of FROM over TO.
+    UnshareUserMountBind { from: PathBuf, to: PathBuf },
     /// socket(AF_INET, SOCK_RAW, IPPROTO_ICMP) (CAP_NET_RAW).
     RawSocket,
     /// unshare(CLONE_NEWUSER).
@@ -365,6 +379,42 @@ fn mount(fstype: &str, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// mount(FROM, TO, MS_BIND), then umount(TO).
+fn bind_mount(from: &Path, to: &Path) -> io::Result<()> {
+    let (src, target) = (cstring(from)?, cstring(to)?);
+    // SAFETY: NUL-terminated strings that outlive the calls; no mount data.
+    unsafe {
+        check(libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))?;
+        libc::umount(target.as_ptr());
+    }
+    Ok(())
+}
+
+/// unshare(FLAGS), then `bind_mount` in the namespaces it made.
+fn unshare_bind(flags: libc::c_int, from: &Path, to: &Path) -> io::Result<()> {
+    // SAFETY: unshare(2) of this single-threaded process; it exits right after.
+    check(unsafe { libc::unshare(flags) })?;
+    // Mounts made from here must not propagate back to the parent namespace.
+    let root = c"/";
+    // SAFETY: NUL-terminated strings; MS_REC|MS_PRIVATE takes no source or data.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    })?;
+    bind_mount(from, to)
+}
+
 fn raw_socket() -> io::Result<()> {
     // SAFETY: socket(2), and close of the fd it returned.
     let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) })?;
@@ -412,6 +462,14 @@ pub fn run(action: Action) -> ExitCode {
         Action::PtraceAttach { pid } => ptrace_attach(*pid),
         Action::BpfMapCreate => bpf_map_create(),
         Action::Mount { fstype, path } => mount(fstype, path),
+        Action::BindMount { from, to } => bind_mount(from, to),
+        Action::MoveMount { from, to } => agent_common::sys::move_mount(from, to),
+        Action::PivotRoot { new_root, put_old } => agent_common::sys::pivot_root(new_root, put_old),
+        Action::Chroot { path } => path_call(path, |p| unsafe { libc::chroot(p) }),
+        Action::UnshareMountBind { from, to } => unshare_bind(libc::CLONE_NEWNS, from, to),
+        Action::UnshareUserMountBind { from, to } => {
+            unshare_bind(libc::CLONE_NEWUSER | libc::CLONE_NEWNS, from, to)
+        }
         Action::RawSocket => raw_socket(),
         // SAFETY: unshare(2) of this single-threaded process; it exits right after.
         Action::UnshareUser => check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }).map(|_| ()),
