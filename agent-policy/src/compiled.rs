@@ -148,7 +148,10 @@ network:
             assert!(problems.is_empty(), "{problems:?}");
             policies.append(&mut parsed);
         }
-        PolicySet { policies }
+        PolicySet {
+            policies,
+            ..PolicySet::default()
+        }
     }
 
     #[test]
@@ -251,7 +254,14 @@ network:
             file: "t.yaml".into(),
             line: 1,
         };
-        let c = compile_set(&PolicySet { policies: vec![p] }, 0..1).unwrap();
+        let c = compile_set(
+            &PolicySet {
+                policies: vec![p],
+                ..PolicySet::default()
+            },
+            0..1,
+        )
+        .unwrap();
         let r = &c.rulesets[0];
         assert!(r.paths.is_empty() && r.nets.is_empty() && r.denied_paths.is_empty());
         assert_eq!(

@@ -8,6 +8,7 @@ pub mod diagnostic;
 pub mod model;
 pub mod parse;
 pub mod pattern;
+pub mod symlinks;
 mod yaml;
 
 pub use compile::{
@@ -15,6 +16,8 @@ pub use compile::{
 };
 pub use compiled::{CompileError, CompiledLabel, CompiledRuleset, CompiledSet, compile_set};
 pub use diagnostic::Diagnostic;
-pub use model::{Fallback, Mode, NetPattern, PathPattern, Policy, PolicySet, ProcessRules, Rules};
+pub use model::{
+    Fallback, Mode, NetPattern, PathPattern, PathSite, Policy, PolicySet, ProcessRules, Rules,
+};
 pub use parse::{load_path, parse_str};
 pub use pattern::{PatternError, parse_net, parse_path};

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
+use crate::diagnostic::Pos;
+
 /// Whether a policy's denials are enforced or only reported.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -149,10 +151,20 @@ impl Policy {
     }
 }
 
+/// Where a path pattern was written, for messages about it (see `symlinks`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathSite {
+    pub pattern: PathPattern,
+    pub file: PathBuf,
+    pub pos: Pos,
+}
+
 /// Every policy of a directory, checked together (unique names and labels, limits).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicySet {
     pub policies: Vec<Policy>,
+    /// Every path pattern of the policies, where it was written.
+    pub sites: Vec<PathSite>,
 }
 
 impl PolicySet {
@@ -163,5 +175,12 @@ impl PolicySet {
 
     pub fn label_count(&self) -> usize {
         self.policies.iter().map(|p| p.labels.len()).sum()
+    }
+
+    /// The rule lists whose patterns are paths, of every policy.
+    pub fn path_rules_mut(&mut self) -> impl Iterator<Item = &mut Rules<PathPattern>> {
+        self.policies
+            .iter_mut()
+            .flat_map(|p| [&mut p.exec, &mut p.file_write, &mut p.file_read])
     }
 }

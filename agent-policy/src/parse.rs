@@ -7,7 +7,7 @@ use std::rc::Rc;
 use agent_common::{MAX_LABELS, capability_by_name};
 
 use crate::diagnostic::{Diagnostic, Pos};
-use crate::model::{Fallback, Mode, Policy, PolicySet, ProcessRules, Rules};
+use crate::model::{Fallback, Mode, PathPattern, PathSite, Policy, PolicySet, ProcessRules, Rules};
 use crate::pattern::{PatternError, parse_net, parse_path};
 use crate::yaml::{Node, Value, parse_documents};
 
@@ -56,9 +56,9 @@ pub fn load_path(path: &Path) -> Result<PolicySet, Vec<Diagnostic>> {
         };
         diags.push(Diagnostic::new(path, Pos::START, message));
     }
-    let policies = check_set(parsed, &mut diags);
+    let set = check_set(parsed, &mut diags);
     if diags.is_empty() {
-        Ok(PolicySet { policies })
+        Ok(set)
     } else {
         Err(dedup(diags))
     }
@@ -67,10 +67,16 @@ pub fn load_path(path: &Path) -> Result<PolicySet, Vec<Diagnostic>> {
 /// Parse and validate the policies of one file's text. Returns the valid policies and every
 /// problem found (including duplicate names and labels within the file).
 pub fn parse_str(file: &Path, text: &str) -> (Vec<Policy>, Vec<Diagnostic>) {
+    let (set, diags) = parse_set(file, text);
+    (set.policies, diags)
+}
+
+/// `parse_str`, keeping where each path pattern was written.
+pub fn parse_set(file: &Path, text: &str) -> (PolicySet, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let parsed = parse_file(file, text, &mut diags);
-    let policies = check_set(parsed, &mut diags);
-    (policies, dedup(diags))
+    let set = check_set(parsed, &mut diags);
+    (set, dedup(diags))
 }
 
 fn list_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
@@ -144,6 +150,7 @@ struct Parsed {
     pos: Pos,
     name: Option<(String, Pos)>,
     labels: Vec<(String, Pos)>,
+    sites: Vec<PathSite>,
 }
 
 fn parse_file(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Parsed> {
@@ -152,6 +159,7 @@ fn parse_file(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Parse
         file,
         diags,
         partial: false,
+        sites: Vec::new(),
     };
     let mut parsed: Vec<Parsed> = documents
         .complete
@@ -169,10 +177,10 @@ fn parse_file(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Parse
 }
 
 /// Checks across policies: unique names, each label in one policy, limits.
-fn check_set(parsed: Vec<Parsed>, diags: &mut Vec<Diagnostic>) -> Vec<Policy> {
+fn check_set(parsed: Vec<Parsed>, diags: &mut Vec<Diagnostic>) -> PolicySet {
     let mut names: HashMap<String, (PathBuf, Pos)> = HashMap::new();
     let mut labels: HashMap<String, (String, PathBuf, Pos)> = HashMap::new();
-    let mut policies = Vec::new();
+    let mut set = PolicySet::default();
     for (index, p) in parsed.into_iter().enumerate() {
         let before = diags.len();
         if index == MAX_POLICIES {
@@ -225,10 +233,11 @@ fn check_set(parsed: Vec<Parsed>, diags: &mut Vec<Diagnostic>) -> Vec<Policy> {
         if diags.len() == before
             && let Some(policy) = p.policy
         {
-            policies.push(policy);
+            set.policies.push(policy);
+            set.sites.extend(p.sites);
         }
     }
-    policies
+    set
 }
 
 /// Validates one document's tree, recording problems as it goes.
@@ -237,6 +246,8 @@ struct Checker<'a> {
     diags: &'a mut Vec<Diagnostic>,
     /// Checking a document cut short by a syntax error: absent keys may come after it.
     partial: bool,
+    /// The path patterns of the document being checked, where they were written.
+    sites: Vec<PathSite>,
 }
 
 impl Checker<'_> {
@@ -259,6 +270,7 @@ impl Checker<'_> {
             pos: doc.pos,
             name: None,
             labels: Vec::new(),
+            sites: Vec::new(),
         };
         let Some(fields) = self.fields(doc, "a policy", POLICY_KEYS) else {
             return parsed;
@@ -297,8 +309,12 @@ impl Checker<'_> {
                 "network" => {
                     if let Some(network) = self.fields(value, "`network`", NETWORK_KEYS) {
                         for (_, _, value) in &network {
-                            connect =
-                                self.rules(value, "network.connect", "network patterns", parse_net);
+                            connect = without_sites(self.rules(
+                                value,
+                                "network.connect",
+                                "network patterns",
+                                parse_net,
+                            ));
                         }
                     }
                 }
@@ -315,6 +331,7 @@ impl Checker<'_> {
                 );
             }
         }
+        parsed.sites = std::mem::take(&mut self.sites);
         if self.partial || self.diags.len() != before {
             return parsed;
         }
@@ -504,8 +521,22 @@ impl Checker<'_> {
         caps
     }
 
-    fn path_rules(&mut self, node: &Node, section: &str) -> Rules<crate::model::PathPattern> {
-        self.rules(node, section, "path patterns", parse_path)
+    /// `rules` of path patterns, whose sites are kept for `symlinks`.
+    fn path_rules(&mut self, node: &Node, section: &str) -> Rules<PathPattern> {
+        let rules = self.rules(node, section, "path patterns", parse_path);
+        let file = self.file;
+        self.sites.extend(
+            rules
+                .allow
+                .iter()
+                .chain(&rules.deny)
+                .map(|(pattern, pos)| PathSite {
+                    pattern: pattern.clone(),
+                    file: file.to_path_buf(),
+                    pos: *pos,
+                }),
+        );
+        without_sites(rules)
     }
 
     fn rules<P>(
@@ -514,7 +545,7 @@ impl Checker<'_> {
         section: &str,
         items: &str,
         parse: fn(&str) -> Result<P, PatternError>,
-    ) -> Rules<P> {
+    ) -> Rules<(P, Pos)> {
         let mut rules = Rules::default();
         let Some(fields) = self.fields(node, &format!("`{section}`"), RULES_KEYS) else {
             return rules;
@@ -542,7 +573,7 @@ impl Checker<'_> {
         key: &str,
         items: &str,
         parse: fn(&str) -> Result<P, PatternError>,
-    ) -> Vec<P> {
+    ) -> Vec<(P, Pos)> {
         let Value::Seq(list) = &node.value else {
             self.shape_error(
                 node,
@@ -574,11 +605,21 @@ impl Checker<'_> {
                 continue;
             };
             match parse(text) {
-                Ok(p) => out.push(p),
+                Ok(p) => out.push((p, item.pos)),
                 Err(e) => self.error(item.pos, e.to_string()),
             }
         }
         out
+    }
+}
+
+/// `rules` without where each pattern was written.
+fn without_sites<P>(rules: Rules<(P, Pos)>) -> Rules<P> {
+    Rules {
+        default: rules.default,
+        allow: rules.allow.into_iter().map(|(p, _)| p).collect(),
+        deny: rules.deny.into_iter().map(|(p, _)| p).collect(),
+        protect: Vec::new(),
     }
 }
 

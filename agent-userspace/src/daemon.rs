@@ -77,9 +77,11 @@ pub struct Options {
 }
 
 /// Reads and validates every policy file; all problems are reported, each as
-/// `file:line:column: message`.
+/// `file:line:column: message`. A rule that names a symlink is logged and also applied to the
+/// symlink's target, the path the kernel will see.
 pub fn load_policies(dir: &Path) -> Result<PolicySet> {
-    agent_policy::load_path(dir).map_err(|problems| {
+    use agent_policy::symlinks;
+    let mut set = agent_policy::load_path(dir).map_err(|problems| {
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         anyhow::anyhow!(
             "{} problem(s) in the policies at {}:\n{}",
@@ -87,7 +89,12 @@ pub fn load_policies(dir: &Path) -> Result<PolicySet> {
             dir.display(),
             text.join("\n")
         )
-    })
+    })?;
+    for warning in symlinks::warnings(&set, symlinks::on_host) {
+        tracing::warn!("{warning}");
+    }
+    symlinks::follow(&mut set, symlinks::on_host);
+    Ok(set)
 }
 
 /// Everything a load or reload changes, owned by whichever thread runs it: a load stats

@@ -128,6 +128,9 @@ fn init_logs(format: LogFormat) {
 fn check(path: &std::path::Path) -> ExitCode {
     match agent_policy::load_path(path) {
         Ok(set) => {
+            for warning in agent_policy::symlinks::warnings(&set, agent_policy::symlinks::on_host) {
+                println!("{warning}");
+            }
             println!(
                 "{}: ok: {} policies, {} labels, {} rules",
                 path.display(),

@@ -310,7 +310,10 @@ mod tests {
             assert!(problems.is_empty(), "{problems:?}");
             policies.append(&mut parsed);
         }
-        PolicySet { policies }
+        PolicySet {
+            policies,
+            ..PolicySet::default()
+        }
     }
 
     const CODER: &str = "\
