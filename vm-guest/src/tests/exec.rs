@@ -18,10 +18,13 @@ const TMPFS: &str = "tmpfs";
 
 fn policy(ctx: &Ctx) -> String {
     format!(
-        "name: vmtest-exec\nlabels: [{LABEL}]\nmode: enforce\nexec:\n  default: allow\n  deny: [{}, {}, {}/**]\n",
+        "name: vmtest-exec\nlabels: [{LABEL}]\nmode: enforce\nexec:\n  default: allow\n  deny: [{}, {}, {}/**, {}, {}/**]\n",
         ctx.path("bin/denied").display(),
         ctx.path(&format!("{TMPFS}/bin/denied")).display(),
-        ctx.path("denytree").display()
+        ctx.path("denytree").display(),
+        // Rules that name symlinks: they must hold for the targets.
+        ctx.path("bin/alias").display(),
+        ctx.path("linkdir").display()
     )
 }
 
@@ -35,6 +38,10 @@ fn start(ctx: &Ctx) -> Result<Enforcing> {
     std::fs::create_dir_all(ctx.path("ws"))?;
     harness::install("/bin/true", &ctx.path("denytree/sub/tool"))?;
     symlink(ctx.path("bin/denied"), ctx.path("bin/link-to-denied"))?;
+    harness::install("/bin/true", &ctx.path("bin/aliased"))?;
+    symlink("aliased", ctx.path("bin/alias"))?;
+    harness::install("/bin/true", &ctx.path("realdir/tool"))?;
+    symlink("realdir", ctx.path("linkdir"))?;
     harness::write(&ctx.path("denytree/script.sh"), "#!/bin/sh\nexit 0\n")?;
     std::fs::set_permissions(
         ctx.path("denytree/script.sh"),
@@ -75,6 +82,46 @@ fn labelled_denied_exec_through_symlink_is_eperm(ctx: &Ctx) -> Outcome {
         "EPERM",
         "exec through a symlink"
     );
+    Ok(())
+}
+
+/// A rule naming a symlink (an alternatives link, `/lib` on merged /usr) would never match,
+/// since the kernel reports the target: `actgate check` warns, and the target is denied.
+fn rules_naming_symlinks_hold_for_their_targets(ctx: &Ctx) -> Outcome {
+    for target in ["bin/aliased", "realdir/tool", "linkdir/tool"] {
+        expect_eq!(
+            ctx.attempt(Some(LABEL), &["exec", &p(ctx, target)]),
+            "EPERM",
+            "exec of {target}"
+        );
+    }
+    let out = std::process::Command::new(&ctx.actgate)
+        .arg("check")
+        .arg(ctx.path("policies/exec.yaml"))
+        .output()
+        .map_err(|e| NotPassed::Fail(format!("running actgate check: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains(": warning: ")).collect();
+    expect_eq!(out.status.code(), Some(0), "actgate check's exit code");
+    expect_eq!(warnings.len(), 2, "warnings in {text}");
+    // Each warning points at its rule: line 6, the column where the pattern starts.
+    let rules = policy(ctx);
+    let line = rules.lines().nth(5).unwrap_or_default();
+    let file = p(ctx, "policies/exec.yaml");
+    for (i, rule) in [p(ctx, "bin/alias"), format!("{}/**", p(ctx, "linkdir"))]
+        .iter()
+        .enumerate()
+    {
+        let column = line
+            .find(&format!("{rule},"))
+            .or(line.find(&format!("{rule}]")));
+        let want = format!("{file}:6:{}: warning: `{rule}`", column.unwrap_or(0) + 1);
+        expect_eq!(
+            warnings.get(i).is_some_and(|w| w.starts_with(&want)),
+            true,
+            "warning {i} starts with {want}: {text}"
+        );
+    }
     Ok(())
 }
 
@@ -231,6 +278,7 @@ pub fn suite() -> Suite<Enforcing> {
             case!(healthz_and_readyz_answer),
             case!(labelled_allowed_exec_runs),
             case!(labelled_denied_exec_is_eperm),
+            case!(rules_naming_symlinks_hold_for_their_targets),
             case!(labelled_denied_exec_through_symlink_is_eperm),
             case!(labelled_denied_exec_through_relative_path_is_eperm),
             case!(labelled_exec_in_denied_tree_is_eperm),
