@@ -38,6 +38,12 @@ macro_rules! kernel_offsets {
             MSGHDR_MSG_NAME: msghdr.msg_name,
             MSGHDR_MSG_NAMELEN: msghdr.msg_namelen,
             USER_NAMESPACE_LEVEL: user_namespace.level,
+            TASK_STRUCT_CGROUPS: task_struct.cgroups,
+            CSS_SET_DFL_CGRP: css_set.dfl_cgrp,
+            CGROUP_LEVEL: cgroup.level,
+            CGROUP_ANCESTORS: cgroup.ancestors,
+            CGROUP_KN: cgroup.kn,
+            KERNFS_NODE_ID: kernfs_node.id,
         }
     };
 }

@@ -12,7 +12,7 @@ use crate::{
     hook::{frame, frame_when},
     judge::{enforced, fixed},
     kernel::{self, field, get, read},
-    maps,
+    label, maps,
 };
 
 /// `clone3`'s flag to start the child in the cgroup its `cgroup` fd names.
@@ -107,26 +107,27 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
 }
 
 /// ptrace attach, /proc/PID/mem, environ and fd, process_vm_readv/writev, pidfd_getfd and kcmp
-/// all ask `ptrace_may_access`, which ends here.
+/// all ask `ptrace_may_access`, which ends here. A labelled task may reach into the processes
+/// of its own label only: one outside it (an unlabelled shell of the same user, another
+/// label's agent) would do whatever it was made to, unjudged, and the daemon is outside
+/// every label.
 #[lsm(hook = "ptrace_access_check")]
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let child: *const u8 = ctx.arg(0);
-    frame_when(
-        &ctx,
-        Hook::PTRACE_ACCESS_CHECK,
-        || is_daemon(child),
-        |info| {
-            let mode: u32 = ctx.arg(1);
-            if mode & PTRACE_MODE_NOAUDIT != 0 {
-                return Ok(agent_common::verdict(
-                    0,
-                    info.defaults[Action::Ptrace as usize],
-                    enforced(info.mode),
-                ));
-            }
-            Ok(fixed(info, Action::Ptrace, 0, |_| {}))
-        },
-    )
+    frame(&ctx, Hook::PTRACE_ACCESS_CHECK, |info| {
+        if !is_daemon(child) && label::cgroup_of(child) == label::current_cgroup() {
+            return Ok(Verdict::Allow);
+        }
+        let mode: u32 = ctx.arg(1);
+        if mode & PTRACE_MODE_NOAUDIT != 0 {
+            return Ok(agent_common::verdict(
+                0,
+                info.defaults[Action::Ptrace as usize],
+                enforced(info.mode),
+            ));
+        }
+        Ok(fixed(info, Action::Ptrace, 0, |_| {}))
+    })
 }
 
 /// `copy_process` asks before `cgroup_can_fork` moves the child, so a denied clone never

@@ -3,16 +3,42 @@
 use agent_common::{LabelInfo, LabelKey};
 use aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id;
 
-use crate::{kernel, maps};
+use crate::{
+    kernel::{self, get, read},
+    maps,
+};
+
+/// The id of the current task's cgroup ancestor at the labels' depth (0 above it): the cgroup
+/// of its label, if it has one.
+#[inline(always)]
+pub fn current_cgroup() -> u64 {
+    // SAFETY: a helper without pointer arguments.
+    unsafe { bpf_get_current_ancestor_cgroup_id(get(&kernel::LABEL_LEVEL) as i32) }
+}
+
+/// `current_cgroup` for another task (a BTF-typed `struct task_struct *`), read the way the
+/// helper reads it: task → css_set → default-hierarchy cgroup → its ancestor at the labels'
+/// depth → kernfs id.
+#[inline(always)]
+pub fn cgroup_of(task: *const u8) -> u64 {
+    let level = get(&kernel::LABEL_LEVEL);
+    let cset = read::<usize>(task, get(&kernel::TASK_STRUCT_CGROUPS)) as *const u8;
+    let cgrp = read::<usize>(cset, get(&kernel::CSS_SET_DFL_CGRP)) as *const u8;
+    if cgrp.is_null() || u64::from(read::<u32>(cgrp, get(&kernel::CGROUP_LEVEL))) < level {
+        return 0;
+    }
+    let slot = get(&kernel::CGROUP_ANCESTORS) + 8 * level;
+    let ancestor = read::<usize>(cgrp, slot) as *const u8;
+    let kn = read::<usize>(ancestor, get(&kernel::CGROUP_KN)) as *const u8;
+    read(kn, get(&kernel::KERNFS_NODE_ID))
+}
 
 /// The label of the current task, found through its cgroup ancestor at the labels' depth, so
 /// that every process and sub-cgroup beneath a label is covered without tracking them.
 /// Unlabelled tasks leave after one helper call and one lookup.
 #[inline(always)]
 pub fn current() -> Option<LabelInfo> {
-    // SAFETY: a helper without pointer arguments.
-    let cgroup_id =
-        unsafe { bpf_get_current_ancestor_cgroup_id(kernel::get(&kernel::LABEL_LEVEL) as i32) };
+    let cgroup_id = current_cgroup();
     if cgroup_id == 0 {
         return None;
     }

@@ -217,7 +217,7 @@ fn outlive(ctx: &Ctx, daemon: Daemon, policies: &Path) -> Result<()> {
         &ctx.path("events.jsonl"),
         &ctx.path("daemon-2.log"),
         &[],
-        Duration::from_secs(120),
+        crate::harness::READY_WITHIN,
     )?;
     let (_, body) = http_get("/metrics")?;
     for l in body.lines().filter(|l| {

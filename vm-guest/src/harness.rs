@@ -324,19 +324,16 @@ pub struct Daemon {
     keep: bool,
 }
 
+/// How long a starting daemon may take to turn ready. Under emulation the verifier takes
+/// seconds per program, and more on a busy machine.
+pub const READY_WITHIN: Duration = Duration::from_secs(300);
+
 impl Daemon {
     /// Starts `actgate run` with the suite's events file and log, and waits until /readyz
     /// says 200.
     pub fn start(ctx: &Ctx, policies: &Path, extra: &[&str]) -> Result<Daemon> {
         let (events, log) = (ctx.path("events.jsonl"), ctx.path("daemon.log"));
-        Daemon::launch(
-            &ctx.actgate,
-            policies,
-            &events,
-            &log,
-            extra,
-            Duration::from_secs(120),
-        )
+        Daemon::launch(&ctx.actgate, policies, &events, &log, extra, READY_WITHIN)
     }
 
     /// Starts `actgate run` from a clean kernel (`unload`) writing a fresh EVENTS file and its

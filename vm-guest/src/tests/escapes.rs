@@ -152,6 +152,50 @@ fn ptrace_and_the_daemons_memory_are_refused(ctx: &Ctx, f: &mut Enforcing) -> Ou
     still_in_force(ctx, &f.daemon)
 }
 
+/// An unlabelled process of the same user (a login shell, a tmux server) would do whatever a
+/// labelled one made it do through ptrace or /proc/PID/mem, unjudged: only the label's own
+/// processes may be reached.
+fn processes_outside_the_label_are_out_of_reach(ctx: &Ctx, f: &mut Enforcing) -> Outcome {
+    use std::os::unix::process::CommandExt;
+    // nobody's group is nogroup, 65534 too: ptrace_may_access wants every id to match.
+    for (user, uid) in [("root", 0), ("nobody", 65534)] {
+        let mut outside = Command::new("/bin/sleep")
+            .arg("60")
+            .uid(uid)
+            .gid(uid)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting an unlabelled sleep")?;
+        let pid = outside.id().to_string();
+        let environ = format!("/proc/{pid}/environ");
+        let denied = counted("ptrace", "deny", || {
+            // The kernel reports a refused ptrace_may_access on /proc/PID/environ as EACCES.
+            expect_eq!(
+                attempt(ctx, user, LABEL, &["open-read", &environ]),
+                "EACCES",
+                "{user} in {LABEL} reading the environment of its own user's unlabelled process"
+            );
+            Ok(())
+        });
+        let attach = attempt(ctx, user, LABEL, &["ptrace-attach", &pid]);
+        let _ = outside.kill();
+        let _ = outside.wait();
+        expect_eq!(denied?, 1.0, "ptrace denials counted for {user}'s read");
+        expect_eq!(attach, "EPERM", "{user} in {LABEL} attaching to it");
+    }
+    // Within the label, a process may still look at its own children.
+    let script = format!(
+        "/bin/sleep 30 & p=$!; {} try open-read /proc/$p/environ; kill $p",
+        ctx.guest.display()
+    );
+    expect_eq!(
+        ctx.labelled_sh(LABEL, &script),
+        "OK",
+        "reading a child's environment within the label"
+    );
+    still_in_force(ctx, &f.daemon)
+}
+
 fn bpf_syscall_is_refused(ctx: &Ctx, f: &mut Enforcing) -> Outcome {
     expect_all(ctx, LABEL, &["bpf-map-create"], "EPERM")?;
     still_in_force(ctx, &f.daemon)
@@ -374,6 +418,7 @@ pub fn suite() -> super::Suite<Enforcing> {
         cases: vec![
             case!(ptrace_and_the_daemons_memory_are_refused, fixture),
             case!(bpf_syscall_is_refused, fixture),
+            case!(processes_outside_the_label_are_out_of_reach, fixture),
             case!(denied_capabilities_are_refused_even_to_root, fixture),
             case!(
                 mounts_pivot_root_and_chroot_are_refused_even_with_the_capabilities,
