@@ -111,15 +111,22 @@ struct Loader {
     protected: Protected,
 }
 
-/// actgate's own files. A labelled root that could write them would steer the daemon: new
-/// policies in the policy directory, another binary on the next restart, or a control socket
-/// of its own in the runtime directory, through which `actgate exec` would start the next
-/// agent unconfined. Reading the runtime directory is denied too, so that no label can hold
-/// the daemon's lock file and keep a restarted daemon from starting.
+/// actgate's own files, and the kernel's. A labelled root that could write actgate's files
+/// would steer the daemon: new policies in the policy directory, another binary on the next
+/// restart, or a control socket of its own in the runtime directory, through which `actgate
+/// exec` would start the next agent unconfined. Reading the runtime directory is denied too,
+/// so that no label can hold the daemon's lock file and keep a restarted daemon from starting.
+/// The kernel's settings (`KERNEL_SETTINGS`) would run a program of the label's choosing as
+/// root outside every label.
 struct Protected {
     write: Vec<PathPattern>,
     read: Vec<PathPattern>,
 }
+
+/// Where writing is reconfiguring the kernel: sysctls (kernel.core_pattern and
+/// kernel.modprobe name programs the kernel runs as root; binfmt_misc registers interpreters),
+/// sysfs (uevent_helper, module parameters, securityfs, tracefs) and the SysRq trigger.
+const KERNEL_SETTINGS: &[&str] = &["/proc/sys/**", "/proc/sysrq-trigger", "/sys/**"];
 
 impl Protected {
     fn new(policies: &Path, runtime_dir: &Path) -> Result<Self> {
@@ -130,12 +137,16 @@ impl Protected {
         };
         let runtime = PathPattern::Tree(real(runtime_dir)?);
         let exe = std::env::current_exe().context("finding actgate's own binary")?;
+        let mut write = vec![
+            PathPattern::Tree(real(policies)?),
+            PathPattern::Exact(real(&exe)?),
+            runtime.clone(),
+        ];
+        for pattern in KERNEL_SETTINGS {
+            write.push(agent_policy::parse_path(pattern)?);
+        }
         Ok(Self {
-            write: vec![
-                PathPattern::Tree(real(policies)?),
-                PathPattern::Exact(real(&exe)?),
-                runtime.clone(),
-            ],
+            write,
             read: vec![runtime],
         })
     }

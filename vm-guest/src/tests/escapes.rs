@@ -196,6 +196,38 @@ fn processes_outside_the_label_are_out_of_reach(ctx: &Ctx, f: &mut Enforcing) ->
     still_in_force(ctx, &f.daemon)
 }
 
+/// kernel.core_pattern and kernel.modprobe name programs the kernel runs as root, outside
+/// every label; the SysRq trigger reboots. Root in a label may write none of them, whatever
+/// its policy allows.
+fn kernel_settings_cannot_be_written(ctx: &Ctx, f: &mut Enforcing) -> Outcome {
+    let files = [
+        "/proc/sys/kernel/core_pattern",
+        "/proc/sys/kernel/modprobe",
+        "/proc/sysrq-trigger",
+    ];
+    let before: Vec<String> = files
+        .iter()
+        .map(|f| fs::read_to_string(f).unwrap_or_default())
+        .collect();
+    let denied = counted("file_write", "deny", || {
+        for file in files {
+            expect_eq!(
+                attempt(ctx, "root", LABEL, &["open-write", file]),
+                "EPERM",
+                "root in {LABEL} opening {file} for writing"
+            );
+        }
+        Ok(())
+    })?;
+    expect_eq!(denied, 3.0, "file_write denials counted");
+    let after: Vec<String> = files
+        .iter()
+        .map(|f| fs::read_to_string(f).unwrap_or_default())
+        .collect();
+    expect_eq!(after, before, "the settings are unchanged");
+    still_in_force(ctx, &f.daemon)
+}
+
 fn bpf_syscall_is_refused(ctx: &Ctx, f: &mut Enforcing) -> Outcome {
     expect_all(ctx, LABEL, &["bpf-map-create"], "EPERM")?;
     still_in_force(ctx, &f.daemon)
@@ -419,6 +451,7 @@ pub fn suite() -> super::Suite<Enforcing> {
             case!(ptrace_and_the_daemons_memory_are_refused, fixture),
             case!(bpf_syscall_is_refused, fixture),
             case!(processes_outside_the_label_are_out_of_reach, fixture),
+            case!(kernel_settings_cannot_be_written, fixture),
             case!(denied_capabilities_are_refused_even_to_root, fixture),
             case!(
                 mounts_pivot_root_and_chroot_are_refused_even_with_the_capabilities,
