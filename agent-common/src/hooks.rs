@@ -58,6 +58,7 @@ hooks! {
     MOVE_MOUNT = "move_mount", 2, [Namespace];
     SB_PIVOTROOT = "sb_pivotroot", 2, [Namespace];
     PATH_CHROOT = "path_chroot", 1, [Namespace];
+    FILE_IOCTL = "file_ioctl", 3, [Ptrace];
 }
 
 /// Number of hooks in `Hook::ALL`.

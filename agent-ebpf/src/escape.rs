@@ -22,6 +22,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// since the task didn't ask for anything. The same holds for `PTRACE_MODE_NOAUDIT`.
 const CAP_OPT_NOAUDIT: u32 = 1 << 1;
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
+const TIOCSTI: u32 = 0x5412;
 
 /// The capability names, padded, so an event can name one with a bounded copy.
 static CAP_NAMES: [[u8; CAP_NAME_LEN]; 64] = {
@@ -128,6 +129,25 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
         }
         Ok(fixed(info, Action::Ptrace, 0, |_| {}))
     })
+}
+
+/// TIOCSTI pushes bytes into a terminal's input, as if typed: an agent sharing its user's
+/// terminal would have the shell that started it run commands after it exits, unlabelled.
+/// 6.2 and later refuse it without CAP_SYS_ADMIN unless built with LEGACY_TIOCSTI; 6.1 always
+/// allows it on the caller's own terminal. Judged as reaching into another process.
+#[lsm(hook = "file_ioctl")]
+pub fn file_ioctl(ctx: LsmContext) -> i32 {
+    let cmd: u32 = ctx.arg(1);
+    frame_when(
+        &ctx,
+        Hook::FILE_IOCTL,
+        || cmd == TIOCSTI,
+        |info| {
+            Ok(fixed(info, Action::Ptrace, 0, |e| {
+                e.path[..8].copy_from_slice(b"TIOCSTI\0")
+            }))
+        },
+    )
 }
 
 /// `copy_process` asks before `cgroup_can_fork` moves the child, so a denied clone never

@@ -273,6 +273,18 @@ pub fn probe(cgroup: &Path, dir: &Path, daemon: u32) -> Result<()> {
     // SAFETY: kcmp takes no pointers.
     let kcmp = unsafe { libc::syscall(libc::SYS_kcmp, libc::getpid(), daemon_pid, 1, 0, 0) };
     report(Hook::PTRACE_ACCESS_CHECK, check(kcmp))?;
+    // TIOCSTI on /dev/null: ENOTTY when allowed.
+    let null = fs::File::open("/dev/null").context("opening /dev/null")?;
+    let byte = 0u8;
+    // SAFETY: a valid fd; TIOCSTI reads one byte from the pointer.
+    let injected = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&null),
+            libc::TIOCSTI,
+            &raw const byte,
+        )
+    };
+    report(Hook::FILE_IOCTL, check(injected.into()))?;
     report(
         Hook::TASK_ALLOC,
         agent_common::sys::clone_into_cgroup(cgroup_dir.as_fd()),

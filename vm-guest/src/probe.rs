@@ -87,6 +87,8 @@ pub enum Action {
     /// unshare(CLONE_NEWUSER|CLONE_NEWNS) (`unshare -Urm`, no capability needed), then a bind
     /// mount of FROM over TO.
     UnshareUserMountBind { from: PathBuf, to: PathBuf },
+    /// ioctl(TIOCSTI) of one byte into a new pseudo-terminal's input.
+    Tiocsti,
     /// socket(AF_INET, SOCK_RAW, IPPROTO_ICMP) (CAP_NET_RAW).
     RawSocket,
     /// unshare(CLONE_NEWUSER).
@@ -415,6 +417,27 @@ fn unshare_bind(flags: libc::c_int, from: &Path, to: &Path) -> io::Result<()> {
     bind_mount(from, to)
 }
 
+/// Opens a new pseudo-terminal and pushes one byte into its input through the terminal side.
+fn tiocsti() -> io::Result<()> {
+    // SAFETY: posix_openpt and friends on fds this function owns; ptsname's buffer is read
+    // before any other call can reuse it.
+    unsafe {
+        let master = check(libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY))?;
+        check(libc::grantpt(master))?;
+        check(libc::unlockpt(master))?;
+        let name = libc::ptsname(master);
+        if name.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let slave = check(libc::open(name, libc::O_RDWR | libc::O_NOCTTY))?;
+        let byte = b'x';
+        let r = check(libc::ioctl(slave, libc::TIOCSTI, &raw const byte));
+        libc::close(slave);
+        libc::close(master);
+        r.map(drop)
+    }
+}
+
 fn raw_socket() -> io::Result<()> {
     // SAFETY: socket(2), and close of the fd it returned.
     let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) })?;
@@ -470,6 +493,7 @@ pub fn run(action: Action) -> ExitCode {
         Action::UnshareUserMountBind { from, to } => {
             unshare_bind(libc::CLONE_NEWUSER | libc::CLONE_NEWNS, from, to)
         }
+        Action::Tiocsti => tiocsti(),
         Action::RawSocket => raw_socket(),
         // SAFETY: unshare(2) of this single-threaded process; it exits right after.
         Action::UnshareUser => check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }).map(|_| ()),

@@ -228,6 +228,27 @@ fn kernel_settings_cannot_be_written(ctx: &Ctx, f: &mut Enforcing) -> Outcome {
     still_in_force(ctx, &f.daemon)
 }
 
+/// TIOCSTI would type commands into the terminal of the shell that started the agent. The
+/// kernel refuses it on a terminal that isn't the caller's own (and 6.12 without
+/// CAP_SYS_ADMIN), but actgate's hook answers first: the counters say who refused.
+fn terminal_input_injection_is_refused(ctx: &Ctx, f: &mut Enforcing) -> Outcome {
+    let before = scrape()?;
+    expect_all(ctx, LABEL, &["tiocsti"], "EPERM")?;
+    let after = scrape()?;
+    let count = |body: &str, action| harness::decisions(body, LABEL, action, "deny");
+    expect_eq!(
+        count(&after, "ptrace") - count(&before, "ptrace"),
+        2.0,
+        "ptrace denials counted for root's and nobody's TIOCSTI"
+    );
+    expect_eq!(
+        count(&after, "capability") - count(&before, "capability"),
+        0.0,
+        "capability denials (the kernel's own check never ran)"
+    );
+    still_in_force(ctx, &f.daemon)
+}
+
 fn bpf_syscall_is_refused(ctx: &Ctx, f: &mut Enforcing) -> Outcome {
     expect_all(ctx, LABEL, &["bpf-map-create"], "EPERM")?;
     still_in_force(ctx, &f.daemon)
@@ -452,6 +473,7 @@ pub fn suite() -> super::Suite<Enforcing> {
             case!(bpf_syscall_is_refused, fixture),
             case!(processes_outside_the_label_are_out_of_reach, fixture),
             case!(kernel_settings_cannot_be_written, fixture),
+            case!(terminal_input_injection_is_refused, fixture),
             case!(denied_capabilities_are_refused_even_to_root, fixture),
             case!(
                 mounts_pivot_root_and_chroot_are_refused_even_with_the_capabilities,
