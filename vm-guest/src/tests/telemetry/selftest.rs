@@ -86,7 +86,8 @@ pub(super) fn selftest_refuses_to_start_when_hooks_allow_everything(ctx: &Ctx) -
         }
         if Instant::now() > deadline {
             return Err(NotPassed::Fail(format!(
-                "the daemon still runs 120 s after start although its self-test must fail:\n{}",
+                "the daemon still runs {} s after start although its self-test must fail:\n{}",
+                harness::READY_WITHIN.as_secs(),
                 d.log_text()
             )));
         }
@@ -124,7 +125,8 @@ pub(super) fn selftest_with_allow_unverified_runs_unready_and_says_so(ctx: &Ctx)
         }
         if Instant::now() > deadline {
             return Err(NotPassed::Fail(format!(
-                "no healthy daemon reporting its failed self-test within 120 s:\n{}",
+                "no healthy daemon reporting its failed self-test within {} s:\n{}",
+                harness::READY_WITHIN.as_secs(),
                 d.log_text()
             )));
         }
