@@ -67,8 +67,9 @@ pub fn frame_when(
         // An agent that can make the check fail (a path too deep or too long, a name the
         // kernel can't read) must not get through by it.
         Err(e) => {
-            // One line in the daemon's log too: the event goes to whoever reads events, but
-            // an error count that moves wants an operator's eye.
+            // A path that can't be resolved is refused in `judge` already, with an event that
+            // names the file; what gets here has no target to show, so it also gets a line in
+            // the daemon's log.
             aya_log_ebpf::warn!(
                 ctx,
                 "label {}: an internal error (slot {} of actgate_kernel_errors_total's reasons) \
