@@ -1,5 +1,6 @@
-//! Why a hook could not judge an action. Such a call is allowed (a denial-of-service is not a
-//! policy) and counted per reason in the kernel's `ERRORS` map, which the daemon exports as
+//! Why a hook could not judge an action. What the kernel can't judge is refused (see
+//! `crate::unjudged`): such a call is denied, reported with `Reason::Unjudged`, and counted per
+//! reason in the kernel's `ERRORS` map, which the daemon exports as
 //! `actgate_kernel_errors_total{reason}`.
 
 macro_rules! kernel_errors {
@@ -34,13 +35,15 @@ kernel_errors! {
     /// `bpf_d_path` refused the path: longer than `PATH_BUF`, or on a file system it can't
     /// name.
     DPathFailed = 0 => "d_path_failed",
-    /// The dentry walk of a `path_*` hook met more components than it follows
-    /// (`MAX_DEPTH`); judging the last ones only would be a guess.
+    /// The dentry walk of a `path_*` hook took more steps (components plus mount crossings)
+    /// than it follows (`MAX_STEPS`); judging the last ones only would be a guess.
     PathTooDeep = 1 => "path_too_deep",
     /// The dentry walk built a path longer than `PATH_BUF`.
     PathTooLong = 2 => "path_too_long",
     /// A per-CPU scratch buffer (the `SCRATCH` or `WALK` map) could not be looked up.
     ScratchUnavailable = 3 => "scratch_unavailable",
+    /// The dentry walk could not read a name, a parent or a mount on its way to the root.
+    NameUnreadable = 4 => "name_unreadable",
 }
 
 #[cfg(test)]

@@ -175,11 +175,19 @@ pub enum Reason {
     Default = 1,
     /// No policy names the label any more (`MODE_ORPHANED`).
     Orphaned = 2,
+    /// The kernel could not judge the action (a `KernelError`, counted in `ERRORS`), so it
+    /// was refused (see `unjudged`).
+    Unjudged = 3,
 }
 
 impl Reason {
-    pub const COUNT: usize = 3;
-    pub const ALL: [Reason; Reason::COUNT] = [Reason::Rule, Reason::Default, Reason::Orphaned];
+    pub const COUNT: usize = 4;
+    pub const ALL: [Reason; Reason::COUNT] = [
+        Reason::Rule,
+        Reason::Default,
+        Reason::Orphaned,
+        Reason::Unjudged,
+    ];
 
     pub fn from_u8(v: u8) -> Option<Self> {
         Self::ALL.get(v as usize).copied()
@@ -191,8 +199,17 @@ impl Reason {
             Reason::Rule => "rule",
             Reason::Default => "default",
             Reason::Orphaned => "orphaned",
+            Reason::Unjudged => "unjudged",
         }
     }
+}
+
+/// The verdict on an action the kernel could not judge: what the kernel can't judge is
+/// refused. An audit-mode label only observes, so it gets `Audit` (counted, reported, not
+/// enforced), as a denying rule would give it; an orphaned label is denied as always.
+#[inline(always)]
+pub fn unjudged(mode: u8) -> Verdict {
+    verdict(RULE_DENY, RULE_DENY, mode)
 }
 
 /// What decided a `verdict` with the same arguments.
@@ -277,8 +294,11 @@ pub struct PathKey {
 }
 
 /// Action byte of the "move guard" entries in `PATH_RULES`: every directory above (and the
-/// target of) a deny rule, stored as an exact path. Renaming or hard-linking such a path would
-/// carry what the rule protects to a name no rule mentions, so the kernel refuses it.
+/// target of) a deny rule, stored as an exact path (for a `D/**` rule, `D` itself). Renaming
+/// or hard-linking such a path would carry what the rule protects to a name no rule mentions,
+/// and removing or replacing it (rmdir, unlink, rename or link onto it, a symlink in its
+/// place) would put a tree of the agent's own where the rule points, so the kernel refuses
+/// these.
 pub const GUARD_ACTION: u8 = Action::COUNT as u8;
 
 /// Fill in a trie key header.
@@ -464,6 +484,14 @@ mod tests {
             assert_eq!(Reason::from_u8(r as u8), Some(r));
         }
         assert_eq!(Reason::from_u8(Reason::COUNT as u8), None);
+    }
+
+    #[test]
+    fn what_the_kernel_cant_judge_is_denied_and_only_audited_in_audit_mode() {
+        assert_eq!(unjudged(MODE_ENFORCE), Verdict::Deny);
+        assert_eq!(unjudged(MODE_AUDIT), Verdict::Audit);
+        assert_eq!(unjudged(MODE_ORPHANED), Verdict::Deny);
+        assert_eq!(Reason::Unjudged.as_str(), "unjudged");
     }
 
     #[test]

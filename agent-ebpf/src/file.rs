@@ -117,55 +117,68 @@ existing_write_hook!(path_truncate, "path_truncate", PATH_TRUNCATE);
 existing_write_hook!(path_chmod, "path_chmod", PATH_CHMOD);
 existing_write_hook!(path_chown, "path_chown", PATH_CHOWN);
 
-/// A write of the entry `dentry` in the directory `dir`.
+/// A write of the entry `dentry` in the directory `dir`. With `guard`, the write also fails on
+/// a name a deny rule protects (see `GUARD_ACTION`): removing or replacing the root `D` of a
+/// `D/**` rule, or a directory above a rule's target, would let the agent put a tree of its own
+/// where the rule points.
 #[inline(always)]
 fn entry_write(
     info: &LabelInfo,
     dir: *const path,
     dentry: *const u8,
+    guard: bool,
 ) -> Result<Verdict, KernelError> {
     let target = Target::Walk(dir, dentry);
     if on_protected_fs(dir) {
         return Ok(protected_write(info, target));
     }
-    path_actions(info, target, None, &[Action::FileWrite])
+    if guard {
+        moved_path(info, target, None, &[Action::FileWrite])
+    } else {
+        path_actions(info, target, None, &[Action::FileWrite])
+    }
 }
 
-/// A hook whose first two arguments are (directory, entry) and that writes that entry.
+/// A hook whose first two arguments are (directory, entry) and that writes that entry; `$guard`
+/// as in `entry_write`.
 macro_rules! entry_write_hook {
-    ($name:ident, $hook:literal, $konst:ident) => {
+    ($name:ident, $hook:literal, $konst:ident, $guard:literal) => {
         #[lsm(hook = $hook)]
         pub fn $name(ctx: LsmContext) -> i32 {
             frame(&ctx, Hook::$konst, |info| {
-                entry_write(info, ctx.arg(0), ctx.arg(1))
+                entry_write(info, ctx.arg(0), ctx.arg(1), $guard)
             })
         }
     };
 }
 
-entry_write_hook!(path_unlink, "path_unlink", PATH_UNLINK);
-entry_write_hook!(path_rmdir, "path_rmdir", PATH_RMDIR);
-entry_write_hook!(path_mkdir, "path_mkdir", PATH_MKDIR);
-entry_write_hook!(path_symlink, "path_symlink", PATH_SYMLINK);
+// Removing a name, or making it a symlink elsewhere, changes what a rule's path reaches; a new
+// empty directory doesn't.
+entry_write_hook!(path_unlink, "path_unlink", PATH_UNLINK, true);
+entry_write_hook!(path_rmdir, "path_rmdir", PATH_RMDIR, true);
+entry_write_hook!(path_mkdir, "path_mkdir", PATH_MKDIR, false);
+entry_write_hook!(path_symlink, "path_symlink", PATH_SYMLINK, true);
 
 /// mknod, mkfifo, and every O_CREAT open that creates a file (may_o_create in fs/namei.c), so
 /// a denied create leaves no empty file behind.
 #[lsm(hook = "path_mknod")]
 pub fn path_mknod(ctx: LsmContext) -> i32 {
     frame(&ctx, Hook::PATH_MKNOD, |info| {
-        entry_write(info, ctx.arg(0), ctx.arg(1))
+        entry_write(info, ctx.arg(0), ctx.arg(1), false)
     })
 }
 
-/// A hard link adds a name to an existing file: the new name must be writable, and the source
-/// must be writable, readable, not a guarded path, and not a file denied by identity.
+/// A hard link adds a name to an existing file: the new name must be writable and not a
+/// guarded name, and the source must be writable, readable, not a guarded path, and not a file
+/// denied by identity. Each operand is judged on its own; the first refusal decides.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
     frame(&ctx, Hook::PATH_LINK, |info| {
         let old: *const u8 = ctx.arg(0);
         let new_dir: *const path = ctx.arg(1);
+        let target = Target::Walk(new_dir, ctx.arg(2));
         if on_protected_fs(new_dir) {
-            return Ok(protected_write(info, Target::Walk(new_dir, ctx.arg(2))));
+            return Ok(protected_write(info, target));
         }
         // A hard link can't cross mounts (do_linkat returns EXDEV first), so the source sits on
         // new_dir's mount and the walk can rebuild its path too.
@@ -175,16 +188,19 @@ pub fn path_link(ctx: LsmContext) -> i32 {
         if v == Verdict::Deny {
             return Ok(v);
         }
-        let target = Target::Walk(new_dir, ctx.arg(2));
         Ok(worst(
             v,
-            path_actions(info, target, None, &[Action::FileWrite])?,
+            moved_path(info, target, None, &[Action::FileWrite])?,
         ))
     })
 }
 
 /// A rename writes both names. The source must also be readable: moving a file out of a
-/// read-denied tree would otherwise make it readable under its new name.
+/// read-denied tree would otherwise make it readable under its new name. Both names are
+/// guarded: moving a protected name away, or a tree of the agent's own onto it, carries the
+/// rule's target somewhere else. An exchange moves the target's file to the source's name as
+/// well, so there both sides are judged alike. Each operand is judged on its own; the first
+/// refusal decides.
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
     frame(&ctx, Hook::PATH_RENAME, |info| {
@@ -195,16 +211,16 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
         if on_protected_fs(ctx.arg(0)) {
             return Ok(protected_write(info, from));
         }
-        let mut v = moved_path(info, from, None, &[Action::FileWrite, Action::FileRead])?;
-        if v != Verdict::Deny {
-            // An exchange moves the target's file to the source's name as well.
-            let to_actions: &[Action] = if flags & RENAME_EXCHANGE != 0 {
-                &[Action::FileWrite, Action::FileRead]
-            } else {
-                &[Action::FileWrite]
-            };
-            v = worst(v, path_actions(info, to, None, to_actions)?);
+        let moved = &[Action::FileWrite, Action::FileRead];
+        let v = moved_path(info, from, None, moved)?;
+        if v == Verdict::Deny {
+            return Ok(v);
         }
-        Ok(v)
+        let to_actions: &[Action] = if flags & RENAME_EXCHANGE != 0 {
+            moved
+        } else {
+            &[Action::FileWrite]
+        };
+        Ok(worst(v, moved_path(info, to, None, to_actions)?))
     })
 }

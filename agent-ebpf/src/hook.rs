@@ -1,5 +1,5 @@
 //! The frame of every hook: an earlier LSM's denial stands, unlabelled tasks pass untouched, a
-//! labelled task's action is judged, and an internal error is counted and allowed.
+//! labelled task's action is judged, and what can't be judged is refused.
 
 use agent_common::{Hook, KernelError, LabelInfo, Verdict};
 use aya_ebpf::programs::LsmContext;
@@ -64,17 +64,20 @@ pub fn frame_when(
     }
     match judge(&info) {
         Ok(v) => errno(v),
+        // An agent that can make the check fail (a path too deep or too long, a name the
+        // kernel can't read) must not get through by it.
         Err(e) => {
+            // A path that can't be resolved is refused in `judge` already, with an event that
+            // names the file; what gets here has no target to show, so it also gets a line in
+            // the daemon's log.
             aya_log_ebpf::warn!(
                 ctx,
                 "label {}: an internal error (slot {} of actgate_kernel_errors_total's reasons) \
-                 left an action unjudged; it was allowed",
+                 left an action unjudged; it was refused",
                 info.label,
                 e as u32
             );
-            // A denial-of-service is not a policy.
-            record::error(e);
-            0
+            errno(record::unjudged_action(&info, hook.actions[0], e, |_| {}))
         }
     }
 }

@@ -4,9 +4,9 @@
 
 use agent_common::{
     Action, Event, GUARD_ACTION, InodeKey, KernelError, LabelInfo, MODE_AUDIT, MODE_ENFORCE,
-    MODE_ORPHANED, NET_ANY_PORT_RULES, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA,
-    PATH_KEY_HEADER, RULE_DENY, Reason, Verdict, net_key_header, path_key_header,
-    path_key_header_raw, reason, verdict,
+    NET_ANY_PORT_RULES, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA,
+    PATH_KEY_HEADER, RULE_DENY, Verdict, net_key_header, path_key_header, path_key_header_raw,
+    reason, verdict,
 };
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, maps::lpm_trie::Key};
 
@@ -64,8 +64,8 @@ pub fn exec_action(
     inode: Option<Inode>,
 ) -> Result<Verdict, KernelError> {
     let s = scratch()?;
-    if !resolve(info, s, target, Action::Exec)? {
-        return Ok(Verdict::Deny);
+    if let Some(v) = unresolved(info, s, target, Action::Exec) {
+        return Ok(v);
     }
     let v = judge_resolved(info, Action::Exec, s, inode, false);
     if v != Verdict::Deny {
@@ -74,8 +74,9 @@ pub fn exec_action(
     Ok(v)
 }
 
-/// Like `path_actions` for the source of a rename or hard link: its file_write decision also
-/// denies when the path holds something a deny rule protects (see `GUARD_ACTION`).
+/// Like `path_actions` for a name that is moved, removed or replaced (both names of a rename,
+/// a hard link's source and new name, unlink, rmdir, symlink): its file_write decision also
+/// denies when the path is one a deny rule protects (see `GUARD_ACTION`).
 #[inline(always)]
 pub fn moved_path(
     info: &LabelInfo,
@@ -115,8 +116,8 @@ fn judge_path(
     }
     let s = scratch()?;
     let first = actions.first().copied().unwrap_or(Action::FileWrite);
-    if !resolve(info, s, target, first)? {
-        return Ok(Verdict::Deny);
+    if let Some(v) = unresolved(info, s, target, first) {
+        return Ok(v);
     }
     let mut result = Verdict::Allow;
     for action in actions {
@@ -130,23 +131,20 @@ fn judge_path(
     Ok(result)
 }
 
-/// Resolves `target` into `s`; false when the path can't be named but the action is denied
-/// anyway: nothing an orphaned label's process does may pass, so for it that is no internal
-/// error (which would allow the action) but a denial, recorded without a target.
+/// Resolves `target` into `s`, or refuses the action when its path can't be named (see
+/// `record::unjudged_action`): `Some` is that verdict, already recorded.
 #[inline(always)]
-fn resolve(
+fn unresolved(
     info: &LabelInfo,
     s: &mut Scratch,
     target: Target,
     action: Action,
-) -> Result<bool, KernelError> {
+) -> Option<Verdict> {
     match path::resolve(s, target) {
-        Ok(()) => Ok(true),
-        Err(_) if info.mode == MODE_ORPHANED => {
-            record(info, action, Verdict::Deny, Reason::Orphaned, |_| {});
-            Ok(false)
-        }
-        Err(e) => Err(e),
+        Ok(()) => None,
+        Err(e) => Some(record::unjudged_action(info, action, e, |ev| {
+            path::name_into(target, &mut ev.path)
+        })),
     }
 }
 

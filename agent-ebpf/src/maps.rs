@@ -47,7 +47,7 @@ pub static DECISIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DECISION_
 #[map]
 pub static EVENTS_DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(ACTION_SLOTS, 0);
 
-/// Internal errors, per `agent_common::KernelError`. An error never denies.
+/// Actions the kernel could not judge, per `agent_common::KernelError`; each was refused.
 #[map]
 pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KernelError::SLOTS, 0);
 
@@ -77,10 +77,16 @@ pub struct Scratch {
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Where `path::walk` assembles a path right to left before copying it into `Scratch`.
+/// Where `path::walk` assembles a path right to left before copying it into `Scratch`, and
+/// the state its `bpf_loop` steps share: where the walk is (a dentry on a mount, kernel
+/// addresses) and how it ended.
 #[repr(C)]
 pub struct WalkBuf {
     pub pos: u64,
+    pub state: u64,
+    pub dentry: u64,
+    pub mount: u64,
+    pub mnt_root: u64,
     pub buf: [u8; 2 * PATH_BUF],
 }
 

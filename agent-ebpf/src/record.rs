@@ -4,7 +4,8 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{
-    Action, COMM_LEN, Event, KernelError, LabelInfo, Reason, Verdict, decision_index,
+    Action, COMM_LEN, Event, KernelError, LabelInfo, MODE_ORPHANED, Reason, Verdict,
+    decision_index, unjudged,
 };
 use aya_ebpf::{
     helpers::{
@@ -28,10 +29,25 @@ fn bump(counters: &PerCpuArray<u64>, index: u32) {
     }
 }
 
-/// Counts an internal error under its reason.
+/// An action the kernel could not judge because of `e`: counted under its reason, refused
+/// (see `agent_common::unjudged`) and recorded with `Reason::Unjudged`, or `Reason::Orphaned`
+/// for an orphaned label, which is denied whatever could be judged. Returns the verdict.
 #[inline(always)]
-pub fn error(e: KernelError) {
+pub fn unjudged_action(
+    info: &LabelInfo,
+    action: Action,
+    e: KernelError,
+    fill_target: impl FnOnce(&mut Event),
+) -> Verdict {
     bump(&maps::ERRORS, e as u32);
+    let v = unjudged(info.mode);
+    let why = if info.mode == MODE_ORPHANED {
+        Reason::Orphaned
+    } else {
+        Reason::Unjudged
+    };
+    record(info, action, v, why, fill_target);
+    v
 }
 
 /// Counts a decision without an event: an allow when allows send none.

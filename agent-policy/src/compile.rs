@@ -53,9 +53,10 @@ pub fn compile_paths(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
 }
 
 /// Move-guard entries (see `agent_common::GUARD_ACTION`): every directory above each deny
-/// pattern of exec, files.write and files.read, and the pattern's own path, as exact keys. A
-/// labelled process may not rename or hard-link these, since the rule's target would then sit
-/// under a name no rule mentions.
+/// pattern of exec, files.write and files.read, and the pattern's own path (for `D/**`, `D`
+/// itself), as exact keys. A labelled process may not rename or hard-link these, since the
+/// rule's target would then sit under a name no rule mentions, nor remove or replace them,
+/// since a tree of its own would then sit where the rule points.
 pub fn compile_guards(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
     let header = path_key_header_raw(ruleset, GUARD_ACTION);
     let mut guarded: BTreeSet<&str> = BTreeSet::new();
@@ -288,6 +289,23 @@ mod tests {
         assert_eq!(
             keys,
             ["/root", "/root/.ssh", "/usr", "/usr/bin", "/usr/bin/nc"]
+        );
+    }
+
+    #[test]
+    fn a_tree_rule_guards_its_root_as_an_exact_path() {
+        let mut p = policy();
+        p.file_write.deny = vec![PathPattern::Tree("/w/.git/hooks".into())];
+        let keys: Vec<Vec<u8>> = compile_guards(&p, 0)
+            .iter()
+            .map(|(k, _)| k.data[PATH_KEY_HEADER..k.prefix_len as usize / 8].to_vec())
+            .collect();
+        // The root itself (rmdir, rename away or over it, exchange), not only what is beneath
+        // it, which the write rule's own `/w/.git/hooks/` key covers.
+        assert!(keys.contains(&b"/w/.git/hooks\0".to_vec()), "{keys:?}");
+        assert!(
+            !keys.iter().any(|k| k.ends_with(b"/")),
+            "guards are exact keys"
         );
     }
 

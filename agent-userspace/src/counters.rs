@@ -65,7 +65,7 @@ impl Counters {
         sum(&self.dropped, action as u32)
     }
 
-    /// Hook calls that failed for `reason` and were allowed.
+    /// Hook calls that failed for `reason` and were refused.
     pub fn errors_of(&self, reason: KernelError) -> u64 {
         sum(&self.errors, reason as u32)
     }

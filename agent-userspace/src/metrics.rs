@@ -58,8 +58,8 @@ impl Collector for ActgateCollector {
 
         let mut m = enc.encode_descriptor(
             "actgate_kernel_errors",
-            "Hook calls that hit an internal error (e.g. an unresolvable path) and were allowed, \
-             by reason",
+            "Hook calls the kernel could not judge (e.g. an unresolvable path), by reason; each \
+             was refused, as an event with reason unjudged",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;

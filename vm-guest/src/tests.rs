@@ -8,6 +8,7 @@
 
 mod escapes;
 mod exec;
+mod failclosed;
 mod files;
 mod labels;
 mod lifetime;
@@ -305,6 +306,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(orphans::suite().trials(&run));
     trials.extend(escapes::suite().trials(&run));
     trials.extend(files::suite().trials(&run));
+    trials.extend(failclosed::suite().trials(&run));
     trials.extend(net::connect::suite().trials(&run));
     trials.extend(net::reload::suite().trials(&run));
     trials.extend(net::scale::suite().trials(&run));
