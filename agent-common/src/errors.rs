@@ -41,6 +41,9 @@ kernel_errors! {
     PathTooLong = 2 => "path_too_long",
     /// A per-CPU scratch buffer (the `SCRATCH` or `WALK` map) could not be looked up.
     ScratchUnavailable = 3 => "scratch_unavailable",
+    /// An attribute hook (xattr, ACL, timestamps) gets a dentry without its mount, and no
+    /// mount of the whole file system was found to name it through.
+    NoMount = 4 => "no_mount",
 }
 
 #[cfg(test)]

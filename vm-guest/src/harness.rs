@@ -335,7 +335,7 @@ impl Daemon {
             &events,
             &log,
             extra,
-            Duration::from_secs(120),
+            Duration::from_secs(240),
         )
     }
 

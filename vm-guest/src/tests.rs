@@ -17,6 +17,7 @@ mod orphans;
 mod session;
 mod telemetry;
 mod users;
+mod writes;
 
 use std::{
     fs,
@@ -305,6 +306,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(orphans::suite().trials(&run));
     trials.extend(escapes::suite().trials(&run));
     trials.extend(files::suite().trials(&run));
+    trials.extend(writes::suite().trials(&run));
     trials.extend(net::connect::suite().trials(&run));
     trials.extend(net::reload::suite().trials(&run));
     trials.extend(net::scale::suite().trials(&run));
