@@ -314,6 +314,10 @@ pub fn unload(actgate: &Path) -> Result<Output> {
     Ok(out)
 }
 
+/// How long a daemon may take to load, verify and attach every program and pass its
+/// self-test: minutes under emulation, more when other VMs share the host's cores.
+pub const START_TIMEOUT: Duration = Duration::from_secs(240);
+
 /// The real daemon, started as a child; killed if a test forgets to stop it, and its
 /// programs unloaded unless the test keeps them (`keep_enforcement`).
 pub struct Daemon {
@@ -329,14 +333,7 @@ impl Daemon {
     /// says 200.
     pub fn start(ctx: &Ctx, policies: &Path, extra: &[&str]) -> Result<Daemon> {
         let (events, log) = (ctx.path("events.jsonl"), ctx.path("daemon.log"));
-        Daemon::launch(
-            &ctx.actgate,
-            policies,
-            &events,
-            &log,
-            extra,
-            Duration::from_secs(240),
-        )
+        Daemon::launch(&ctx.actgate, policies, &events, &log, extra, START_TIMEOUT)
     }
 
     /// Starts `actgate run` from a clean kernel (`unload`) writing a fresh EVENTS file and its
