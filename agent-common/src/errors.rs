@@ -44,6 +44,9 @@ kernel_errors! {
     ScratchUnavailable = 3 => "scratch_unavailable",
     /// The dentry walk could not read a name, a parent or a mount on its way to the root.
     NameUnreadable = 4 => "name_unreadable",
+    /// An attribute hook (xattr, ACL, timestamps) gets a dentry without its mount, and no
+    /// mount of the whole file system was found to name it through.
+    NoMount = 5 => "no_mount",
 }
 
 #[cfg(test)]

@@ -14,15 +14,19 @@ pub struct Hook {
     pub nargs: usize,
     /// The actions the program judges.
     pub actions: &'static [Action],
+    /// Not every supported kernel has the hook (`file_truncate` and the ACL hooks came in
+    /// 6.2): the daemon attaches it only where the kernel's BTF has `bpf_lsm_<name>`.
+    pub optional: bool,
 }
 
 macro_rules! hooks {
-    ($($konst:ident = $name:literal, $nargs:literal, [$($action:ident),+];)+) => {
+    ($($konst:ident = $name:literal, $nargs:literal, [$($action:ident),+] $($optional:ident)?;)+) => {
         impl Hook {
             $(pub const $konst: Hook = Hook {
                 name: $name,
                 nargs: $nargs,
                 actions: &[$(Action::$action),+],
+                optional: hooks!(@optional $($optional)?),
             };)+
             /// Every hook, in attach order.
             pub const ALL: &[Hook] = &[$(Hook::$konst),+];
@@ -31,6 +35,8 @@ macro_rules! hooks {
         /// The name of every hook, in the order of `Hook::ALL`.
         pub const HOOKS: &[&str] = &[$($name),+];
     };
+    (@optional) => { false };
+    (@optional optional) => { true };
 }
 
 hooks! {
@@ -59,6 +65,13 @@ hooks! {
     SB_PIVOTROOT = "sb_pivotroot", 2, [Namespace];
     PATH_CHROOT = "path_chroot", 1, [Namespace];
     FILE_IOCTL = "file_ioctl", 3, [Ptrace];
+    FILE_TRUNCATE = "file_truncate", 1, [FileWrite] optional;
+    INODE_SETXATTR = "inode_setxattr", 6, [FileWrite];
+    INODE_REMOVEXATTR = "inode_removexattr", 3, [FileWrite];
+    INODE_SET_ACL = "inode_set_acl", 4, [FileWrite] optional;
+    INODE_REMOVE_ACL = "inode_remove_acl", 3, [FileWrite] optional;
+    INODE_SETATTR = "inode_setattr", 3, [FileWrite];
+    FILE_RECEIVE = "file_receive", 1, [FileWrite, FileRead];
 }
 
 /// Number of hooks in `Hook::ALL`.

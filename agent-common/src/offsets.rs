@@ -5,7 +5,8 @@
 //! exist on one side only and silently stay 0.
 
 /// Calls `$apply! { GLOBAL: struct.member, ... }` with every offset the programs read: the
-/// kernel side defines a global per entry, the daemon reads each from BTF.
+/// kernel side defines a global per entry, the daemon reads each from BTF. `| other` names the
+/// member on kernels that replaced it.
 #[macro_export]
 macro_rules! kernel_offsets {
     ($apply:ident) => {
@@ -20,6 +21,7 @@ macro_rules! kernel_offsets {
             TASK_STRUCT_GROUP_LEADER: task_struct.group_leader,
             TASK_STRUCT_START_TIME: task_struct.start_time,
             TASK_STRUCT_REAL_CRED: task_struct.real_cred,
+            TASK_STRUCT_CRED: task_struct.cred,
             DENTRY_D_NAME: dentry.d_name,
             DENTRY_D_INODE: dentry.d_inode,
             DENTRY_D_PARENT: dentry.d_parent,
@@ -30,11 +32,15 @@ macro_rules! kernel_offsets {
             INODE_I_INO: inode.i_ino,
             SUPER_BLOCK_S_DEV: super_block.s_dev,
             SUPER_BLOCK_S_MAGIC: super_block.s_magic,
+            SUPER_BLOCK_S_ROOT: super_block.s_root,
+            SUPER_BLOCK_S_MOUNTS: super_block.s_mounts,
             MOUNT_MNT: mount.mnt,
             MOUNT_MNT_PARENT: mount.mnt_parent,
             MOUNT_MNT_MOUNTPOINT: mount.mnt_mountpoint,
+            MOUNT_SB_LINK: mount.mnt_instance | mnt_next_for_sb,
             VFSMOUNT_MNT_ROOT: vfsmount.mnt_root,
             VFSMOUNT_MNT_SB: vfsmount.mnt_sb,
+            VFSMOUNT_MNT_FLAGS: vfsmount.mnt_flags,
             MSGHDR_MSG_NAME: msghdr.msg_name,
             MSGHDR_MSG_NAMELEN: msghdr.msg_namelen,
             USER_NAMESPACE_LEVEL: user_namespace.level,
@@ -57,17 +63,23 @@ pub struct KernelOffset {
     pub ty: &'static str,
     /// The member, looked up through anonymous structs and unions.
     pub member: &'static str,
+    /// What newer kernels have in its place (6.18 links a file system's mounts through
+    /// `mount.mnt_next_for_sb`, not `mnt_instance`).
+    pub alt: Option<&'static str>,
 }
 
 macro_rules! offset_table {
-    ($($global:ident: $ty:ident . $member:ident,)+) => {
+    ($($global:ident: $ty:ident . $member:ident $(| $alt:ident)?,)+) => {
         /// Every offset the programs read.
         pub const KERNEL_OFFSETS: &[KernelOffset] = &[$(KernelOffset {
             global: stringify!($global),
             ty: stringify!($ty),
             member: stringify!($member),
+            alt: offset_table!(@alt $($alt)?),
         }),+];
     };
+    (@alt) => { None };
+    (@alt $alt:ident) => { Some(stringify!($alt)) };
 }
 
 kernel_offsets!(offset_table);

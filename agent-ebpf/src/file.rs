@@ -1,6 +1,7 @@
-//! files.write and files.read: `file_open` for opens, the `path_*` hooks
-//! (CONFIG_SECURITY_PATH) for every other change to the file system. Each hook is given the
-//! kernel's resolved path (or directory plus entry name), never the caller's string.
+//! files.write and files.read: `file_open` for opens (and `file_receive` for descriptors a
+//! task is given), `file_truncate` and the `path_*` hooks (CONFIG_SECURITY_PATH) for every
+//! other change to the file system; attribute changes are in `attr.rs`. Each hook is given
+//! the kernel's resolved path (or directory plus entry name), never the caller's string.
 
 use agent_common::{Action, Hook, KernelError, LabelInfo, Verdict};
 use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
@@ -22,6 +23,9 @@ const FMODE_EXEC: u32 = 0x20;
 /// under the path the user sees.
 const FMODE_NOACCOUNT: u32 = 1 << 29;
 const RENAME_EXCHANGE: u32 = 1 << 1;
+const O_ACCMODE: u32 = 0o3;
+/// Mounts the kernel makes for itself (kern_mount: pipes, sockets, memfds), in no namespace.
+pub(crate) const MNT_INTERNAL: u32 = 0x4000;
 /// File systems no labelled task may write, whatever its policy says and through whichever
 /// mount: cgroupfs (cgroup.procs moves a process out of its label) and bpffs (actgate's pins).
 const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
@@ -38,7 +42,7 @@ fn protected_magic(magic: u64) -> bool {
 
 /// Whether the BTF-typed `struct inode *` lives on a protected file system.
 #[inline(always)]
-fn on_protected_sb(inode: *const u8) -> bool {
+pub(crate) fn on_protected_sb(inode: *const u8) -> bool {
     let sb = field::<usize>(inode, get(&kernel::INODE_I_SB)) as *const u8;
     protected_magic(field(sb, get(&kernel::SUPER_BLOCK_S_MAGIC)))
 }
@@ -53,7 +57,7 @@ fn on_protected_fs(at: *const path) -> bool {
 
 /// The inode behind a BTF-typed `struct dentry *`.
 #[inline(always)]
-fn dentry_inode(dentry: *const u8) -> *const u8 {
+pub(crate) fn dentry_inode(dentry: *const u8) -> *const u8 {
     field::<usize>(dentry, get(&kernel::DENTRY_D_INODE)) as *const u8
 }
 
@@ -80,19 +84,72 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         // bpf_d_path.
         let target =
             Target::Resolved(file.wrapping_add(get(&kernel::FILE_F_PATH) as usize) as *const path);
-        let f_inode = field::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8;
-        let inode = Inode::of(f_inode, false);
-        if mode & FMODE_WRITE != 0 && on_protected_sb(f_inode) {
-            return Ok(protected_write(info, target));
-        }
-        let actions: &[Action] = match (mode & FMODE_WRITE != 0, mode & FMODE_READ != 0) {
-            (true, true) => &[Action::FileWrite, Action::FileRead],
-            (true, false) => &[Action::FileWrite],
-            (false, true) => &[Action::FileRead],
-            (false, false) => return Ok(Verdict::Allow),
-        };
-        path_actions(info, target, inode, actions)
+        open_file(info, file, target)
     })
+}
+
+/// A labelled task that gets the open `file` (a BTF-typed `struct file *`, named by `target`)
+/// may read it if it was opened to read, and write it if it was opened to write.
+#[inline(always)]
+fn open_file(info: &LabelInfo, file: *const u8, target: Target) -> Result<Verdict, KernelError> {
+    let mode: u32 = field(file, get(&kernel::FILE_F_MODE));
+    let flags: u32 = field(file, get(&kernel::FILE_F_FLAGS));
+    // Access mode 3 gets neither FMODE_READ nor FMODE_WRITE (OPEN_FMODE in fs/open.c), yet
+    // may_open asked for both permissions and the descriptor serves ioctls that change the
+    // file.
+    let both = flags & O_ACCMODE == O_ACCMODE;
+    let write = both || mode & FMODE_WRITE != 0;
+    let read = both || mode & FMODE_READ != 0;
+    let f_inode = field::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8;
+    if write && on_protected_sb(f_inode) {
+        return Ok(protected_write(info, target));
+    }
+    let actions: &[Action] = match (write, read) {
+        (true, true) => &[Action::FileWrite, Action::FileRead],
+        (true, false) => &[Action::FileWrite],
+        (false, true) => &[Action::FileRead],
+        (false, false) => return Ok(Verdict::Allow),
+    };
+    path_actions(info, target, Inode::of(f_inode, false), actions)
+}
+
+/// A descriptor passed over SCM_RIGHTS or taken with pidfd_getfd is judged as if the task had
+/// opened the file itself. Pipes, sockets, memfds and other files of the kernel's internal
+/// mounts have no path on disk that a rule could name; they pass.
+#[lsm(hook = "file_receive")]
+pub fn file_receive(ctx: LsmContext) -> i32 {
+    let file: *const u8 = ctx.arg(0);
+    let at = file.wrapping_add(get(&kernel::FILE_F_PATH) as usize) as *const path;
+    let concerns = || {
+        let mnt = field::<usize>(at as *const u8, 0) as *const u8;
+        field::<u32>(mnt, get(&kernel::VFSMOUNT_MNT_FLAGS)) & MNT_INTERNAL == 0
+    };
+    frame_when(&ctx, Hook::FILE_RECEIVE, concerns, |info| {
+        open_file(info, file, Target::at(at))
+    })
+}
+
+/// A file already open to the task, truncated through it: ftruncate(2) and, since 6.2,
+/// open(O_TRUNC), even of a file opened read-only, which the open's own check let through.
+#[lsm(hook = "file_truncate")]
+pub fn file_truncate(ctx: LsmContext) -> i32 {
+    frame(&ctx, Hook::FILE_TRUNCATE, |info| {
+        let file: *const u8 = ctx.arg(0);
+        existing_write(
+            info,
+            file.wrapping_add(get(&kernel::FILE_F_PATH) as usize) as *const path,
+        )
+    })
+}
+
+/// A change to the existing file that `p` (a BTF-typed `struct path *`) names.
+#[inline(always)]
+fn existing_write(info: &LabelInfo, p: *const path) -> Result<Verdict, KernelError> {
+    if on_protected_fs(p) {
+        return Ok(protected_write(info, Target::at(p)));
+    }
+    let inode = Inode::of(path_inode(p as *const u8), false);
+    path_actions(info, Target::at(p), inode, &[Action::FileWrite])
 }
 
 /// A hook whose first argument is the `struct path` of an existing file that it changes
@@ -101,14 +158,7 @@ macro_rules! existing_write_hook {
     ($name:ident, $hook:literal, $konst:ident) => {
         #[lsm(hook = $hook)]
         pub fn $name(ctx: LsmContext) -> i32 {
-            frame(&ctx, Hook::$konst, |info| {
-                let p: *const path = ctx.arg(0);
-                if on_protected_fs(p) {
-                    return Ok(protected_write(info, Target::at(p)));
-                }
-                let inode = Inode::of(path_inode(p as *const u8), false);
-                path_actions(info, Target::at(p), inode, &[Action::FileWrite])
-            })
+            frame(&ctx, Hook::$konst, |info| existing_write(info, ctx.arg(0)))
         }
     };
 }

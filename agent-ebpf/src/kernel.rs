@@ -5,7 +5,7 @@
 //! reads them from /sys/kernel/btf/vmlinux (see `agent_common::kernel_offsets!`).
 
 macro_rules! offset_globals {
-    ($($global:ident: $ty:ident . $member:ident,)+) => {
+    ($($global:ident: $ty:ident . $member:ident $(| $alt:ident)?,)+) => {
         $(
             #[doc = concat!("Offset of `", stringify!($ty), ".", stringify!($member), "`.")]
             #[unsafe(no_mangle)]

@@ -7,8 +7,8 @@
 //!   `process.rs` (the binary each labelled process runs, for its events);
 //! - `record.rs` (counters and events) and `hook.rs` (the frame every hook runs in);
 //! - `judge.rs` (rule lookups → verdict);
-//! - one file per hook family: `exec.rs`, `file.rs`, `net.rs`, `escape.rs` (bpf(2), capabilities,
-//!   the daemon, cgroups and namespaces).
+//! - one file per hook family: `exec.rs`, `file.rs` (and `attr.rs` for attributes), `net.rs`,
+//!   `escape.rs` (bpf(2), capabilities, the daemon, cgroups and namespaces).
 //!
 //! Adding a hook takes an entry in `agent_common::Hook`'s list and a function in its family's
 //! file.
@@ -18,6 +18,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod attr;
 mod escape;
 mod exec;
 mod file;

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{Hook, maps};
+use agent_common::{HOOK_COUNT, Hook, maps};
 use anyhow::{Context, Result, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -16,7 +16,7 @@ use aya::{
     },
 };
 use tokio::io::{Interest, unix::AsyncFd};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{btf, cgroup::LabelRoot, pin::Pins};
 
@@ -75,6 +75,45 @@ pub struct Set {
     /// Held while the daemon runs, so the programs stay attached even if the pins are
     /// removed behind its back; the pins keep them attached after it exits.
     pub links: Vec<PinnedLink>,
+    /// The hooks this kernel has, which are the ones attached.
+    pub present: Present,
+}
+
+/// Per hook of `Hook::ALL`: whether this kernel has it.
+pub type Present = [bool; HOOK_COUNT];
+
+/// The hooks of `Hook::ALL` this kernel has. A program that read its hook's arguments at the
+/// wrong places would take an argument for the previous program's verdict, so a hook whose
+/// argument count differs from the one its program expects is named in the log.
+fn present_hooks(btf: &btf::Btf) -> Result<Present> {
+    let mut present = [false; HOOK_COUNT];
+    for (i, hook) in Hook::ALL.iter().enumerate() {
+        let args = btf.lsm_hook_args(hook.name);
+        present[i] = match args {
+            None if hook.optional => false,
+            None => bail!(
+                "the kernel has no LSM hook {} (no bpf_lsm_{} in its BTF); actgate needs \
+                 Linux 6.1 or later",
+                hook.name,
+                hook.name
+            ),
+            Some(n) if n == hook.nargs => true,
+            // The program reads either form (see agent-ebpf's attr.rs): 6.9 added the idmap.
+            Some(2) if *hook == Hook::INODE_SETATTR => true,
+            Some(n) => {
+                warn!(
+                    hook = hook.name,
+                    "LSM hook {} takes {n} arguments on this kernel, but actgate's program \
+                     expects {}: it may take an argument for an earlier LSM's verdict. actgate \
+                     is tested on Linux 6.1 and 6.12",
+                    hook.name,
+                    hook.nargs
+                );
+                true
+            }
+        };
+    }
+    Ok(present)
 }
 
 /// Switches for the tests of the daemon.
@@ -106,10 +145,16 @@ pub fn load(
     test: TestSwitches,
 ) -> Result<Set> {
     let vmlinux = Path::new("/sys/kernel/btf/vmlinux");
-    let offsets = btf::kernel_offsets(
-        &btf::Btf::from_file(vmlinux).context("reading kernel struct offsets from BTF")?,
-    )
-    .context("the kernel's BTF lacks a struct member actgate needs")?;
+    let kernel_btf = btf::Btf::from_file(vmlinux).context("reading the kernel's BTF")?;
+    let offsets = btf::kernel_offsets(&kernel_btf)
+        .context("the kernel's BTF lacks a struct member actgate needs")?;
+    let present = present_hooks(&kernel_btf)?;
+    let list_bias = kernel_btf
+        .member_offset("mount", "mnt_instance")
+        .unwrap_or_default();
+    let setattr_args = kernel_btf
+        .lsm_hook_args(Hook::INODE_SETATTR.name)
+        .unwrap_or_default() as u64;
     let level = u64::from(root.label_level);
     let fake = u64::from(test.fake_allow_all);
     let build = build_id(test.another_build);
@@ -127,6 +172,8 @@ pub fn load(
         .override_global("LABEL_LEVEL", &level, true)
         .override_global("FAKE_ALLOW_ALL", &fake, true)
         .override_global("INSTANCE", &instance, true)
+        .override_global("INODE_SETATTR_NARGS", &setattr_args, true)
+        .override_global("MOUNT_SB_LIST_BIAS", &list_bias, true)
         .map_max_entries(maps::PATH_RULES, sizes.path_rules)
         .map_max_entries(maps::NET_RULES, sizes.net_rules)
         .map_max_entries(maps::INODE_RULES, sizes.inode_rules);
@@ -146,7 +193,7 @@ pub fn load(
         .context("setting up the kernel programs' log (AYA_LOGS)")?;
     let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux")?;
     let mut links = Vec::new();
-    for Hook { name: hook, .. } in Hook::ALL {
+    for (Hook { name: hook, .. }, _) in Hook::ALL.iter().zip(present).filter(|(_, p)| *p) {
         let prog: &mut Lsm = ebpf
             .program_mut(hook)
             .with_context(|| format!("program {hook} is missing from the eBPF object"))?
@@ -172,12 +219,19 @@ pub fn load(
             .with_context(|| format!("pinning program {hook} at {}", path.display()))?;
         info!(hook, "attached");
     }
+    for (hook, _) in Hook::ALL.iter().zip(present).filter(|(_, p)| !*p) {
+        info!(
+            hook = hook.name,
+            "not attached: this kernel doesn't have the hook"
+        );
+    }
     info!(offsets = ?offsets, label_level = level, instance, "kernel programs loaded");
     Ok(Set {
         ebpf,
         log,
         events_pin: pins.events_path(build),
         links,
+        present,
     })
 }
 

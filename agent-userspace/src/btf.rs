@@ -27,6 +27,10 @@ pub enum BtfError {
 
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+/// The prefix of the functions BPF LSM programs attach to (kernel/bpf/bpf_lsm.c).
+const LSM_PREFIX: &str = "bpf_lsm_";
 
 struct Member {
     name: u32,
@@ -36,6 +40,8 @@ struct Member {
 
 enum Type {
     Composite(Vec<Member>),
+    /// A function's type: its number of parameters.
+    Proto(usize),
     Other,
 }
 
@@ -44,6 +50,8 @@ pub struct Btf {
     /// Index = type id - 1.
     types: Vec<Type>,
     structs: HashMap<String, u32>,
+    /// LSM hook name (without `bpf_lsm_`) → the type id of its function prototype.
+    lsm_hooks: HashMap<String, u32>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -81,6 +89,7 @@ impl Btf {
             strings,
             types: Vec::new(),
             structs: HashMap::new(),
+            lsm_hooks: HashMap::new(),
         };
         let mut at = 0;
         while at < tsec.len() {
@@ -119,7 +128,15 @@ impl Btf {
                         .or_insert(id);
                 }
                 Type::Composite(members)
+            } else if kind == KIND_FUNC_PROTO {
+                Type::Proto(vlen)
             } else {
+                if kind == KIND_FUNC
+                    && let Some(hook) = btf.string(name).strip_prefix(LSM_PREFIX)
+                {
+                    btf.lsm_hooks
+                        .insert(hook.to_string(), u32_at(tsec, at - 4)?);
+                }
                 Type::Other
             };
             btf.types.push(ty);
@@ -145,6 +162,15 @@ impl Btf {
             .ok_or_else(|| BtfError::NoMember(name.into(), member.into()))
     }
 
+    /// The number of arguments of LSM hook `name`, None when this kernel lacks the hook.
+    pub fn lsm_hook_args(&self, name: &str) -> Option<usize> {
+        let proto = *self.lsm_hooks.get(name)?;
+        match self.types.get(proto.checked_sub(1)? as usize)? {
+            Type::Proto(n) => Some(*n),
+            _ => None,
+        }
+    }
+
     fn find(&self, id: u32, member: &str, base_bits: u64) -> Option<u64> {
         let Some(Type::Composite(members)) = self.types.get(id.checked_sub(1)? as usize) else {
             return None;
@@ -164,7 +190,12 @@ impl Btf {
 pub fn kernel_offsets(btf: &Btf) -> Result<Vec<(&'static str, u64)>, BtfError> {
     KERNEL_OFFSETS
         .iter()
-        .map(|o| Ok((o.global, btf.member_offset(o.ty, o.member)?)))
+        .map(|o| {
+            let off = btf
+                .member_offset(o.ty, o.member)
+                .or_else(|e| o.alt.map_or(Err(e), |alt| btf.member_offset(o.ty, alt)))?;
+            Ok((o.global, off))
+        })
         .collect()
 }
 
@@ -175,7 +206,7 @@ mod tests {
     /// A BTF blob with `int`, `struct inner { int a; int b; }` and
     /// `struct outer { int x; union { struct inner in; }; int y; }`.
     fn sample() -> Vec<u8> {
-        let strings = b"\0int\0a\0b\0inner\0x\0in\0outer\0y\0".to_vec();
+        let strings = b"\0int\0a\0b\0inner\0x\0in\0outer\0y\0bpf_lsm_file_open\0".to_vec();
         let s = |name: &str| {
             let mut at = 0;
             for part in strings.split(|&c| c == 0) {
@@ -205,6 +236,8 @@ mod tests {
             1,
             128,
         ]); // 4
+        push(&[0, (13 << 24) | 1, 1, 0, 1]); // 5: int (int)
+        push(&[s("bpf_lsm_file_open"), 12 << 24, 5]); // 6
         let mut b = vec![0x9f, 0xeb, 1, 0];
         for w in [
             24u32,
@@ -236,6 +269,13 @@ mod tests {
     }
 
     #[test]
+    fn counts_the_arguments_of_lsm_hooks() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(btf.lsm_hook_args("file_open"), Some(1));
+        assert_eq!(btf.lsm_hook_args("file_truncate"), None);
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(Btf::parse(&[]).is_err());
         assert!(Btf::parse(&[0x9f, 0xeb, 1, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
@@ -254,5 +294,8 @@ mod tests {
         let btf = Btf::from_file(path).unwrap();
         let offs = kernel_offsets(&btf).unwrap();
         assert_eq!(offs.len(), KERNEL_OFFSETS.len());
+        for hook in agent_common::Hook::ALL {
+            assert!(btf.lsm_hook_args(hook.name).is_some(), "{}", hook.name);
+        }
     }
 }

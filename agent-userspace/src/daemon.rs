@@ -31,7 +31,7 @@ use crate::{
     metrics::Metrics,
     pin::{self, Pins},
     plan::{self, LabelIndexes, LabelState},
-    selftest::{self, SelfTest},
+    selftest::{self, Proof, SelfTest},
     state::State,
     takeover::{Lock, Takeover},
     watch,
@@ -242,6 +242,7 @@ pub async fn run(opts: Options) -> Result<Stopped> {
         log,
         events_pin,
         links,
+        present,
     } = bpf::load(
         &root,
         &sizes,
@@ -253,6 +254,7 @@ pub async fn run(opts: Options) -> Result<Stopped> {
         },
     )?;
     bpf::forward_kernel_log(log)?;
+    *state.verified.lock().unwrap_or_else(|e| e.into_inner()) = selftest::pending(&present);
     let in_force = Arc::new(AtomicU32::new(0));
     let rules = RuleMaps::new(&mut ebpf, opts.events_allow, names, in_force.clone())?;
     let counters = Arc::new(Counters::new(&mut ebpf)?);
@@ -290,9 +292,9 @@ pub async fn run(opts: Options) -> Result<Stopped> {
     let (unload_tx, mut unload) = mpsc::channel(1);
     control::serve(&opts.socket, state.clone(), counters, unload_tx)?;
 
-    prove(&selftest, &state, opts.allow_unverified)?;
+    prove(&selftest, &state, &present, opts.allow_unverified)?;
     takeover.commit(&events_pin)?;
-    health::watch(pins.clone(), instance, in_force, state.clone());
+    health::watch(pins.clone(), instance, in_force, state.clone(), present);
 
     let (tx, mut changed) = mpsc::channel(1);
     let watch = watch::watch(&opts.policies, tx)?;
@@ -353,20 +355,26 @@ fn earlier_labels(known: &[(String, u32)], root: &LabelRoot) -> BTreeMap<u32, La
 
 /// Runs the start-up proof; ready only when every hook denied. A failure stops the daemon
 /// unless the operator accepted running unverified.
-fn prove(selftest: &SelfTest, state: &State, allow_unverified: bool) -> Result<()> {
+fn prove(
+    selftest: &SelfTest,
+    state: &State,
+    present: &bpf::Present,
+    allow_unverified: bool,
+) -> Result<()> {
     let cgroup = state.root.label_dir(selftest::LABEL);
-    let verified = selftest.run(&cgroup)?;
+    let verified = selftest.run(&cgroup, present)?;
     *state.verified.lock().unwrap_or_else(|e| e.into_inner()) = verified;
     let (proved, failed): (Vec<_>, Vec<_>) = Hook::ALL
         .iter()
         .zip(verified)
-        .partition(|(_, v)| *v == Some(true));
+        .filter(|(_, v)| *v != Proof::Absent)
+        .partition(|(_, v)| *v == Proof::Denied);
     for (hook, _) in proved {
         info!(hook = hook.name, "enforcement verified");
     }
     if failed.is_empty() {
         state.set_ready(true);
-        info!("ready: every hook proved it denies");
+        info!("ready: every hook this kernel has proved it denies");
         return Ok(());
     }
     let names: Vec<String> = failed

@@ -15,12 +15,12 @@ use agent_common::{Config, HOOKS, maps};
 use aya::maps::{Array, Map, MapData};
 use tracing::{error, info};
 
-use crate::{pin::Pins, state::State};
+use crate::{bpf::Present, pin::Pins, state::State};
 
 const EVERY: Duration = Duration::from_secs(1);
 
 /// What is wrong with the set `instance`, if anything.
-fn check(pins: &Pins, instance: u64, in_force: u32) -> Option<String> {
+fn check(pins: &Pins, instance: u64, in_force: u32, present: &Present) -> Option<String> {
     match pins.owner() {
         Ok(Some(owner)) if owner == instance => {}
         Ok(owner) => {
@@ -32,7 +32,8 @@ fn check(pins: &Pins, instance: u64, in_force: u32) -> Option<String> {
         Err(e) => return Some(format!("reading the owner map: {e:#}")),
     }
     let dir = pins.set_dir(instance);
-    if let Some(hook) = HOOKS.iter().find(|h| !dir.join("links").join(h).exists()) {
+    let mut attached = HOOKS.iter().zip(present).filter(|(_, p)| **p);
+    if let Some((hook, _)) = attached.find(|(h, _)| !dir.join("links").join(h).exists()) {
         return Some(format!(
             "the link of {hook} is no longer pinned in {}",
             dir.display()
@@ -54,13 +55,19 @@ fn check(pins: &Pins, instance: u64, in_force: u32) -> Option<String> {
 
 /// Checks every second. A problem seen twice in a row (a reload switches `CONFIG` a moment
 /// before it records the new generation) makes the daemon unready and is logged.
-pub fn watch(pins: Pins, instance: u64, in_force: Arc<AtomicU32>, state: Arc<State>) {
+pub fn watch(
+    pins: Pins,
+    instance: u64,
+    in_force: Arc<AtomicU32>,
+    state: Arc<State>,
+    present: Present,
+) {
     tokio::spawn(async move {
         let mut seen_once = false;
         loop {
             tokio::time::sleep(EVERY).await;
             let (p, i, g) = (pins.clone(), instance, in_force.load(Ordering::SeqCst));
-            let problem = tokio::task::spawn_blocking(move || check(&p, i, g))
+            let problem = tokio::task::spawn_blocking(move || check(&p, i, g, &present))
                 .await
                 .unwrap_or_else(|e| Some(format!("the check panicked: {e}")));
             let had = state.enforcement_problem.get();

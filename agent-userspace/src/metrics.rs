@@ -11,7 +11,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{cgroup, counters::Counters, selftest, state::State};
+use crate::{
+    cgroup,
+    counters::Counters,
+    selftest::{self, Proof},
+    state::State,
+};
 
 #[derive(Debug)]
 struct ActgateCollector {
@@ -141,8 +146,11 @@ impl Collector for ActgateCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for (hook, v) in Hook::ALL.iter().zip(verified) {
+            if v == Proof::Absent {
+                continue;
+            }
             let set: Labels = vec![("hook", hook.name.into())];
-            ConstGauge::new(i64::from(v == Some(true))).encode(m.encode_family(&set)?)?;
+            ConstGauge::new(i64::from(v == Proof::Denied)).encode(m.encode_family(&set)?)?;
         }
 
         let set: Labels = vec![

@@ -13,7 +13,7 @@ use std::{
     io::{self, Write},
     net::{SocketAddr, TcpStream, UdpSocket},
     os::{
-        fd::AsFd,
+        fd::{AsFd, AsRawFd},
         unix::{
             ffi::OsStrExt,
             fs::{PermissionsExt, symlink},
@@ -29,6 +29,8 @@ use agent_policy::{Fallback, Mode, NetPattern, PathPattern, Policy, ProcessRules
 use anyhow::{Context, Result};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
+use crate::bpf::Present;
+
 /// The self-test's label. `:` can't appear in a policy's label, so it never collides.
 pub const LABEL: &str = "actgate:selftest";
 const POLICY: &str = "actgate:selftest";
@@ -36,16 +38,34 @@ const POLICY: &str = "actgate:selftest";
 /// listen.
 const CONNECT_TO: ([u8; 4], u16) = ([127, 0, 0, 1], 9);
 
-/// Per hook of `Hook::ALL`: whether its probe met EPERM (None: not run).
-pub type Verified = [Option<bool>; HOOK_COUNT];
+/// What the start-up self-test showed of one hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// The self-test hasn't run yet.
+    Pending,
+    /// Its probe met EPERM.
+    Denied,
+    /// Its probe did not.
+    Failed,
+    /// This kernel doesn't have the hook (`Hook::optional`): nothing is attached there, and
+    /// nothing is claimed for it.
+    Absent,
+}
+
+/// Per hook of `Hook::ALL`, what the self-test showed.
+pub type Verified = [Proof; HOOK_COUNT];
 
 /// The self-test's files, each denied to the one kind of action its probes try.
 pub struct SelfTest {
     dir: PathBuf,
     /// Denied to exec only.
     exec_probe: PathBuf,
-    /// Denied to writes and reads: opens, truncate, chmod, chown, unlink.
+    /// Denied to writes and reads: opens, truncate, chmod, chown, unlink, and a descriptor
+    /// received.
     file_probe: PathBuf,
+    /// Denied to writes only, so that an open to read passes: open(O_TRUNC), xattrs, ACLs
+    /// and times.
+    write_probe: PathBuf,
     /// A directory denied to writes: rmdir.
     dir_probe: PathBuf,
     /// A name denied to writes that doesn't exist: mkdir, symlink, mknod, and the new name of
@@ -66,6 +86,7 @@ impl SelfTest {
         Self {
             exec_probe: dir.join("exec-probe"),
             file_probe: dir.join("file-probe"),
+            write_probe: dir.join("write-probe"),
             dir_probe: dir.join("dir-probe"),
             new_probe: dir.join("new-probe"),
             source: dir.join("source"),
@@ -80,7 +101,7 @@ impl SelfTest {
             .with_context(|| format!("creating {}", t.dir_probe.display()))?;
         // Left over from a self-test whose probe was allowed.
         let _ = fs::remove_dir(&t.new_probe).or_else(|_| fs::remove_file(&t.new_probe));
-        for probe in [&t.exec_probe, &t.file_probe, &t.source] {
+        for probe in [&t.exec_probe, &t.file_probe, &t.write_probe, &t.source] {
             fs::write(probe, "#!/bin/sh\nexit 0\n")
                 .with_context(|| format!("writing {}", probe.display()))?;
             fs::set_permissions(probe, fs::Permissions::from_mode(0o755))?;
@@ -104,7 +125,12 @@ impl SelfTest {
             labels: vec![LABEL.into()],
             mode: Mode::Enforce,
             exec: deny(&[&self.exec_probe]),
-            file_write: deny(&[&self.file_probe, &self.dir_probe, &self.new_probe]),
+            file_write: deny(&[
+                &self.file_probe,
+                &self.write_probe,
+                &self.dir_probe,
+                &self.new_probe,
+            ]),
             file_read: deny(&[&self.file_probe]),
             connect: Rules {
                 deny: vec![NetPattern {
@@ -133,8 +159,9 @@ impl SelfTest {
         }
     }
 
-    /// Runs the probe in the label's cgroup; per hook, whether it met EPERM.
-    pub fn run(&self, cgroup: &Path) -> Result<Verified> {
+    /// Runs the probe in the label's cgroup; per hook this kernel has (`present`), whether it
+    /// met EPERM.
+    pub fn run(&self, cgroup: &Path, present: &Present) -> Result<Verified> {
         let exe = std::env::current_exe().context("finding actgate's own binary")?;
         let out = Command::new(exe)
             .arg("selftest-probe")
@@ -147,20 +174,34 @@ impl SelfTest {
             .output()
             .context("running the self-test probe")?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let mut verified = [Some(false); HOOK_COUNT];
+        let mut verified = [Proof::Absent; HOOK_COUNT];
         for (i, hook) in Hook::ALL.iter().enumerate() {
-            verified[i] = Some(
-                text.lines()
-                    .any(|l| l.trim() == format!("{}=EPERM", hook.name)),
-            );
+            let denied = text
+                .lines()
+                .any(|l| l.trim() == format!("{}=EPERM", hook.name));
+            verified[i] = match (present[i], denied) {
+                (false, _) => Proof::Absent,
+                (true, true) => Proof::Denied,
+                (true, false) => Proof::Failed,
+            };
         }
         Ok(verified)
     }
 }
 
-/// Whether every hook of `action` proved it denies (None when one hasn't run).
+/// The self-test's state before it runs: every hook pending, but those the kernel lacks.
+pub fn pending(present: &Present) -> Verified {
+    present.map(|p| if p { Proof::Pending } else { Proof::Absent })
+}
+
+/// Whether every hook of `action` this kernel has proved it denies (None when one hasn't
+/// run).
 pub fn action_verified(verified: &Verified, action: Action) -> Option<bool> {
-    Hook::all_for(action).try_fold(true, |all, (i, _)| verified[i].map(|v| all && v))
+    Hook::all_for(action).try_fold(true, |all, (i, _)| match verified[i] {
+        Proof::Pending => None,
+        Proof::Absent => Some(all),
+        p => Some(all && p == Proof::Denied),
+    })
 }
 
 fn outcome(r: io::Result<()>) -> String {
@@ -188,7 +229,6 @@ fn c_path(p: &Path) -> io::Result<CString> {
 /// action, printing `HOOK=EPERM` for each one refused. Creating probes undo what an allowed
 /// attempt made, so the next probe meets the same files.
 pub fn probe(cgroup: &Path, dir: &Path, daemon: u32) -> Result<()> {
-    crate::cgroup::enter(cgroup)?;
     let t = SelfTest::at(dir);
     let new = &t.new_probe;
     let undo = |r: io::Result<()>| {
@@ -198,6 +238,9 @@ pub fn probe(cgroup: &Path, dir: &Path, daemon: u32) -> Result<()> {
         r
     };
     let cgroup_dir = fs::File::open(cgroup).context("opening the label's cgroup")?;
+    // Opened before joining the label, to be received inside it.
+    let given = fs::File::open(&t.file_probe).context("opening the self-test's file probe")?;
+    crate::cgroup::enter(cgroup)?;
     let daemon_pid = daemon as libc::pid_t;
     let mut out = io::stdout().lock();
     let mut report = |hook: Hook, r: io::Result<()>| writeln!(out, "{}={}", hook.name, outcome(r));
@@ -244,6 +287,8 @@ pub fn probe(cgroup: &Path, dir: &Path, daemon: u32) -> Result<()> {
     report(Hook::PATH_RENAME, renamed)?;
     report(Hook::PATH_UNLINK, fs::remove_file(&t.file_probe))?;
     report(Hook::PATH_RMDIR, fs::remove_dir(&t.dir_probe))?;
+    attribute_probes(&mut report, &t.write_probe)?;
+    report(Hook::FILE_RECEIVE, take_own_fd(given.as_raw_fd()))?;
     let addr = SocketAddr::from(CONNECT_TO);
     report(
         Hook::SOCKET_CONNECT,
@@ -350,4 +395,95 @@ fn set_high_priority() -> io::Result<()> {
         }
         .into(),
     )
+}
+
+/// The write-only probes of `file` (denied to writes, not to reads): a truncating open,
+/// xattrs, a POSIX ACL and times.
+fn attribute_probes(
+    report: &mut impl FnMut(Hook, io::Result<()>) -> io::Result<()>,
+    file: &Path,
+) -> Result<()> {
+    let name = c_path(file)?;
+    let xattr = c"user.actgate";
+    let acl = c"system.posix_acl_access";
+    // SAFETY: a NUL-terminated path; the descriptor is closed if one comes back.
+    let fd = unsafe { libc::open(name.as_ptr(), libc::O_RDONLY | libc::O_TRUNC) };
+    if fd >= 0 {
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+    }
+    report(Hook::FILE_TRUNCATE, check(fd.into()))?;
+    // SAFETY: NUL-terminated names and a 1-byte value.
+    report(
+        Hook::INODE_SETXATTR,
+        check(
+            unsafe { libc::setxattr(name.as_ptr(), xattr.as_ptr(), c"x".as_ptr().cast(), 1, 0) }
+                .into(),
+        ),
+    )?;
+    // SAFETY: NUL-terminated names.
+    report(
+        Hook::INODE_REMOVEXATTR,
+        check(unsafe { libc::removexattr(name.as_ptr(), xattr.as_ptr()) }.into()),
+    )?;
+    let value = posix_acl(0o644);
+    // SAFETY: NUL-terminated names and a value of the given length.
+    report(
+        Hook::INODE_SET_ACL,
+        check(
+            unsafe {
+                libc::setxattr(
+                    name.as_ptr(),
+                    acl.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            }
+            .into(),
+        ),
+    )?;
+    // SAFETY: NUL-terminated names.
+    report(
+        Hook::INODE_REMOVE_ACL,
+        check(unsafe { libc::removexattr(name.as_ptr(), acl.as_ptr()) }.into()),
+    )?;
+    // SAFETY: a NUL-terminated path; no times means "now".
+    report(
+        Hook::INODE_SETATTR,
+        check(
+            unsafe { libc::utimensat(libc::AT_FDCWD, name.as_ptr(), std::ptr::null(), 0) }.into(),
+        ),
+    )?;
+    Ok(())
+}
+
+/// The minimal access ACL of `mode` as the system.posix_acl_access value (linux/posix_acl_xattr.h):
+/// version 2, then the owner, group and other entries.
+fn posix_acl(mode: u32) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, mode >> 6), (0x04, mode >> 3), (0x20, mode)] {
+        v.extend(tag.to_le_bytes());
+        v.extend(((perm & 7) as u16).to_le_bytes());
+        v.extend(u32::MAX.to_le_bytes());
+    }
+    v
+}
+
+/// Takes a copy of the process's own descriptor `fd` with pidfd_getfd, which the kernel hands
+/// over as a received descriptor (receive_fd). The copy is closed at once.
+fn take_own_fd(fd: i32) -> io::Result<()> {
+    // SAFETY: pidfd_open of this very process, no pointers.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    check(pidfd)?;
+    // SAFETY: pidfd_getfd takes no pointers.
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
+    // SAFETY: our own descriptors.
+    unsafe {
+        if copy >= 0 {
+            libc::close(copy as i32);
+        }
+        libc::close(pidfd as i32);
+    }
+    check(copy)
 }

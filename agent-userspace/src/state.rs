@@ -10,7 +10,11 @@ use std::{
 
 use agent_common::HOOK_COUNT;
 
-use crate::{cgroup::LabelRoot, plan::LabelState, selftest::Verified};
+use crate::{
+    cgroup::LabelRoot,
+    plan::LabelState,
+    selftest::{Proof, Verified},
+};
 
 /// Something wrong that the daemon reports until it is put right.
 #[derive(Debug, Default)]
@@ -35,7 +39,7 @@ pub struct State {
     pub policies_loaded: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
-    /// Per hook of `Hook::ALL`: the start-up proof that it denies (None before it ran).
+    /// Per hook of `Hook::ALL`: the start-up proof that it denies.
     pub verified: Mutex<Verified>,
     pub kernel: String,
     /// Why the kernel state is not what the daemon put there (see `health`).
@@ -55,7 +59,7 @@ impl State {
             policies_loaded: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
-            verified: Mutex::new([None; HOOK_COUNT]),
+            verified: Mutex::new([Proof::Pending; HOOK_COUNT]),
             kernel,
             enforcement_problem: Problem::default(),
             listener_problem: Problem::default(),

@@ -6,7 +6,12 @@ use agent_common::{Action, Hook, Verdict};
 use agent_policy::Mode;
 use serde::{Deserialize, Serialize};
 
-use crate::{cgroup, counters::Counters, selftest, state::State};
+use crate::{
+    cgroup,
+    counters::Counters,
+    selftest::{self, Proof},
+    state::State,
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LabelStatus {
@@ -92,7 +97,8 @@ pub fn collect(state: &State, counters: &Counters) -> Status {
         hooks_verified: Hook::ALL
             .iter()
             .zip(verified)
-            .map(|(h, v)| (h.name.to_string(), proof(v).to_string()))
+            .filter(|(_, v)| *v != Proof::Absent)
+            .map(|(h, v)| (h.name.to_string(), hook_proof(v).to_string()))
             .collect(),
         events_dropped: Action::ALL
             .iter()
@@ -109,6 +115,14 @@ fn proof(verified: Option<bool>) -> &'static str {
         Some(true) => "verified",
         Some(false) => "failed",
         None => "not run",
+    }
+}
+
+fn hook_proof(p: Proof) -> &'static str {
+    match p {
+        Proof::Denied => "verified",
+        Proof::Failed => "failed",
+        Proof::Pending | Proof::Absent => "not run",
     }
 }
 

@@ -18,6 +18,7 @@ mod orphans;
 mod session;
 mod telemetry;
 mod users;
+mod writes;
 
 use std::{
     fs,
@@ -307,6 +308,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(escapes::suite().trials(&run));
     trials.extend(files::suite().trials(&run));
     trials.extend(failclosed::suite().trials(&run));
+    trials.extend(writes::suite().trials(&run));
     trials.extend(net::connect::suite().trials(&run));
     trials.extend(net::reload::suite().trials(&run));
     trials.extend(net::scale::suite().trials(&run));

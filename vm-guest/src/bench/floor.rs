@@ -12,7 +12,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use agent_common::HOOKS;
+use agent_common::Hook;
 use anyhow::{Context, Result};
 use aya_obj::{
     btf::{Btf, BtfKind},
@@ -65,9 +65,16 @@ impl Floor {
     /// A no-op program on every hook actgate attaches to.
     pub fn attach() -> Result<Floor> {
         let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux")?;
-        let links = HOOKS
+        let links = Hook::ALL
             .iter()
-            .map(|hook| attach_one(&btf, hook))
+            // actgate attaches nothing to a hook this kernel lacks.
+            .filter(|h| {
+                !h.optional
+                    || btf
+                        .id_by_type_name_kind(&format!("bpf_lsm_{}", h.name), BtfKind::Func)
+                        .is_ok()
+            })
+            .map(|h| attach_one(&btf, h.name))
             .collect::<Result<_>>()?;
         Ok(Floor { _links: links })
     }

@@ -118,12 +118,17 @@ pub(super) fn expect_verified(body: &str, want: u64, when: &str) -> Outcome {
             "actgate_enforcement_verified for {a}{when}"
         );
     }
-    for hook in agent_common::HOOKS {
-        let series = format!("actgate_hook_verified{{hook=\"{hook}\"}}");
+    for hook in agent_common::Hook::ALL {
+        let series = format!("actgate_hook_verified{{hook=\"{}\"}}", hook.name);
+        // A hook this kernel lacks is attached nowhere, and nothing is claimed for it.
+        if hook.optional && !body.contains(&series) {
+            continue;
+        }
         expect_eq!(
             sample(body, &series)?,
             want,
-            "actgate_hook_verified for {hook}{when}"
+            "actgate_hook_verified for {}{when}",
+            hook.name
         );
     }
     Ok(())
