@@ -37,6 +37,17 @@ macro_rules! kernel_offsets {
             VFSMOUNT_MNT_SB: vfsmount.mnt_sb,
             MSGHDR_MSG_NAME: msghdr.msg_name,
             MSGHDR_MSG_NAMELEN: msghdr.msg_namelen,
+            MSGHDR_MSG_CONTROL: msghdr.msg_control,
+            MSGHDR_MSG_CONTROLLEN: msghdr.msg_controllen,
+            SOCKET_SK: socket.sk,
+            SOCK_COMMON_SKC_FAMILY: sock_common.skc_family,
+            SOCK_COMMON_SKC_NUM: sock_common.skc_num,
+            SOCK_COMMON_SKC_RCV_SADDR: sock_common.skc_rcv_saddr,
+            SOCK_COMMON_SKC_V6_RCV_SADDR: sock_common.skc_v6_rcv_saddr,
+            UNIX_SOCK_ADDR: unix_sock.addr,
+            UNIX_SOCK_PATH: unix_sock.path,
+            UNIX_ADDRESS_LEN: unix_address.len,
+            UNIX_ADDRESS_NAME: unix_address.name,
         }
     };
 }

@@ -15,6 +15,8 @@ pub use compile::{
 };
 pub use compiled::{CompileError, CompiledLabel, CompiledRuleset, CompiledSet, compile_set};
 pub use diagnostic::Diagnostic;
-pub use model::{Fallback, Mode, NetPattern, PathPattern, Policy, PolicySet, ProcessRules, Rules};
+pub use model::{
+    Fallback, Mode, NetPattern, PathPattern, Policy, PolicySet, ProcessRules, Rules, UnixPattern,
+};
 pub use parse::{load_path, parse_str};
-pub use pattern::{PatternError, parse_net, parse_path};
+pub use pattern::{PatternError, parse_net, parse_path, parse_unix};
