@@ -358,8 +358,23 @@ fn rerouting_ip_options_are_eperm(ctx: &Ctx, f: &mut Servers) -> Outcome {
     })?;
     expect_eq!(deny, 6.0, "socket denials (3 ways × 2 users)");
     expect_denial_events(f, "socket", &["ip_options".into()])?;
-    expect_all(ctx, OPEN, "ip-options", "", "OK")?;
-    expect_all(ctx, OPEN, "retopts", &port, "OK")
+    let before = scrape()?;
+    for (op, arg) in [("ip-options", ""), ("retopts", port.as_str())] {
+        expect_eq!(
+            attempt(ctx, "root", Some(OPEN), op, arg),
+            "OK",
+            "`{op} {arg}` as root where the policy allows ip_options"
+        );
+        // The kernel refuses nobody on its own (EPERM); actgate must not be what refuses.
+        attempt(ctx, "nobody", Some(OPEN), op, arg);
+    }
+    let after = scrape()?;
+    expect_eq!(
+        harness::decisions(&after, OPEN, "socket", "deny"),
+        harness::decisions(&before, OPEN, "socket", "deny"),
+        "{OPEN}'s socket denials where the policy allows ip_options"
+    );
+    Ok(())
 }
 
 fn unlabelled_socket_use_is_not_judged(ctx: &Ctx, _f: &mut Servers) -> Outcome {
