@@ -20,6 +20,11 @@ pub const METRICS_ADDR: &str = "127.0.0.1:9464";
 /// The verdict of an exec probe whose program ran and exited 0 without output.
 pub const RAN: &str = "RAN";
 
+/// How long a daemon may take to turn ready. Under emulation (no machine here runs BPF LSM
+/// natively) the verifier takes most of it, about 20 s per hook that walks a path, more while
+/// labelled processes keep the one CPU busy.
+pub const READY_WITHIN: Duration = Duration::from_secs(300);
+
 /// Why a test did not pass.
 #[derive(Debug)]
 pub enum NotPassed {
@@ -329,14 +334,7 @@ impl Daemon {
     /// says 200.
     pub fn start(ctx: &Ctx, policies: &Path, extra: &[&str]) -> Result<Daemon> {
         let (events, log) = (ctx.path("events.jsonl"), ctx.path("daemon.log"));
-        Daemon::launch(
-            &ctx.actgate,
-            policies,
-            &events,
-            &log,
-            extra,
-            Duration::from_secs(120),
-        )
+        Daemon::launch(&ctx.actgate, policies, &events, &log, extra, READY_WITHIN)
     }
 
     /// Starts `actgate run` from a clean kernel (`unload`) writing a fresh EVENTS file and its

@@ -85,7 +85,7 @@ fn fresh_daemon(ctx: &Ctx, log: &str) -> Result<Daemon> {
         &ctx.path("life/events.jsonl"),
         &ctx.path(&format!("life/{log}")),
         &[],
-        Duration::from_secs(120),
+        harness::READY_WITHIN,
     )
 }
 
@@ -97,7 +97,7 @@ fn next_daemon(ctx: &Ctx, log: &str, extra: &[&str]) -> Result<Daemon> {
         &ctx.path("life/events.jsonl"),
         &ctx.path(&format!("life/{log}")),
         extra,
-        Duration::from_secs(120),
+        harness::READY_WITHIN,
     )
 }
 
@@ -616,7 +616,7 @@ fn a_taken_metrics_port_is_logged_and_enforcement_goes_on(ctx: &Ctx, fx: &mut Fi
     let mut child = harness::spawn_run(&ctx.actgate, &policies(ctx), &[], &log)?;
     let guard = KillOnDrop(&mut child, &ctx.actgate);
     // Ready, as `actgate status` says: the control socket doesn't need the port.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + harness::READY_WITHIN;
     let status = loop {
         let out = Command::new(&ctx.actgate)
             .arg("status")

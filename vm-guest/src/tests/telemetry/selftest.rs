@@ -74,7 +74,7 @@ pub(super) fn expect_hooks_named(log: &str) -> Outcome {
 
 pub(super) fn selftest_refuses_to_start_when_hooks_allow_everything(ctx: &Ctx) -> Outcome {
     let mut d = Unverified::spawn(ctx, &[])?;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + harness::READY_WITHIN;
     let status = loop {
         if let Some(status) = d.wait(Duration::ZERO)? {
             break status;
@@ -110,7 +110,7 @@ pub(super) fn selftest_refuses_to_start_when_hooks_allow_everything(ctx: &Ctx) -
 pub(super) fn selftest_with_allow_unverified_runs_unready_and_says_so(ctx: &Ctx) -> Outcome {
     let mut d = Unverified::spawn(ctx, &["--allow-unverified"])?;
     // /healthz answers before the self-test runs; the log says when it is over.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + harness::READY_WITHIN;
     loop {
         if let Some(status) = d.wait(Duration::ZERO)? {
             return Err(NotPassed::Fail(format!(
