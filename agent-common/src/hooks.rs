@@ -53,7 +53,12 @@ hooks! {
     PATH_LINK = "path_link", 3, [FileWrite, FileRead];
     PATH_RENAME = "path_rename", 5, [FileWrite, FileRead];
     SOCKET_CONNECT = "socket_connect", 3, [Connect];
-    SOCKET_SENDMSG = "socket_sendmsg", 3, [Connect];
+    SOCKET_SENDMSG = "socket_sendmsg", 3, [Connect, Socket];
+    SOCKET_LISTEN = "socket_listen", 2, [Listen];
+    SOCKET_CREATE = "socket_create", 4, [Socket];
+    SOCKET_SETSOCKOPT = "socket_setsockopt", 3, [Socket];
+    UNIX_STREAM_CONNECT = "unix_stream_connect", 3, [UnixConnect];
+    UNIX_MAY_SEND = "unix_may_send", 2, [UnixConnect];
     BPF = "bpf", 3, [Bpf];
     CAPABLE = "capable", 4, [Capability];
     TASK_KILL = "task_kill", 4, [Signal];
@@ -121,5 +126,7 @@ mod tests {
         assert_eq!(hook(Action::Connect), Some("socket_connect"));
         assert_eq!(hook(Action::Capability), Some("capable"));
         assert_eq!(Hook::all_for(Action::Connect).count(), 2);
+        assert_eq!(Hook::all_for(Action::UnixConnect).count(), 2);
+        assert_eq!(hook(Action::Listen), Some("socket_listen"));
     }
 }

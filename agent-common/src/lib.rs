@@ -41,10 +41,17 @@ pub enum Action {
     Namespace = 8,
     /// Leaving the label's cgroup subtree (`clone3(CLONE_INTO_CGROUP)`).
     Cgroup = 9,
+    /// Connecting or sending to a named AF_UNIX socket (`network.unix`).
+    UnixConnect = 10,
+    /// listen(2) on a non-loopback address (`network.listen`).
+    Listen = 11,
+    /// A socket use that reaches past the connect rules: raw, packet and SCTP sockets, and IP
+    /// options that reroute (`network.raw` and its siblings; see `SocketKind`).
+    Socket = 12,
 }
 
 impl Action {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 13;
     pub const ALL: [Action; Action::COUNT] = [
         Action::Exec,
         Action::FileWrite,
@@ -56,6 +63,9 @@ impl Action {
         Action::Ptrace,
         Action::Namespace,
         Action::Cgroup,
+        Action::UnixConnect,
+        Action::Listen,
+        Action::Socket,
     ];
 
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -75,6 +85,9 @@ impl Action {
             Action::Ptrace => "ptrace",
             Action::Namespace => "namespace",
             Action::Cgroup => "cgroup",
+            Action::UnixConnect => "unix_connect",
+            Action::Listen => "listen",
+            Action::Socket => "socket",
         }
     }
 }
@@ -224,7 +237,68 @@ pub fn reason(flags: u8, mode: u8) -> Reason {
     }
 }
 
-/// Bits of `LabelInfo::has_rules[Action::Connect]`: which of the two network lookups (with the
+/// The kinds of socket use judged as `Action::Socket`: each is denied unless the policy
+/// allows it (`network.raw: allow` and so on). `LabelInfo::has_rules[Action::Socket]` holds
+/// the `bit` of every allowed kind; the event's target is the kind's name.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SocketKind {
+    /// SOCK_RAW in an internet family (or any family but AF_UNIX and AF_NETLINK).
+    Raw = 0,
+    /// Any AF_PACKET socket.
+    Packet = 1,
+    /// An SCTP socket, and SCTP_DSTADDRV4/V6 control messages.
+    Sctp = 2,
+    /// IP_OPTIONS, the IPv6 routing header, and the control messages that set them.
+    IpOptions = 3,
+}
+
+/// Room for a `SocketKind`'s name in an event, NUL included.
+pub const SOCKET_KIND_NAME: usize = 12;
+
+impl SocketKind {
+    pub const ALL: [SocketKind; 4] = [
+        SocketKind::Raw,
+        SocketKind::Packet,
+        SocketKind::Sctp,
+        SocketKind::IpOptions,
+    ];
+
+    pub const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// The policy key under `network` and the event's target.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SocketKind::Raw => "raw",
+            SocketKind::Packet => "packet",
+            SocketKind::Sctp => "sctp",
+            SocketKind::IpOptions => "ip_options",
+        }
+    }
+
+    /// `as_str` of each kind by discriminant, NUL-padded: the kernel copies one into an event.
+    pub const EVENT_NAMES: [[u8; SOCKET_KIND_NAME]; 4] = [
+        SocketKind::Raw.event_name(),
+        SocketKind::Packet.event_name(),
+        SocketKind::Sctp.event_name(),
+        SocketKind::IpOptions.event_name(),
+    ];
+
+    const fn event_name(self) -> [u8; SOCKET_KIND_NAME] {
+        let name = self.as_str().as_bytes();
+        let mut out = [0; SOCKET_KIND_NAME];
+        let mut i = 0;
+        while i < name.len() {
+            out[i] = name[i];
+            i += 1;
+        }
+        out
+    }
+}
+
+/// Bits of `LabelInfo::has_rules[Action::Connect]` (and `Action::Listen`): which of the two network lookups (with the
 /// connection's port, and with port 0 for rules without a port) can match, so a policy whose
 /// rules all have a port, or all lack one, costs one trie lookup per connection.
 pub const NET_ANY_PORT_RULES: u8 = 1;
@@ -256,7 +330,7 @@ pub struct LabelInfo {
     /// Per action: non-zero when the policy has any rule at all, so the hook can skip
     /// resolving the path when only the default can apply. For connect, the `NET_*_RULES` bits.
     pub has_rules: [u8; Action::COUNT],
-    pub _pad2: [u8; 4],
+    pub _pad2: [u8; 6],
     /// Bit n set: capability n is denied (`DENIED_CAPABILITIES` less what the policy grants).
     pub denied_caps: u64,
 }
@@ -313,7 +387,8 @@ pub fn path_key_header_raw(ruleset: u16, action: u8) -> [u8; PATH_KEY_HEADER] {
 }
 
 /// Network trie key data: rule set (big-endian u16), port (big-endian u16, 0 = any port),
-/// family (4 or 6), a zero byte, then the address (IPv4 in the first 4 bytes).
+/// family (4 or 6), the action (connect or listen), then the address (IPv4 in the first 4
+/// bytes).
 pub const NET_KEY_HEADER: usize = 6;
 pub const NET_KEY_DATA: usize = 24;
 pub const NET_FAMILY_V4: u8 = 4;
@@ -330,10 +405,10 @@ pub struct NetKey {
 }
 
 /// Fill in a network trie key header.
-pub fn net_key_header(ruleset: u16, port: u16, family: u8) -> [u8; NET_KEY_HEADER] {
+pub fn net_key_header(ruleset: u16, action: Action, port: u16, family: u8) -> [u8; NET_KEY_HEADER] {
     let rs = ruleset.to_be_bytes();
     let p = port.to_be_bytes();
-    [rs[0], rs[1], p[0], p[1], family, 0]
+    [rs[0], rs[1], p[0], p[1], family, action as u8]
 }
 
 /// Key of the `INODE_RULES` hash map: a file denied by an exact path rule (or found with
@@ -508,7 +583,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<LabelKey>(), 16);
         assert_eq!(
             core::mem::size_of::<LabelInfo>(),
-            8 + 2 * Action::COUNT + 4 + 8
+            8 + 2 * Action::COUNT + 6 + 8
         );
         assert_eq!(core::mem::offset_of!(LabelInfo, denied_caps) % 8, 0);
         assert_eq!(core::mem::size_of::<Config>(), 16);

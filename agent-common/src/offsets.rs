@@ -50,6 +50,17 @@ macro_rules! kernel_offsets {
             CGROUP_ANCESTORS: cgroup.ancestors,
             CGROUP_KN: cgroup.kn,
             KERNFS_NODE_ID: kernfs_node.id,
+            MSGHDR_MSG_CONTROL: msghdr.msg_control,
+            MSGHDR_MSG_CONTROLLEN: msghdr.msg_controllen,
+            SOCKET_SK: socket.sk,
+            SOCK_COMMON_SKC_FAMILY: sock_common.skc_family,
+            SOCK_COMMON_SKC_NUM: sock_common.skc_num,
+            SOCK_COMMON_SKC_RCV_SADDR: sock_common.skc_rcv_saddr,
+            SOCK_COMMON_SKC_V6_RCV_SADDR: sock_common.skc_v6_rcv_saddr,
+            UNIX_SOCK_ADDR: unix_sock.addr,
+            UNIX_SOCK_PATH: unix_sock.path,
+            UNIX_ADDRESS_LEN: unix_address.len,
+            UNIX_ADDRESS_NAME: unix_address.name,
         }
     };
 }

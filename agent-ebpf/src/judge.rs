@@ -5,13 +5,16 @@
 use agent_common::{
     Action, Event, GUARD_ACTION, InodeKey, KernelError, LabelInfo, MODE_AUDIT, MODE_ENFORCE,
     NET_ANY_PORT_RULES, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA,
-    PATH_KEY_HEADER, RULE_DENY, Verdict, net_key_header, path_key_header, path_key_header_raw,
-    reason, verdict,
+    PATH_KEY_HEADER, RULE_ALLOW, RULE_DENY, SOCKET_KIND_NAME, SocketKind, Verdict,
+    net_key_header, path_key_header, path_key_header_raw, reason, verdict,
 };
-use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, maps::lpm_trie::Key};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_kernel},
+    maps::lpm_trie::Key,
+};
 
 use crate::{
-    kernel::Inode,
+    kernel::{self, Inode, get, read},
     maps::{self, Scratch},
     path::{self, Target},
     process,
@@ -197,18 +200,22 @@ pub struct Dest {
     pub addr: [u8; 16],
 }
 
-/// Judges a connection to `d`: one trie lookup with the port, one with port 0 (rules without
-/// a port), combined; each only when the policy has rules of its kind.
+/// Judges a connection to `d` (or a listen on it): one trie lookup with the port, one with
+/// port 0 (rules without a port), combined; each only when the policy has rules of its kind.
 #[inline(always)]
-pub fn net_action(info: &LabelInfo, d: &Dest) -> Verdict {
-    let action = Action::Connect;
+pub fn net_action(info: &LabelInfo, action: Action, d: &Dest) -> Verdict {
     let a = action as usize;
     let mut flags = 0;
     let kinds = info.has_rules.get(a).copied().unwrap_or(0);
     for (port, kind) in [(d.port, NET_PORT_RULES), (0, NET_ANY_PORT_RULES)] {
         if kinds & kind != 0 {
             let mut data = [0u8; NET_KEY_DATA];
-            data[..NET_KEY_HEADER].copy_from_slice(&net_key_header(info.ruleset, port, d.family));
+            data[..NET_KEY_HEADER].copy_from_slice(&net_key_header(
+                info.ruleset,
+                action,
+                port,
+                d.family,
+            ));
             data[NET_KEY_HEADER..NET_KEY_HEADER + 16].copy_from_slice(&d.addr);
             let key = Key::new((8 * NET_KEY_DATA) as u32, data);
             flags |= maps::NET_RULES.get(&key).copied().unwrap_or(0);
@@ -219,6 +226,56 @@ pub fn net_action(info: &LabelInfo, d: &Dest) -> Verdict {
         e.family = d.family;
         e.port = d.port;
         e.addr = d.addr;
+    });
+    v
+}
+
+/// A connect or send to the AF_UNIX socket with the abstract address `addr` (a `struct
+/// unix_address *`), judged as the path `@name` against the label's `network.unix` rules.
+///
+/// Infallible on purpose: a `Result` here, merged with `path_actions`' in the unix hooks,
+/// made LLVM move an undefined register, which the verifier refuses. The per-CPU scratch
+/// buffer can't be missing; if it were, the action could not be judged and is denied.
+#[inline(always)]
+pub fn abstract_socket(info: &LabelInfo, addr: *const u8) -> Verdict {
+    let Ok(s) = scratch() else {
+        return record::unjudged_action(
+            info,
+            Action::UnixConnect,
+            KernelError::ScratchUnavailable,
+            |_| {},
+        );
+    };
+    // `len` counts sun_family (2 bytes) and the leading NUL of an abstract name.
+    let len = read::<i32>(addr, get(&kernel::UNIX_ADDRESS_LEN)) - 3;
+    let len = len.clamp(0, UNIX_NAME_MAX) as usize;
+    let name = addr.wrapping_add(get(&kernel::UNIX_ADDRESS_NAME) as usize + 3);
+    s.path[0] = b'@';
+    // SAFETY: at most UNIX_NAME_MAX bytes into our own map memory; the helper checks `name`.
+    unsafe {
+        bpf_probe_read_kernel(
+            s.path.as_mut_ptr().wrapping_add(1) as *mut _,
+            len as u32,
+            name as *const _,
+        )
+    };
+    s.path[1 + (len & 127)] = 0;
+    judge_resolved(info, Action::UnixConnect, s, None, false)
+}
+
+/// Longest abstract AF_UNIX name: sun_path (108 bytes) less its leading NUL.
+const UNIX_NAME_MAX: i32 = 107;
+
+/// A socket use of `kind` (`Action::Socket`): allowed only when the policy names the kind.
+#[inline(always)]
+pub fn socket_use(info: &LabelInfo, kind: SocketKind) -> Verdict {
+    let a = Action::Socket as usize;
+    let allowed = info.has_rules.get(a).copied().unwrap_or(0) & kind.bit() != 0;
+    let flags = if allowed { RULE_ALLOW } else { 0 };
+    let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
+    record(info, Action::Socket, v, reason(flags, info.mode), |e| {
+        let name = SocketKind::EVENT_NAMES[kind as usize & 3];
+        e.path[..SOCKET_KIND_NAME].copy_from_slice(&name);
     });
     v
 }

@@ -8,7 +8,8 @@
 //! - `record.rs` (counters and events) and `hook.rs` (the frame every hook runs in);
 //! - `judge.rs` (rule lookups → verdict);
 //! - one file per hook family: `exec.rs`, `file.rs` (and `attr.rs` for attributes), `net.rs`,
-//!   `escape.rs` (bpf(2), capabilities, the daemon, cgroups and namespaces).
+//!   `unix.rs`, `sock.rs` (socket kinds and options), `escape.rs` (bpf(2), capabilities, the
+//!   daemon, cgroups and namespaces).
 //!
 //! Adding a hook takes an entry in `agent_common::Hook`'s list and a function in its family's
 //! file.
@@ -31,6 +32,8 @@ mod net;
 mod path;
 mod process;
 mod record;
+mod sock;
+mod unix;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,14 +1,16 @@
 //! network.connect: `socket_connect` for connect(2), `socket_sendmsg` for sendto/sendmsg with
-//! an explicit destination (UDP without connect, TCP Fast Open). Only IPv4 and IPv6 are
-//! network actions; AF_UNIX and other local families pass.
+//! an explicit destination (UDP without connect, TCP Fast Open). network.listen:
+//! `socket_listen` on a non-loopback address. Only IPv4 and IPv6 are judged here; AF_UNIX
+//! peers are judged in `unix.rs`, other socket kinds in `sock.rs`.
 
-use agent_common::{Hook, NET_FAMILY_V4, NET_FAMILY_V6, Verdict};
+use agent_common::{Action, Hook, NET_FAMILY_V4, NET_FAMILY_V6, Verdict};
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
     hook::frame_when,
     judge::{self, Dest},
     kernel::{self, field, get, read},
+    sock,
 };
 
 const AF_UNSPEC: u16 = 0;
@@ -64,10 +66,70 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     frame_when(&ctx, Hook::SOCKET_CONNECT, concerns, |info| {
         // connect(2) with AF_UNSPEC dissolves an association: no destination to judge.
         Ok(match destination(addr, len, false) {
-            Some(d) => judge::net_action(info, &d),
+            Some(d) => judge::net_action(info, Action::Connect, &d),
             None => Verdict::Allow,
         })
     })
+}
+
+/// The address a listening socket accepts on, unless it is a loopback one: an inbound channel
+/// only local processes can reach is no network action.
+#[inline(always)]
+fn listen_address(sk: *const u8) -> Option<Dest> {
+    // The verifier allows no arithmetic on a pointer that may be NULL.
+    if sk.is_null() {
+        return None;
+    }
+    let family: u16 = field(sk, get(&kernel::SOCK_COMMON_SKC_FAMILY));
+    // skc_num is the bound port in host order; 0 when listen(2) picks one.
+    let port: u16 = field(sk, get(&kernel::SOCK_COMMON_SKC_NUM));
+    let mut d = Dest {
+        family: NET_FAMILY_V4,
+        port,
+        addr: [0; 16],
+    };
+    match family {
+        AF_INET => {
+            let a: [u8; 4] = read(sk, get(&kernel::SOCK_COMMON_SKC_RCV_SADDR));
+            d.addr[..4].copy_from_slice(&a);
+        }
+        AF_INET6 => {
+            let a: [u8; 16] = read(sk, get(&kernel::SOCK_COMMON_SKC_V6_RCV_SADDR));
+            if a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff {
+                d.addr[..4].copy_from_slice(&a[12..16]);
+            } else {
+                d.family = NET_FAMILY_V6;
+                d.addr = a;
+            }
+        }
+        _ => return None,
+    }
+    let loopback = if d.family == NET_FAMILY_V4 {
+        d.addr[0] == 127
+    } else {
+        d.addr[..15].iter().all(|b| *b == 0) && d.addr[15] == 1
+    };
+    (!loopback).then_some(d)
+}
+
+#[lsm(hook = "socket_listen")]
+pub fn socket_listen(ctx: LsmContext) -> i32 {
+    let sock: *const u8 = ctx.arg(0);
+    let address = || listen_address(field::<usize>(sock, get(&kernel::SOCKET_SK)) as *const u8);
+    // listen(2) is rare, so the address is read twice rather than before the frame: work
+    // ahead of the frame's read of the previous verdict can leave stale bounds on the
+    // register it lands in, and 6.12's verifier then rejects the return value.
+    frame_when(
+        &ctx,
+        Hook::SOCKET_LISTEN,
+        || address().is_some(),
+        |info| {
+            Ok(match address() {
+                Some(d) => judge::net_action(info, Action::Listen, &d),
+                None => Verdict::Allow,
+            })
+        },
+    )
 }
 
 #[lsm(hook = "socket_sendmsg")]
@@ -77,12 +139,22 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     // at connect time). Every write to a connected socket passes here, so those leave before
     // the label lookup.
     let name = field::<usize>(msg, get(&kernel::MSGHDR_MSG_NAME)) as *const u8;
-    let concerns = || !name.is_null();
+    // Control messages may reroute (see `sock::rerouting_cmsg`); a plain send has none.
+    let control_len: usize = field(msg, get(&kernel::MSGHDR_MSG_CONTROLLEN));
+    let concerns = || !name.is_null() || control_len != 0;
     frame_when(&ctx, Hook::SOCKET_SENDMSG, concerns, |info| {
         let len: i32 = field(msg, get(&kernel::MSGHDR_MSG_NAMELEN));
-        Ok(match destination(name, len, true) {
-            Some(d) => judge::net_action(info, &d),
+        let to = match destination(name, len, true) {
+            Some(d) => judge::net_action(info, Action::Connect, &d),
             None => Verdict::Allow,
+        };
+        if to == Verdict::Deny || control_len == 0 {
+            return Ok(to);
+        }
+        let control = field::<usize>(msg, get(&kernel::MSGHDR_MSG_CONTROL)) as *const u8;
+        Ok(match sock::rerouting_cmsg(control, control_len) {
+            Some(kind) => judge::worst(to, judge::socket_use(info, kind)),
+            None => to,
         })
     })
 }

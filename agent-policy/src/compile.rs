@@ -14,9 +14,10 @@ use agent_common::{
 };
 use ipnet::IpNet;
 
-use crate::model::{Fallback, NetPattern, PathPattern, Policy, Rules};
+use crate::model::{Fallback, NetPattern, PathPattern, Policy, Rules, UnixPattern};
 
-/// Path trie entries of a policy's exec, file-write and file-read rules, under `ruleset`.
+/// Path trie entries of a policy's exec, file-write, file-read and unix rules, under
+/// `ruleset`.
 ///
 /// Assumes a validated policy: a pattern too long for a key (which the parser rejects) is
 /// left out.
@@ -27,51 +28,84 @@ pub fn compile_paths(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
         (Action::FileWrite, &policy.file_write),
         (Action::FileRead, &policy.file_read),
     ] {
-        let header = path_key_header(ruleset, action);
-        // Lexicographic order puts every key after all of its prefixes.
-        let mut own: BTreeMap<Vec<u8>, u8> = BTreeMap::new();
-        for (pattern, flag) in flagged(rules) {
-            let bytes = path_bytes(pattern);
-            if fits(&bytes) {
-                *own.entry(bytes).or_default() |= flag;
-            }
-        }
-        // Keys sharing a prefix are contiguous in that order, so the prefixes of the current
-        // key are exactly what is left on the stack after popping non-prefixes.
-        let mut stack: Vec<(&[u8], u8)> = Vec::new();
-        for (bytes, flags) in &own {
-            while stack.last().is_some_and(|(top, _)| !bytes.starts_with(top)) {
-                stack.pop();
-            }
-            let combined = flags | stack.last().map_or(0, |(_, f)| *f);
-            stack.push((bytes, combined));
-
-            out.push((path_key(header, bytes), combined));
-        }
+        let own = flagged(rules).map(|(p, flag)| (path_bytes(p), flag));
+        trie_entries(path_key_header(ruleset, action), own, &mut out);
     }
+    let own = flagged(&policy.unix).map(|(p, flag)| (unix_bytes(p), flag));
+    trie_entries(path_key_header(ruleset, Action::UnixConnect), own, &mut out);
     out
 }
 
+/// The entries of one action's patterns (key bytes after `header`, and flags), each carrying
+/// the flags of every shorter pattern that is a prefix of it.
+fn trie_entries(
+    header: [u8; PATH_KEY_HEADER],
+    patterns: impl Iterator<Item = (Vec<u8>, u8)>,
+    out: &mut Vec<(PathKey, u8)>,
+) {
+    // Lexicographic order puts every key after all of its prefixes.
+    let mut own: BTreeMap<Vec<u8>, u8> = BTreeMap::new();
+    for (bytes, flag) in patterns {
+        if fits(&bytes) {
+            *own.entry(bytes).or_default() |= flag;
+        }
+    }
+    // Keys sharing a prefix are contiguous in that order, so the prefixes of the current
+    // key are exactly what is left on the stack after popping non-prefixes.
+    let mut stack: Vec<(&[u8], u8)> = Vec::new();
+    for (bytes, flags) in &own {
+        while stack.last().is_some_and(|(top, _)| !bytes.starts_with(top)) {
+            stack.pop();
+        }
+        let combined = flags | stack.last().map_or(0, |(_, f)| *f);
+        stack.push((bytes, combined));
+        out.push((path_key(header, bytes), combined));
+    }
+}
+
+/// The key bytes of a unix pattern: a path's as for files; `@name\0` for an abstract name
+/// (the kernel looks up `@` and the name), `@` for every abstract name. Paths start with `/`,
+/// so the two never meet.
+fn unix_bytes(pattern: &UnixPattern) -> Vec<u8> {
+    match pattern {
+        UnixPattern::Path(p) => path_bytes(p),
+        UnixPattern::Abstract(name) => {
+            let mut bytes = Vec::with_capacity(name.len() + 2);
+            bytes.push(b'@');
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.push(0);
+            bytes
+        }
+        UnixPattern::AnyAbstract => vec![b'@'],
+    }
+}
+
 /// Move-guard entries (see `agent_common::GUARD_ACTION`): every directory above each deny
-/// pattern of exec, files.write and files.read, and the pattern's own path (for `D/**`, `D`
+/// pattern of exec, files.write, files.read and network.unix, and the pattern's own path (for `D/**`, `D`
 /// itself), as exact keys. A labelled process may not rename or hard-link these, since the
 /// rule's target would then sit under a name no rule mentions, nor remove or replace them,
 /// since a tree of its own would then sit where the rule points.
 pub fn compile_guards(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
     let header = path_key_header_raw(ruleset, GUARD_ACTION);
     let mut guarded: BTreeSet<&str> = BTreeSet::new();
-    for rules in [&policy.exec, &policy.file_write, &policy.file_read] {
-        for pattern in rules.denials() {
-            let path = match pattern {
-                PathPattern::Exact(p) | PathPattern::Tree(p) => p.as_str(),
-            };
-            // "/a/b/c" guards "/a", "/a/b" and "/a/b/c"; the root can't be moved.
-            for (i, _) in path.match_indices('/').skip(1) {
-                guarded.insert(&path[..i]);
-            }
-            if !path.is_empty() {
-                guarded.insert(path);
-            }
+    // A renamed socket would be judged by its new name.
+    let unix = policy.unix.denials().filter_map(|p| match p {
+        UnixPattern::Path(p) => Some(p),
+        _ => None,
+    });
+    let files = [&policy.exec, &policy.file_write, &policy.file_read]
+        .into_iter()
+        .flat_map(Rules::denials);
+    for pattern in files.chain(unix) {
+        let path = match pattern {
+            PathPattern::Exact(p) | PathPattern::Tree(p) => p.as_str(),
+        };
+        // "/a/b/c" guards "/a", "/a/b" and "/a/b/c"; the root can't be moved.
+        for (i, _) in path.match_indices('/').skip(1) {
+            guarded.insert(&path[..i]);
+        }
+        if !path.is_empty() {
+            guarded.insert(path);
         }
     }
     guarded
@@ -158,9 +192,10 @@ impl NetSlot {
             && other.addr & mask == self.addr
     }
 
-    fn key(&self, ruleset: u16) -> NetKey {
+    fn key(&self, ruleset: u16, action: Action) -> NetKey {
         let mut data = [0u8; NET_KEY_DATA];
-        data[..NET_KEY_HEADER].copy_from_slice(&net_key_header(ruleset, self.port, self.family));
+        let header = net_key_header(ruleset, action, self.port, self.family);
+        data[..NET_KEY_HEADER].copy_from_slice(&header);
         let addr = self.addr.to_be_bytes();
         let width = if self.family == NET_FAMILY_V4 { 4 } else { 16 };
         data[NET_KEY_HEADER..NET_KEY_HEADER + width].copy_from_slice(&addr[..width]);
@@ -171,26 +206,31 @@ impl NetSlot {
     }
 }
 
-/// Network trie entries of a policy's connect rules, under `ruleset`.
+/// Network trie entries of a policy's connect and listen rules, under `ruleset`.
 pub fn compile_net(policy: &Policy, ruleset: u16) -> Vec<(NetKey, u8)> {
-    let mut own: BTreeMap<NetSlot, u8> = BTreeMap::new();
-    for (pattern, flag) in flagged(&policy.connect) {
-        *own.entry(NetSlot::new(pattern)).or_default() |= flag;
-    }
-    // Sorted by (port, family, address, length), ancestors come first and each subtree is
-    // contiguous, as for paths.
-    let mut stack: Vec<(NetSlot, u8)> = Vec::new();
-    let mut out = Vec::with_capacity(own.len());
-    for (slot, flags) in own {
-        while stack
-            .last()
-            .is_some_and(|(top, _)| !top.is_ancestor_of(&slot))
-        {
-            stack.pop();
+    let mut out = Vec::new();
+    for (action, rules) in [
+        (Action::Connect, &policy.connect),
+        (Action::Listen, &policy.listen),
+    ] {
+        let mut own: BTreeMap<NetSlot, u8> = BTreeMap::new();
+        for (pattern, flag) in flagged(rules) {
+            *own.entry(NetSlot::new(pattern)).or_default() |= flag;
         }
-        let combined = flags | stack.last().map_or(0, |(_, f)| *f);
-        stack.push((slot, combined));
-        out.push((slot.key(ruleset), combined));
+        // Sorted by (port, family, address, length), ancestors come first and each subtree
+        // is contiguous, as for paths.
+        let mut stack: Vec<(NetSlot, u8)> = Vec::new();
+        for (slot, flags) in own {
+            while stack
+                .last()
+                .is_some_and(|(top, _)| !top.is_ancestor_of(&slot))
+            {
+                stack.pop();
+            }
+            let combined = flags | stack.last().map_or(0, |(_, f)| *f);
+            stack.push((slot, combined));
+            out.push((slot.key(ruleset, action), combined));
+        }
     }
     out
 }
@@ -207,6 +247,10 @@ pub fn defaults(policy: &Policy) -> [u8; Action::COUNT] {
     out[Action::FileRead as usize] = flag(policy.file_read.default);
     out[Action::Connect as usize] = flag(policy.connect.default);
     out[Action::Namespace as usize] = flag(policy.process.namespaces);
+    out[Action::UnixConnect as usize] = flag(policy.unix.default);
+    out[Action::Listen as usize] = flag(policy.listen.default);
+    // Only the kinds `has_rules` names are allowed.
+    out[Action::Socket as usize] = RULE_DENY;
     // Nothing grants these: the kernel denies them to every label (in audit mode, reports).
     for action in [
         Action::Bpf,
@@ -229,20 +273,27 @@ pub fn denied_capabilities(policy: &Policy) -> u64 {
     DENIED_CAPABILITIES & !granted
 }
 
-/// Per action: 0 if the policy has no allow or deny rule for it. Path actions with rules get
-/// 1; connect gets `NET_ANY_PORT_RULES` and/or `NET_PORT_RULES`, for the lookups that can match.
+/// Per action: 0 if the policy has no allow or deny rule for it. Path and unix actions with
+/// rules get 1; connect and listen get `NET_ANY_PORT_RULES` and/or `NET_PORT_RULES`, for the
+/// lookups that can match; socket gets the `SocketKind::bit` of every allowed kind.
 pub fn has_rules(policy: &Policy) -> [u8; Action::COUNT] {
     let mut out = [0; Action::COUNT];
     out[Action::Exec as usize] = u8::from(!policy.exec.is_empty());
     out[Action::FileWrite as usize] = u8::from(!policy.file_write.is_empty());
     out[Action::FileRead as usize] = u8::from(!policy.file_read.is_empty());
-    out[Action::Connect as usize] = flagged(&policy.connect).fold(0, |bits, (p, _)| {
-        bits | if p.port.is_some() {
-            NET_PORT_RULES
-        } else {
-            NET_ANY_PORT_RULES
-        }
-    });
+    out[Action::UnixConnect as usize] = u8::from(!policy.unix.is_empty());
+    let net_kinds = |rules: &Rules<NetPattern>| {
+        flagged(rules).fold(0, |bits, (p, _)| {
+            bits | if p.port.is_some() {
+                NET_PORT_RULES
+            } else {
+                NET_ANY_PORT_RULES
+            }
+        })
+    };
+    out[Action::Connect as usize] = net_kinds(&policy.connect);
+    out[Action::Listen as usize] = net_kinds(&policy.listen);
+    out[Action::Socket as usize] = policy.sockets.iter().fold(0, |bits, k| bits | k.bit());
     out
 }
 
@@ -263,6 +314,9 @@ mod tests {
             file_write: Rules::default(),
             file_read: Rules::default(),
             connect: Rules::default(),
+            unix: Rules::default(),
+            listen: Rules::default(),
+            sockets: Vec::new(),
             process: Default::default(),
             file: "t.yaml".into(),
             line: 1,
@@ -424,7 +478,12 @@ mod tests {
                 IpAddr::V4(a) => (NET_FAMILY_V4, a.octets().to_vec(), 32),
                 IpAddr::V6(a) => (NET_FAMILY_V6, a.octets().to_vec(), 128),
             };
-            key[..NET_KEY_HEADER].copy_from_slice(&net_key_header(ruleset, port, family));
+            key[..NET_KEY_HEADER].copy_from_slice(&net_key_header(
+                ruleset,
+                Action::Connect,
+                port,
+                family,
+            ));
             key[NET_KEY_HEADER..NET_KEY_HEADER + bytes.len()].copy_from_slice(&bytes);
             lpm(
                 entries.iter().map(|(k, f)| (k.prefix_len, &k.data[..], *f)),
@@ -615,14 +674,36 @@ mod tests {
         assert_eq!(v4.prefix_len, 48 + 8);
         assert_eq!(
             &v4.data[..10],
-            &[0, 7, 1, 187, NET_FAMILY_V4, 0, 10, 0, 0, 0]
+            &[
+                0,
+                7,
+                1,
+                187,
+                NET_FAMILY_V4,
+                Action::Connect as u8,
+                10,
+                0,
+                0,
+                0
+            ]
         );
         assert_eq!(*f4, RULE_ALLOW);
         let (v6, f6) = &entries[1];
         assert_eq!(v6.prefix_len, 48 + 32);
         assert_eq!(
             &v6.data[..10],
-            &[0, 7, 1, 187, NET_FAMILY_V6, 0, 0x20, 0x01, 0x0d, 0xb8]
+            &[
+                0,
+                7,
+                1,
+                187,
+                NET_FAMILY_V6,
+                Action::Connect as u8,
+                0x20,
+                0x01,
+                0x0d,
+                0xb8
+            ]
         );
         assert_eq!(*f6, RULE_DENY);
     }
@@ -663,9 +744,13 @@ mod tests {
         p.file_read.deny = vec![exact("/etc/shadow")];
         let d = defaults(&p);
         assert_eq!(d[..4], [RULE_ALLOW, RULE_DENY, RULE_ALLOW, RULE_DENY]);
-        assert_eq!(has_rules(&p), [0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(has_rules(&p), [0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         // Without a `process` section every escape route is denied, user namespaces too.
-        assert!(d[4..].iter().all(|f| *f == RULE_DENY));
+        assert!(
+            d[4..=Action::Cgroup as usize]
+                .iter()
+                .all(|f| *f == RULE_DENY)
+        );
         p.process.namespaces = Fallback::Allow;
         assert_eq!(defaults(&p)[Action::Namespace as usize], RULE_ALLOW);
     }

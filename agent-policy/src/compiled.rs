@@ -250,6 +250,9 @@ network:
             },
             file_read: Rules::default(),
             connect: Rules::<NetPattern>::default(),
+            unix: Rules::default(),
+            listen: Rules::default(),
+            sockets: Vec::new(),
             process: Default::default(),
             file: "t.yaml".into(),
             line: 1,
@@ -268,7 +271,7 @@ network:
             r.defaults,
             [
                 RULE_ALLOW, RULE_DENY, RULE_ALLOW, RULE_ALLOW, RULE_DENY, RULE_DENY, RULE_DENY,
-                RULE_DENY, RULE_DENY, RULE_DENY
+                RULE_DENY, RULE_DENY, RULE_DENY, RULE_ALLOW, RULE_ALLOW, RULE_DENY
             ]
         );
         assert_eq!(r.denied_caps, agent_common::DENIED_CAPABILITIES);

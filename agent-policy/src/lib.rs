@@ -18,6 +18,7 @@ pub use compiled::{CompileError, CompiledLabel, CompiledRuleset, CompiledSet, co
 pub use diagnostic::Diagnostic;
 pub use model::{
     Fallback, Mode, NetPattern, PathPattern, PathSite, Policy, PolicySet, ProcessRules, Rules,
+    UnixPattern,
 };
 pub use parse::{load_path, parse_str};
-pub use pattern::{PatternError, parse_net, parse_path};
+pub use pattern::{PatternError, parse_net, parse_path, parse_unix};

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use agent_common::SocketKind;
 use ipnet::IpNet;
 
 use crate::diagnostic::Pos;
@@ -40,6 +41,27 @@ impl fmt::Display for PathPattern {
         match self {
             PathPattern::Exact(p) => f.write_str(p),
             PathPattern::Tree(d) => write!(f, "{d}/**"),
+        }
+    }
+}
+
+/// A validated `network.unix` pattern: the name a peer socket was bound to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UnixPattern {
+    /// A socket bound at a path in the file system, as the kernel resolves it.
+    Path(PathPattern),
+    /// The abstract socket `@name` (held without the `@`), matched exactly.
+    Abstract(String),
+    /// Every abstract socket: `@**`.
+    AnyAbstract,
+}
+
+impl fmt::Display for UnixPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnixPattern::Path(p) => write!(f, "{p}"),
+            UnixPattern::Abstract(name) => write!(f, "@{name}"),
+            UnixPattern::AnyAbstract => f.write_str("@**"),
         }
     }
 }
@@ -138,6 +160,12 @@ pub struct Policy {
     pub file_write: Rules<PathPattern>,
     pub file_read: Rules<PathPattern>,
     pub connect: Rules<NetPattern>,
+    /// `network.unix`: connects and sends to named AF_UNIX sockets.
+    pub unix: Rules<UnixPattern>,
+    /// `network.listen`: listen(2) on addresses other than loopback.
+    pub listen: Rules<NetPattern>,
+    /// The socket kinds `network` allows (`raw: allow` and so on); the others are denied.
+    pub sockets: Vec<SocketKind>,
     pub process: ProcessRules,
     /// Where the policy was defined, for messages.
     pub file: PathBuf,
@@ -147,7 +175,12 @@ pub struct Policy {
 impl Policy {
     /// Number of patterns over all actions.
     pub fn rule_count(&self) -> usize {
-        self.exec.len() + self.file_write.len() + self.file_read.len() + self.connect.len()
+        self.exec.len()
+            + self.file_write.len()
+            + self.file_read.len()
+            + self.connect.len()
+            + self.unix.len()
+            + self.listen.len()
     }
 }
 

@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use agent_common::{MAX_LABELS, capability_by_name};
+use agent_common::{MAX_LABELS, SocketKind, capability_by_name};
 
 use crate::diagnostic::{Diagnostic, Pos};
 use crate::model::{Fallback, Mode, PathPattern, PathSite, Policy, PolicySet, ProcessRules, Rules};
-use crate::pattern::{PatternError, parse_net, parse_path};
+use crate::pattern::{PatternError, parse_net, parse_path, parse_unix};
 use crate::yaml::{Node, Value, parse_documents};
 
 /// Most policies a set may hold: each needs its own rule set number in the kernel keys.
@@ -21,7 +21,15 @@ const POLICY_KEYS: &[&str] = &[
     "name", "labels", "mode", "exec", "files", "network", "process",
 ];
 const FILES_KEYS: &[&str] = &["write", "read"];
-const NETWORK_KEYS: &[&str] = &["connect"];
+const NETWORK_KEYS: &[&str] = &[
+    "connect",
+    "unix",
+    "listen",
+    "raw",
+    "packet",
+    "sctp",
+    "ip_options",
+];
 const PROCESS_KEYS: &[&str] = &["capabilities", "namespaces"];
 const RULES_KEYS: &[&str] = &["default", "allow", "deny"];
 
@@ -280,6 +288,9 @@ impl Checker<'_> {
         let mut file_write = Rules::default();
         let mut file_read = Rules::default();
         let mut connect = Rules::default();
+        let mut unix = Rules::default();
+        let mut listen = Rules::default();
+        let mut sockets = Vec::new();
         let mut process = ProcessRules::default();
         for (key, _, value) in &fields {
             match *key {
@@ -308,13 +319,34 @@ impl Checker<'_> {
                 }
                 "network" => {
                     if let Some(network) = self.fields(value, "`network`", NETWORK_KEYS) {
-                        for (_, _, value) in &network {
-                            connect = without_sites(self.rules(
-                                value,
-                                "network.connect",
-                                "network patterns",
-                                parse_net,
-                            ));
+                        for (key, _, value) in &network {
+                            match *key {
+                                "connect" => {
+                                    connect = without_sites(self.rules(
+                                        value,
+                                        "network.connect",
+                                        "network patterns",
+                                        parse_net,
+                                    ))
+                                }
+                                "unix" => {
+                                    unix = without_sites(self.rules(
+                                        value,
+                                        "network.unix",
+                                        "socket patterns",
+                                        parse_unix,
+                                    ))
+                                }
+                                "listen" => {
+                                    listen = without_sites(self.rules(
+                                        value,
+                                        "network.listen",
+                                        "network patterns",
+                                        parse_net,
+                                    ))
+                                }
+                                kind => sockets.extend(self.socket_kind(value, kind)),
+                            }
                         }
                     }
                 }
@@ -344,6 +376,9 @@ impl Checker<'_> {
                 file_write,
                 file_read,
                 connect,
+                unix,
+                listen,
+                sockets,
                 process,
                 file: self.file.to_path_buf(),
                 line: doc.pos.line,
@@ -490,6 +525,14 @@ impl Checker<'_> {
         process
     }
 
+    /// `network.raw: allow` and its siblings: the kind when allowed.
+    fn socket_kind(&mut self, node: &Node, key: &str) -> Option<SocketKind> {
+        let kind = SocketKind::ALL.into_iter().find(|k| k.as_str() == key)?;
+        let options = [("allow", true), ("deny", false)];
+        self.choice(node, &format!("network.{key}"), &options)?
+            .then_some(kind)
+    }
+
     fn capabilities(&mut self, node: &Node) -> Vec<u8> {
         let Value::Seq(items) = &node.value else {
             self.shape_error(
@@ -589,6 +632,7 @@ impl Checker<'_> {
             let Value::Str(text) = &item.value else {
                 // An unquoted `[v6]:port` parses as a YAML list or mapping.
                 let hint = if section.starts_with("network")
+                    && section != "network.unix"
                     && matches!(item.value, Value::Seq(_) | Value::Map(_))
                 {
                     " (quote bracketed IPv6 patterns, as in \"[2001:db8::/32]:443\")"

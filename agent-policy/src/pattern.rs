@@ -6,7 +6,7 @@ use agent_common::MAX_RULE_PATH;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
-use crate::model::{NetPattern, PathPattern};
+use crate::model::{NetPattern, PathPattern, UnixPattern};
 
 /// Why a pattern was rejected. The text is shown to policy authors as is.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -52,6 +52,45 @@ pub enum PatternError {
     AfterBracket(String),
     #[error("`{0}`: host bits set; did you mean {1}?")]
     HostBits(String, String),
+    #[error(
+        "`{0}`: expected a socket path (`/run/x.sock`, `/run/**`) or an abstract name \
+         (`@name`, or `@**` for every abstract name)"
+    )]
+    NotUnix(String),
+    #[error("empty abstract socket name `@`")]
+    EmptyAbstract,
+    #[error(
+        "unsupported wildcard in `{0}`: an abstract name is matched exactly; `@**` matches \
+         every abstract name"
+    )]
+    AbstractWildcard(String),
+    #[error("abstract name `{0}` is {1} bytes long; at most {UNIX_NAME_MAX} are allowed")]
+    AbstractTooLong(String, usize),
+}
+
+/// Longest abstract AF_UNIX name: `sun_path` (108 bytes) less its leading NUL.
+pub const UNIX_NAME_MAX: usize = 107;
+
+/// Parse a `network.unix` pattern: a path pattern, `@name` or `@**`.
+pub fn parse_unix(text: &str) -> Result<UnixPattern, PatternError> {
+    let Some(name) = text.strip_prefix('@') else {
+        if text.starts_with('/') || text.is_empty() {
+            return parse_path(text).map(UnixPattern::Path);
+        }
+        return Err(PatternError::NotUnix(text.to_owned()));
+    };
+    if text.contains('\0') {
+        return Err(PatternError::Nul);
+    }
+    match name {
+        "" => Err(PatternError::EmptyAbstract),
+        "**" => Ok(UnixPattern::AnyAbstract),
+        _ if name.ends_with("**") => Err(PatternError::AbstractWildcard(text.to_owned())),
+        _ if name.len() > UNIX_NAME_MAX => {
+            Err(PatternError::AbstractTooLong(text.to_owned(), name.len()))
+        }
+        _ => Ok(UnixPattern::Abstract(name.to_owned())),
+    }
 }
 
 /// Parse a path pattern: an absolute exact path, or a directory followed by `/**`.

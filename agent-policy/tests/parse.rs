@@ -156,7 +156,7 @@ fn wrong_types() {
             ("8:9", "found a mapping"),
             (
                 "9:10",
-                "expected `network` (a mapping with keys connect), found a string",
+                "expected `network` (a mapping with keys connect, unix, listen, raw, packet, sctp, ip_options), found a string",
             ),
         ],
     );

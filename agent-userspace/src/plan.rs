@@ -174,7 +174,7 @@ pub fn resolve(
                 _pad: 0,
                 defaults: ruleset.defaults,
                 has_rules: ruleset.has_rules,
-                _pad2: [0; 4],
+                _pad2: [0; 6],
                 denied_caps: ruleset.denied_caps,
             },
         });
@@ -211,7 +211,7 @@ pub fn resolve(
                 _pad: 0,
                 defaults: [RULE_DENY; Action::COUNT],
                 has_rules: [0; Action::COUNT],
-                _pad2: [0; 4],
+                _pad2: [0; 6],
                 denied_caps: u64::MAX,
             },
         });

@@ -11,12 +11,13 @@ use std::{
     ffi::CString,
     fs,
     io::{self, Write},
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::{
         fd::{AsFd, AsRawFd},
         unix::{
             ffi::OsStrExt,
             fs::{PermissionsExt, symlink},
+            net::{UnixDatagram, UnixListener, UnixStream},
         },
     },
     path::{Path, PathBuf},
@@ -24,8 +25,10 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{Action, HOOK_COUNT, Hook, capability_by_name};
-use agent_policy::{Fallback, Mode, NetPattern, PathPattern, Policy, ProcessRules, Rules};
+use agent_common::{Action, HOOK_COUNT, Hook, SocketKind, capability_by_name};
+use agent_policy::{
+    Fallback, Mode, NetPattern, PathPattern, Policy, ProcessRules, Rules, UnixPattern,
+};
 use anyhow::{Context, Result};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
@@ -73,6 +76,9 @@ pub struct SelfTest {
     new_probe: PathBuf,
     /// An allowed file: the source of the link and the rename.
     source: PathBuf,
+    /// AF_UNIX sockets the probe binds, denied to `network.unix`.
+    stream_probe: PathBuf,
+    dgram_probe: PathBuf,
 }
 
 /// Whether a label is one of actgate's own (never runnable through `actgate exec`).
@@ -90,6 +96,8 @@ impl SelfTest {
             dir_probe: dir.join("dir-probe"),
             new_probe: dir.join("new-probe"),
             source: dir.join("source"),
+            stream_probe: dir.join("stream-probe"),
+            dgram_probe: dir.join("dgram-probe"),
             dir: dir.to_path_buf(),
         }
     }
@@ -120,6 +128,7 @@ impl SelfTest {
             ..Rules::default()
         };
         let addr = SocketAddr::from(CONNECT_TO);
+        let unix = [&self.stream_probe, &self.dgram_probe];
         Policy {
             name: POLICY.into(),
             labels: vec![LABEL.into()],
@@ -139,6 +148,22 @@ impl SelfTest {
                 }],
                 ..Rules::default()
             },
+            unix: Rules {
+                deny: unix
+                    .iter()
+                    .map(|p| UnixPattern::Path(PathPattern::Exact(p.display().to_string())))
+                    .collect(),
+                ..Rules::default()
+            },
+            listen: Rules {
+                deny: vec![NetPattern {
+                    net: ipnet::IpNet::V4(ipnet::Ipv4Net::default()),
+                    port: None,
+                }],
+                ..Rules::default()
+            },
+            // The capable probe's raw socket must reach the capability check.
+            sockets: vec![SocketKind::Raw],
             process: ProcessRules {
                 // bpf(2) asks for CAP_BPF before its LSM hook on 6.1; ptrace may ask for
                 // CAP_SYS_PTRACE; move_mount and pivot_root for CAP_SYS_ADMIN, chroot for
@@ -298,6 +323,53 @@ pub fn probe(cgroup: &Path, dir: &Path, daemon: u32) -> Result<()> {
         Hook::SOCKET_SENDMSG,
         UdpSocket::bind("127.0.0.1:0").and_then(|s| s.send_to(b"x", addr).map(|_| ())),
     )?;
+    report(
+        Hook::SOCKET_LISTEN,
+        TcpListener::bind("0.0.0.0:0").map(|_| ()),
+    )?;
+    // SCTP's type with protocol 0: when allowed, the kernel finds no such protocol unless
+    // SCTP is loaded already, so nothing is loaded or created.
+    // SAFETY: plain socket(2); the fd is closed if one comes back.
+    let sctp = unsafe { libc::socket(libc::AF_INET, libc::SOCK_SEQPACKET, 0) };
+    if sctp >= 0 {
+        // SAFETY: our own fd.
+        unsafe { libc::close(sctp) };
+    }
+    report(Hook::SOCKET_CREATE, check(sctp.into()))?;
+    report(
+        Hook::SOCKET_SETSOCKOPT,
+        UdpSocket::bind("127.0.0.1:0").and_then(|s| {
+            // No options: clears them when allowed.
+            // SAFETY: a zero-length option from a valid pointer.
+            let r = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_OPTIONS,
+                    [0u8; 4].as_ptr().cast(),
+                    0,
+                )
+            };
+            check(r.into())
+        }),
+    )?;
+    let _ = fs::remove_file(&t.stream_probe);
+    let listener = UnixListener::bind(&t.stream_probe);
+    report(
+        Hook::UNIX_STREAM_CONNECT,
+        listener.and_then(|_held| UnixStream::connect(&t.stream_probe).map(|_| ())),
+    )?;
+    let _ = fs::remove_file(&t.dgram_probe);
+    let receiver = UnixDatagram::bind(&t.dgram_probe);
+    report(
+        Hook::UNIX_MAY_SEND,
+        receiver.and_then(|_held| {
+            UnixDatagram::unbound().and_then(|s| s.send_to(b"x", &t.dgram_probe).map(|_| ()))
+        }),
+    )?;
+    for socket in [&t.stream_probe, &t.dgram_probe] {
+        let _ = fs::remove_file(socket);
+    }
     // A zeroed BPF_MAP_CREATE: EINVAL when allowed, so nothing is created.
     // SAFETY: bpf_attr is plain old data; all zeroes is its empty value.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };

@@ -20,6 +20,11 @@ pub const METRICS_ADDR: &str = "127.0.0.1:9464";
 /// The verdict of an exec probe whose program ran and exited 0 without output.
 pub const RAN: &str = "RAN";
 
+/// How long a daemon may take to turn ready. Under emulation (no machine here runs BPF LSM
+/// natively) the verifier takes most of it, about 20 s per hook that walks a path, more while
+/// labelled processes keep the one CPU busy.
+pub const READY_WITHIN: Duration = Duration::from_secs(300);
+
 /// Why a test did not pass.
 #[derive(Debug)]
 pub enum NotPassed {
@@ -323,10 +328,6 @@ pub struct Daemon {
     pub events: PathBuf,
     keep: bool,
 }
-
-/// How long a starting daemon may take to turn ready. Under emulation the verifier takes
-/// seconds per program, and more on a busy machine.
-pub const READY_WITHIN: Duration = Duration::from_secs(300);
 
 impl Daemon {
     /// Starts `actgate run` with the suite's events file and log, and waits until /readyz

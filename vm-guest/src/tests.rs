@@ -16,6 +16,7 @@ mod mounts;
 mod net;
 mod orphans;
 mod session;
+mod sockets;
 mod telemetry;
 mod users;
 mod writes;
@@ -312,6 +313,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(net::connect::suite().trials(&run));
     trials.extend(net::reload::suite().trials(&run));
     trials.extend(net::scale::suite().trials(&run));
+    trials.extend(sockets::suite().trials(&run));
     trials.extend(labels::suite().trials(&run));
     trials.extend(telemetry::suite().trials(&run));
     trials.extend(telemetry::selftest::suite().trials(&run));

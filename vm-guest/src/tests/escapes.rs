@@ -43,8 +43,9 @@ fn start(ctx: &Ctx) -> Result<Enforcing> {
     pin_map(&p(ctx, "bpffs/pinned"))?;
     fs::create_dir(p(ctx, "bpffs/dir"))?;
     let policy = format!(
-        "name: vmtest-esc\nlabels: [{LABEL}]\nexec:\n  deny: [{}]\n---\n\
-         name: vmtest-esc-granted\nlabels: [{GRANTED}]\nprocess:\n  capabilities: [CAP_NET_RAW]\n  namespaces: allow\n---\n\
+        // Raw sockets are allowed, so the raw-socket probe reaches the capability check.
+        "name: vmtest-esc\nlabels: [{LABEL}]\nexec:\n  deny: [{}]\nnetwork:\n  raw: allow\n---\n\
+         name: vmtest-esc-granted\nlabels: [{GRANTED}]\nnetwork:\n  raw: allow\nprocess:\n  capabilities: [CAP_NET_RAW]\n  namespaces: allow\n---\n\
          name: vmtest-esc-admin\nlabels: [{ADMIN}]\nprocess:\n  capabilities: [CAP_SYS_ADMIN, CAP_SYS_CHROOT]\n---\n\
          name: vmtest-esc-other\nlabels: [{OTHER}]\n",
         p(ctx, "bin/denied").display()

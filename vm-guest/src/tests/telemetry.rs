@@ -39,7 +39,7 @@ const LABELS: [&str; 4] = [LABEL, AUDIT_LABEL, FLOOD_LABEL, OVERLAY_LABEL];
 /// Every connection to this address is denied (audited for AUDIT_LABEL).
 const DENIED_IP: &str = "127.0.0.9";
 
-const ACTIONS: [&str; 10] = [
+const ACTIONS: [&str; 13] = [
     "exec",
     "file_write",
     "file_read",
@@ -50,10 +50,13 @@ const ACTIONS: [&str; 10] = [
     "ptrace",
     "namespace",
     "cgroup",
+    "unix_connect",
+    "listen",
+    "socket",
 ];
 const VERDICTS: [&str; 3] = ["allow", "deny", "audit"];
 /// The hook behind each action, as the self-test names it.
-const HOOKS: [(&str, &str); 12] = [
+const HOOKS: [(&str, &str); 16] = [
     ("exec", "bprm_check_security"),
     ("file_write", "file_open"),
     ("file_read", "file_open"),
@@ -66,6 +69,10 @@ const HOOKS: [(&str, &str); 12] = [
     ("namespace", "userns_create"),
     ("cgroup", "task_alloc"),
     ("connect", "socket_connect"),
+    ("unix_connect", "unix_stream_connect"),
+    ("listen", "socket_listen"),
+    ("socket", "socket_create"),
+    ("socket", "socket_setsockopt"),
 ];
 /// The fields of an event line, all of them.
 const EVENT_FIELDS: [&str; 13] = [

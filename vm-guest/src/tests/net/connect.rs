@@ -275,7 +275,7 @@ fn field(v: &serde_json::Value, k: &str) -> String {
 
 /// Waits up to 10 s until the events of `label` with `verdict` include every (action, target)
 /// of `want`; returns those missing.
-fn missing_events(
+pub(crate) fn missing_events(
     daemon: &Daemon,
     label: &str,
     verdict: &str,
