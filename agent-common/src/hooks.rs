@@ -54,6 +54,8 @@ hooks! {
     PTRACE_ACCESS_CHECK = "ptrace_access_check", 2, [Ptrace];
     TASK_ALLOC = "task_alloc", 2, [Cgroup];
     USERNS_CREATE = "userns_create", 1, [Namespace];
+    MMAP_FILE = "mmap_file", 4, [Exec];
+    FILE_MPROTECT = "file_mprotect", 3, [Exec];
 }
 
 /// Number of hooks in `Hook::ALL`.

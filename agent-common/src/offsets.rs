@@ -37,9 +37,16 @@ macro_rules! kernel_offsets {
             VFSMOUNT_MNT_SB: vfsmount.mnt_sb,
             MSGHDR_MSG_NAME: msghdr.msg_name,
             MSGHDR_MSG_NAMELEN: msghdr.msg_namelen,
+            VM_AREA_STRUCT_VM_FILE: vm_area_struct.vm_file,
+            BACKING_FILE_USER_PATH: backing_file.user_path,
         }
     };
 }
+
+/// Globals of `kernel_offsets!` whose struct only some kernels have: the daemon writes 0 where
+/// the kernel lacks it, and the programs check for 0. `backing_file` came with 6.8's overlayfs
+/// backing files, whose `f_path` is the file on the layer, not the path the user opened.
+pub const OPTIONAL_OFFSETS: &[&str] = &["BACKING_FILE_USER_PATH"];
 
 /// One entry of `kernel_offsets!`, for the daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

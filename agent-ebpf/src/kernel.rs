@@ -59,6 +59,13 @@ pub fn field<T>(base: *const u8, offset: u64) -> T {
     unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize) as *const T) }
 }
 
+/// Whether the BTF-typed `struct inode *` has no name left on disk: deleted, or never linked
+/// (memfd_create and O_TMPFILE files start with no link).
+#[inline(always)]
+pub fn unlinked(inode: *const u8) -> bool {
+    field::<u32>(inode, get(&INODE_I_NLINK)) == 0
+}
+
 /// A file identified by inode, for rules that must also hold for its other names.
 #[derive(Clone, Copy)]
 pub struct Inode {

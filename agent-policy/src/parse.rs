@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use agent_common::{MAX_LABELS, capability_by_name};
+use agent_common::{ANONYMOUS, MAX_LABELS, capability_by_name};
 
 use crate::diagnostic::{Diagnostic, Pos};
 use crate::model::{Fallback, Mode, Policy, PolicySet, ProcessRules, Rules};
@@ -265,6 +265,7 @@ impl Checker<'_> {
         };
         let mut mode = Mode::Enforce;
         let mut exec = Rules::default();
+        let mut anonymous_exec = None;
         let mut file_write = Rules::default();
         let mut file_read = Rules::default();
         let mut connect = Rules::default();
@@ -282,7 +283,7 @@ impl Checker<'_> {
                         mode = m;
                     }
                 }
-                "exec" => exec = self.path_rules(value, "exec"),
+                "exec" => (exec, anonymous_exec) = self.exec_rules(value),
                 "files" => {
                     if let Some(files) = self.fields(value, "`files`", FILES_KEYS) {
                         for (key, _, value) in &files {
@@ -324,6 +325,7 @@ impl Checker<'_> {
                 labels: parsed.labels.iter().map(|(l, _)| l.clone()).collect(),
                 mode,
                 exec,
+                anonymous_exec,
                 file_write,
                 file_read,
                 connect,
@@ -506,6 +508,32 @@ impl Checker<'_> {
 
     fn path_rules(&mut self, node: &Node, section: &str) -> Rules<crate::model::PathPattern> {
         self.rules(node, section, "path patterns", parse_path)
+    }
+
+    /// `exec`'s rules, whose lists may also name `anonymous` (deny beats allow).
+    fn exec_rules(&mut self, node: &Node) -> (Rules<crate::model::PathPattern>, Option<Fallback>) {
+        // `None` stands for `anonymous` until it is taken out of the lists.
+        let parse = |text: &str| match text {
+            ANONYMOUS => Ok(None),
+            _ => parse_path(text).map(Some),
+        };
+        let rules = self.rules(node, "exec", "path patterns or `anonymous`", parse);
+        let names = |list: &[Option<_>]| list.iter().any(Option::is_none);
+        let anonymous = if names(&rules.deny) {
+            Some(Fallback::Deny)
+        } else if names(&rules.allow) {
+            Some(Fallback::Allow)
+        } else {
+            None
+        };
+        let patterns = |list: Vec<Option<_>>| list.into_iter().flatten().collect();
+        let exec = Rules {
+            default: rules.default,
+            allow: patterns(rules.allow),
+            deny: patterns(rules.deny),
+            protect: patterns(rules.protect),
+        };
+        (exec, anonymous)
     }
 
     fn rules<P>(

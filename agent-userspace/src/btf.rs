@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, fs, path::Path};
 
-use agent_common::KERNEL_OFFSETS;
+use agent_common::{KERNEL_OFFSETS, OPTIONAL_OFFSETS};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -160,11 +160,15 @@ impl Btf {
     }
 }
 
-/// Reads every offset the programs need (`agent_common::KERNEL_OFFSETS`), as (global, value).
+/// Reads every offset the programs need (`agent_common::KERNEL_OFFSETS`), as (global, value);
+/// 0 for an `OPTIONAL_OFFSETS` struct this kernel doesn't have.
 pub fn kernel_offsets(btf: &Btf) -> Result<Vec<(&'static str, u64)>, BtfError> {
     KERNEL_OFFSETS
         .iter()
-        .map(|o| Ok((o.global, btf.member_offset(o.ty, o.member)?)))
+        .map(|o| match btf.member_offset(o.ty, o.member) {
+            Err(BtfError::NoStruct(_)) if OPTIONAL_OFFSETS.contains(&o.global) => Ok((o.global, 0)),
+            offset => Ok((o.global, offset?)),
+        })
         .collect()
 }
 

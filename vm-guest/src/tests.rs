@@ -11,6 +11,7 @@ mod exec;
 mod files;
 mod labels;
 mod lifetime;
+mod mapping;
 mod mounts;
 mod net;
 mod orphans;
@@ -304,6 +305,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(lifetime::suite().trials(&run));
     trials.extend(orphans::suite().trials(&run));
     trials.extend(escapes::suite().trials(&run));
+    trials.extend(mapping::suite().trials(&run));
     trials.extend(files::suite().trials(&run));
     trials.extend(net::connect::suite().trials(&run));
     trials.extend(net::reload::suite().trials(&run));
