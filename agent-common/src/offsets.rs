@@ -28,6 +28,7 @@ macro_rules! kernel_offsets {
             INODE_I_NLINK: inode.i_nlink,
             INODE_I_SB: inode.i_sb,
             INODE_I_INO: inode.i_ino,
+            INODE_I_FLAGS: inode.i_flags,
             SUPER_BLOCK_S_DEV: super_block.s_dev,
             SUPER_BLOCK_S_MAGIC: super_block.s_magic,
             MOUNT_MNT: mount.mnt,

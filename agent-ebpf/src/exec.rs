@@ -6,8 +6,7 @@
 //! Mapping a file executable is an exec of that file too (`mmap_file`, `file_mprotect`):
 //! `ld.so /denied/binary` runs a binary with a read and an mmap, and the ELF loader maps a
 //! binary's `PT_INTERP` (load_elf_binary → elf_map → vm_mmap → security_mmap_file) without
-//! another bprm check. Anonymous memory has no file and isn't judged: that is where JITs put
-//! their code.
+//! another bprm check. Anonymous memory isn't judged: that is where JITs put their code.
 
 use agent_common::Hook;
 use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
@@ -22,6 +21,16 @@ use crate::{
 
 /// `prot` bit of mmap(2) and mprotect(2).
 const PROT_EXEC: u64 = 0x4;
+
+/// Whether an executable mapping of the BTF-typed `file` (null for anonymous memory) is an
+/// exec: not of anonymous memory, nor of the kernel's shmem files that back shared anonymous
+/// mappings and SysV shared memory (JITs put code there too).
+#[inline(always)]
+fn maps_a_file(prot: u64, file: *const u8) -> bool {
+    prot & PROT_EXEC != 0
+        && !file.is_null()
+        && !kernel::kernel_private(field::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8)
+}
 
 /// What running the BTF-typed `struct file *` executes: the file at its path (`target` of
 /// the file) or, when it has no name on disk (unlinked, a memfd, an O_TMPFILE), `anonymous`.
@@ -63,7 +72,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
 #[lsm(hook = "mmap_file")]
 pub fn mmap_file(ctx: LsmContext) -> i32 {
     let prot: u64 = ctx.arg(2);
-    let concerns = || prot & PROT_EXEC != 0 && !ctx.arg::<*const u8>(0).is_null();
+    let concerns = || maps_a_file(prot, ctx.arg(0));
     frame_when(&ctx, Hook::MMAP_FILE, concerns, |info| {
         let file: *const u8 = ctx.arg(0);
         judge::mapped(info, executable(file, f_path))
@@ -95,7 +104,7 @@ pub fn file_mprotect(ctx: LsmContext) -> i32 {
         let vma: *const u8 = ctx.arg(0);
         field::<usize>(vma, get(&kernel::VM_AREA_STRUCT_VM_FILE)) as *const u8
     };
-    let concerns = || prot & PROT_EXEC != 0 && !file().is_null();
+    let concerns = || maps_a_file(prot, file());
     frame_when(&ctx, Hook::FILE_MPROTECT, concerns, |info| {
         judge::mapped(info, executable(file(), user_path))
     })

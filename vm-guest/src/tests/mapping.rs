@@ -60,7 +60,13 @@ def mapped(path, prot):
     return p
 
 op = sys.argv[1]
-if op == "mmap":
+if op == "shared-anon":
+    p = libc.mmap(None, PAGE, PROT_READ | 2, 1 | 0x20, -1, 0)  # RW, MAP_SHARED|MAP_ANONYMOUS
+    if p is None or p == ctypes.c_void_p(-1).value:
+        fail(ctypes.get_errno())
+    if libc.mprotect(p, PAGE, PROT_READ | PROT_EXEC) != 0:
+        fail(ctypes.get_errno())
+elif op == "mmap":
     mapped(sys.argv[2], PROT_READ | PROT_EXEC)
 elif op == "mprotect":
     p = mapped(sys.argv[2], PROT_READ)
@@ -360,6 +366,27 @@ fn mmap_and_mprotect_exec_of_a_denied_file_are_eperm(
     Ok(())
 }
 
+/// Shared anonymous memory is backed by a kernel shmem file with no link, but it is memory, not
+/// a file with no path: making it executable is not an exec, like anonymous memory.
+fn shared_anonymous_memory_made_executable_is_not_an_exec(
+    ctx: &Ctx,
+    fixture: &mut Enforcing,
+) -> Outcome {
+    let (judged, _) = counted(fixture, LABEL, "deny", || {
+        for user in USERS {
+            let got = helper(ctx, LABEL, user, &["shared-anon"])?;
+            expect_eq!(
+                got,
+                "OK",
+                "mprotect PROT_EXEC of shared anonymous memory as {user}"
+            );
+        }
+        Ok(())
+    })?;
+    expect_eq!(judged, 0.0, "exec denials of shared anonymous memory");
+    Ok(())
+}
+
 /// Every way of running a copy with no path: a memfd and a deleted file, through
 /// execveat(AT_EMPTY_PATH) and through /proc/self/fd/N.
 fn copies(ctx: &Ctx, user: &str) -> Vec<[String; 2]> {
@@ -443,6 +470,10 @@ pub fn suite() -> super::Suite<Enforcing> {
             case!(mmap_and_mprotect_exec_of_a_denied_file_are_eperm, fixture),
             case!(
                 a_copy_with_no_path_runs_only_where_anonymous_is_allowed,
+                fixture
+            ),
+            case!(
+                shared_anonymous_memory_made_executable_is_not_an_exec,
                 fixture
             ),
         ],
