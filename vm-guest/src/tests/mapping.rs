@@ -104,12 +104,10 @@ print("OK")
 fn with_interp(src: &str, interp: &str, to: &Path) -> Result<()> {
     const PT_INTERP: u32 = 3;
     let mut elf = fs::read(src).with_context(|| format!("reading {src}"))?;
-    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into()?) as usize;
-    let (phentsize, phnum) = (u16_at(&elf, 0x36), u16_at(&elf, 0x38));
     let end = elf.len() as u64;
     let size = interp.len() as u64 + 1;
-    let ph = (0..phnum)
-        .map(|i| phoff + i * phentsize)
+    let ph = program_headers(&elf)?
+        .into_iter()
         .find(|ph| u32_at(&elf, *ph) == PT_INTERP)
         .with_context(|| format!("{src} has no PT_INTERP"))?;
     elf[ph + 8..ph + 16].copy_from_slice(&end.to_le_bytes());
@@ -126,12 +124,10 @@ fn with_interp(src: &str, interp: &str, to: &Path) -> Result<()> {
 /// loader makes of it, each judged as an exec.
 pub(super) fn exec_segments(path: &Path) -> Result<usize> {
     let elf = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into()?) as usize;
-    let (phentsize, phnum) = (u16_at(&elf, 0x36), u16_at(&elf, 0x38));
     const PT_LOAD: u32 = 1;
     const PF_X: u32 = 1;
-    Ok((0..phnum)
-        .map(|i| phoff + i * phentsize)
+    Ok(program_headers(&elf)?
+        .into_iter()
         .filter(|ph| u32_at(&elf, *ph) == PT_LOAD && u32_at(&elf, ph + 4) & PF_X != 0)
         .count())
 }
@@ -157,6 +153,15 @@ pub(super) fn exec_decisions(bin: &Path) -> Result<(usize, usize)> {
 /// `exec_decisions`, both parts together.
 pub(super) fn all_exec_decisions(bin: &Path) -> Result<usize> {
     exec_decisions(bin).map(|(own, loaded)| own + loaded)
+}
+
+/// The file offsets of the program headers of a 64-bit little-endian ELF file (the guest's
+/// own programs).
+fn program_headers(elf: &[u8]) -> Result<Vec<usize>> {
+    let phoff = elf.get(0x20..0x28).context("too short for an ELF header")?;
+    let phoff = u64::from_le_bytes(phoff.try_into()?) as usize;
+    let (phentsize, phnum) = (u16_at(elf, 0x36), u16_at(elf, 0x38));
+    Ok((0..phnum).map(|i| phoff + i * phentsize).collect())
 }
 
 fn u16_at(b: &[u8], at: usize) -> usize {
