@@ -77,6 +77,8 @@ hooks! {
     INODE_REMOVE_ACL = "inode_remove_acl", 3, [FileWrite] optional;
     INODE_SETATTR = "inode_setattr", 3, [FileWrite];
     FILE_RECEIVE = "file_receive", 1, [FileWrite, FileRead];
+    MMAP_FILE = "mmap_file", 4, [Exec];
+    FILE_MPROTECT = "file_mprotect", 3, [Exec];
 }
 
 /// Number of hooks in `Hook::ALL`.

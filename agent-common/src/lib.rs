@@ -18,7 +18,7 @@ pub mod sys;
 pub use caps::{CAP_NAME_LEN, CAPABILITIES, DENIED_CAPABILITIES, capability_by_name};
 pub use errors::KernelError;
 pub use hooks::{HOOK_COUNT, HOOKS, Hook};
-pub use offsets::{KERNEL_OFFSETS, KernelOffset};
+pub use offsets::{KERNEL_OFFSETS, KernelOffset, OPTIONAL_OFFSETS};
 
 /// The actions a policy governs. The discriminant indexes counters and lives in map keys; the
 /// counters outlive the daemon, so new actions are only ever appended.
@@ -424,6 +424,11 @@ pub struct InodeKey {
     pub action: u8,
     pub _pad: [u8; 5],
 }
+
+/// The exec target of a file with no path on disk (a memfd, an `O_TMPFILE` or a deleted
+/// file): rules name it with this word, events report it. It is stored in the exec trie as an
+/// exact path; it can't start with `/`, so no path rule matches it.
+pub const ANONYMOUS: &str = "anonymous";
 
 /// Room for a path resolved by `bpf_d_path`. Paths longer than the trie key still match tree
 /// rules on their first bytes; the kernel refuses to resolve paths longer than this.

@@ -30,6 +30,7 @@ macro_rules! kernel_offsets {
             INODE_I_NLINK: inode.i_nlink,
             INODE_I_SB: inode.i_sb,
             INODE_I_INO: inode.i_ino,
+            INODE_I_FLAGS: inode.i_flags,
             SUPER_BLOCK_S_DEV: super_block.s_dev,
             SUPER_BLOCK_S_MAGIC: super_block.s_magic,
             SUPER_BLOCK_S_ROOT: super_block.s_root,
@@ -61,9 +62,16 @@ macro_rules! kernel_offsets {
             UNIX_SOCK_PATH: unix_sock.path,
             UNIX_ADDRESS_LEN: unix_address.len,
             UNIX_ADDRESS_NAME: unix_address.name,
+            VM_AREA_STRUCT_VM_FILE: vm_area_struct.vm_file,
+            BACKING_FILE_USER_PATH: backing_file.user_path,
         }
     };
 }
+
+/// Globals of `kernel_offsets!` whose struct only some kernels have: the daemon writes 0 where
+/// the kernel lacks it, and the programs check for 0. `backing_file` came with 6.8's overlayfs
+/// backing files, whose `f_path` is the file on the layer, not the path the user opened.
+pub const OPTIONAL_OFFSETS: &[&str] = &["BACKING_FILE_USER_PATH"];
 
 /// One entry of `kernel_offsets!`, for the daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

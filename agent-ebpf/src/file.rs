@@ -21,7 +21,7 @@ const FMODE_EXEC: u32 = 0x20;
 /// Files the kernel opens on behalf of another open (overlayfs' backing files, 6.1's
 /// open_with_fake_path and 6.12's backing_file_open): the user's own open was judged already,
 /// under the path the user sees.
-const FMODE_NOACCOUNT: u32 = 1 << 29;
+pub const FMODE_NOACCOUNT: u32 = 1 << 29;
 const RENAME_EXCHANGE: u32 = 1 << 1;
 const O_ACCMODE: u32 = 0o3;
 /// Mounts the kernel makes for itself (kern_mount: pipes, sockets, memfds), in no namespace.

@@ -3,9 +3,9 @@
 //! `INODE_RULES`); connections look the destination up in `NET_RULES`.
 
 use agent_common::{
-    Action, Event, GUARD_ACTION, InodeKey, KernelError, LabelInfo, MODE_AUDIT, MODE_ENFORCE,
-    NET_ANY_PORT_RULES, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA,
-    PATH_KEY_HEADER, RULE_ALLOW, RULE_DENY, SOCKET_KIND_NAME, SocketKind, Verdict,
+    ANONYMOUS, Action, Event, GUARD_ACTION, InodeKey, KernelError, LabelInfo, MODE_AUDIT,
+    MODE_ENFORCE, NET_ANY_PORT_RULES, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA,
+    PATH_KEY_HEADER, RULE_ALLOW, RULE_DENY, Reason, SOCKET_KIND_NAME, SocketKind, Verdict,
     net_key_header, path_key_header, path_key_header_raw, reason, verdict,
 };
 use aya_ebpf::{
@@ -58,23 +58,65 @@ pub fn path_actions(
     judge_path(info, target, inode, actions, false)
 }
 
-/// An exec of the binary at `target`. Unlike other path actions its path is always resolved:
-/// a binary the process may run is remembered as its `exe` (see `process.rs`).
+/// What an exec or an executable mapping runs.
+#[derive(Clone, Copy)]
+pub enum Executable {
+    /// A file with a path, and its inode when it has other names.
+    File(Target, Option<Inode>),
+    /// A file with no path on disk, judged as `agent_common::ANONYMOUS`.
+    Anonymous,
+}
+
+/// An exec of `exe`. Unlike other path actions its path is always resolved: a binary the
+/// process may run is remembered as its `exe` (see `process.rs`).
 #[inline(always)]
-pub fn exec_action(
-    info: &LabelInfo,
-    target: Target,
-    inode: Option<Inode>,
-) -> Result<Verdict, KernelError> {
+pub fn exec_action(info: &LabelInfo, exe: Executable) -> Result<Verdict, KernelError> {
     let s = scratch()?;
-    if let Some(v) = unresolved(info, s, target, Action::Exec) {
-        return Ok(v);
-    }
-    let v = judge_resolved(info, Action::Exec, s, inode, false);
+    let v = match exe {
+        Executable::File(target, inode) => {
+            if let Some(v) = unresolved(info, s, target, Action::Exec) {
+                return Ok(v);
+            }
+            judge_resolved(info, Action::Exec, s, inode, false)
+        }
+        Executable::Anonymous => anonymous(info, s),
+    };
     if v != Verdict::Deny {
         process::remember_exe(&s.path);
     }
     Ok(v)
+}
+
+/// An executable mapping of `exe`: an exec of it, judged like other path actions (the path
+/// is resolved only when a rule or an event needs it, since a process maps every shared
+/// library it loads) and not remembered, since the process keeps running what it ran.
+#[inline(always)]
+pub fn mapped(info: &LabelInfo, exe: Executable) -> Result<Verdict, KernelError> {
+    match exe {
+        Executable::File(target, inode) => path_actions(info, target, inode, &[Action::Exec]),
+        Executable::Anonymous => Ok(anonymous(info, scratch()?)),
+    }
+}
+
+/// An exec of a file with no path on disk: no path rule can speak for it, and a copy of any
+/// binary can be made one, so it is denied unless the exec rules name `anonymous`, whatever
+/// the exec default.
+#[inline(always)]
+fn anonymous(info: &LabelInfo, s: &mut Scratch) -> Verdict {
+    let name = ANONYMOUS.as_bytes();
+    for (i, b) in name.iter().enumerate() {
+        s.path[i] = *b;
+    }
+    s.path[name.len()] = 0;
+    let action = Action::Exec;
+    let flags = if info.has_rules.get(action as usize).copied().unwrap_or(0) != 0 {
+        path_rule_flags(s, path_key_header(info.ruleset, action))
+    } else {
+        0
+    };
+    let v = verdict(flags, RULE_DENY, info.mode);
+    record_path(info, action, v, reason(flags, info.mode), s);
+    v
 }
 
 /// Like `path_actions` for a name that is moved, removed or replaced (both names of a rename,
@@ -172,11 +214,17 @@ fn judge_resolved(
         }
     }
     let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
-    record(info, action, v, reason(flags, info.mode), |e| {
+    record_path(info, action, v, reason(flags, info.mode), s);
+    v
+}
+
+/// Records a decision about the path resolved in `s`.
+#[inline(always)]
+fn record_path(info: &LabelInfo, action: Action, v: Verdict, why: Reason, s: &Scratch) {
+    record(info, action, v, why, |e| {
         // SAFETY: reads our own map memory.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
     });
-    v
 }
 
 /// The flags of the longest `PATH_RULES` entry under `header` that is a prefix of the path

@@ -59,6 +59,24 @@ pub fn field<T>(base: *const u8, offset: u64) -> T {
     unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize) as *const T) }
 }
 
+/// Whether the BTF-typed `struct inode *` has no name left on disk: deleted, or never linked
+/// (memfd_create and O_TMPFILE files start with no link).
+#[inline(always)]
+pub fn unlinked(inode: *const u8) -> bool {
+    field::<u32>(inode, get(&INODE_I_NLINK)) == 0
+}
+
+/// `inode.i_flags` bit of the kernel's internal shmem files (include/linux/fs.h).
+const S_PRIVATE: u32 = 1 << 9;
+
+/// Whether the BTF-typed `struct inode *` is one of the kernel's internal shmem files: those
+/// behind shared anonymous mappings (shmem_zero_setup) and SysV shared memory. They are
+/// memory with no name a process can open, like anonymous memory.
+#[inline(always)]
+pub fn kernel_private(inode: *const u8) -> bool {
+    field::<u32>(inode, get(&INODE_I_FLAGS)) & S_PRIVATE != 0
+}
+
 /// A file identified by inode, for rules that must also hold for its other names.
 #[derive(Clone, Copy)]
 pub struct Inode {

@@ -8,9 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use agent_common::{
-    Action, DENIED_CAPABILITIES, GUARD_ACTION, NET_ANY_PORT_RULES, NET_FAMILY_V4, NET_FAMILY_V6,
-    NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, NetKey, PATH_KEY_DATA, PATH_KEY_HEADER, PathKey,
-    RULE_ALLOW, RULE_DENY, RULE_PROTECT, net_key_header, path_key_header, path_key_header_raw,
+    ANONYMOUS, Action, DENIED_CAPABILITIES, GUARD_ACTION, NET_ANY_PORT_RULES, NET_FAMILY_V4,
+    NET_FAMILY_V6, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, NetKey, PATH_KEY_DATA,
+    PATH_KEY_HEADER, PathKey, RULE_ALLOW, RULE_DENY, RULE_PROTECT, net_key_header, path_key_header,
+    path_key_header_raw,
 };
 use ipnet::IpNet;
 
@@ -28,8 +29,13 @@ pub fn compile_paths(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
         (Action::FileWrite, &policy.file_write),
         (Action::FileRead, &policy.file_read),
     ] {
-        let own = flagged(rules).map(|(p, flag)| (path_bytes(p), flag));
-        trie_entries(path_key_header(ruleset, action), own, &mut out);
+        let mut own: Vec<(Vec<u8>, u8)> =
+            flagged(rules).map(|(p, flag)| (path_bytes(p), flag)).collect();
+        if let (Action::Exec, Some(anonymous)) = (action, policy.anonymous_exec) {
+            // An exact key that no path's key extends, since paths start with `/`.
+            own.push((anonymous_bytes(), flag(anonymous)));
+        }
+        trie_entries(path_key_header(ruleset, action), own.into_iter(), &mut out);
     }
     let own = flagged(&policy.unix).map(|(p, flag)| (unix_bytes(p), flag));
     trie_entries(path_key_header(ruleset, Action::UnixConnect), own, &mut out);
@@ -115,6 +121,14 @@ pub fn compile_guards(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
         .filter(|bytes| fits(bytes))
         .map(|bytes| (path_key(header, &bytes), RULE_DENY))
         .collect()
+}
+
+/// The key bytes of `agent_common::ANONYMOUS`, as the kernel writes them for a file with no
+/// path on disk.
+fn anonymous_bytes() -> Vec<u8> {
+    let mut bytes = ANONYMOUS.as_bytes().to_vec();
+    bytes.push(0);
+    bytes
 }
 
 /// Whether a pattern's key bytes fit a trie key after the header.
@@ -235,12 +249,16 @@ pub fn compile_net(policy: &Policy, ruleset: u16) -> Vec<(NetKey, u8)> {
     out
 }
 
-/// Per action (indexed by `Action as usize`): `RULE_ALLOW` or `RULE_DENY` when no rule matches.
-pub fn defaults(policy: &Policy) -> [u8; Action::COUNT] {
-    let flag = |d: Fallback| match d {
+/// The rule flag of a verdict.
+fn flag(d: Fallback) -> u8 {
+    match d {
         Fallback::Allow => RULE_ALLOW,
         Fallback::Deny => RULE_DENY,
-    };
+    }
+}
+
+/// Per action (indexed by `Action as usize`): `RULE_ALLOW` or `RULE_DENY` when no rule matches.
+pub fn defaults(policy: &Policy) -> [u8; Action::COUNT] {
     let mut out = [RULE_ALLOW; Action::COUNT];
     out[Action::Exec as usize] = flag(policy.exec.default);
     out[Action::FileWrite as usize] = flag(policy.file_write.default);
@@ -278,7 +296,8 @@ pub fn denied_capabilities(policy: &Policy) -> u64 {
 /// lookups that can match; socket gets the `SocketKind::bit` of every allowed kind.
 pub fn has_rules(policy: &Policy) -> [u8; Action::COUNT] {
     let mut out = [0; Action::COUNT];
-    out[Action::Exec as usize] = u8::from(!policy.exec.is_empty());
+    out[Action::Exec as usize] =
+        u8::from(!policy.exec.is_empty() || policy.anonymous_exec.is_some());
     out[Action::FileWrite as usize] = u8::from(!policy.file_write.is_empty());
     out[Action::FileRead as usize] = u8::from(!policy.file_read.is_empty());
     out[Action::UnixConnect as usize] = u8::from(!policy.unix.is_empty());
@@ -311,6 +330,7 @@ mod tests {
             labels: vec!["l".into()],
             mode: Mode::Enforce,
             exec: Rules::default(),
+            anonymous_exec: None,
             file_write: Rules::default(),
             file_read: Rules::default(),
             connect: Rules::default(),
@@ -817,5 +837,52 @@ mod tests {
         assert_eq!(net.len(), 10_001);
         // The /8 deny is an ancestor of every /24 allow, so each carries both flags.
         assert!(net.iter().all(|(_, f)| f & RULE_DENY != 0));
+    }
+
+    /// The kernel's decision on a file with no path on disk: a lookup of `anonymous` with
+    /// `RULE_DENY` as the default, whatever `exec.default` says.
+    fn kernel_anonymous(entries: &[(PathKey, u8)], policy: &Policy) -> Verdict {
+        let mut key = path_key_header(5, Action::Exec).to_vec();
+        key.extend_from_slice(&anonymous_bytes());
+        let flags = if has_rules(policy)[Action::Exec as usize] == 0 {
+            0
+        } else {
+            let entries = entries.iter().map(|(k, f)| (k.prefix_len, &k.data[..], *f));
+            lpm(entries, &key, key.len() * 8)
+        };
+        agent_common::verdict(flags, RULE_DENY, agent_common::MODE_ENFORCE)
+    }
+
+    #[test]
+    fn anonymous_runs_only_where_exec_allow_names_it() {
+        for default in [Fallback::Allow, Fallback::Deny] {
+            for named in [None, Some(Fallback::Allow), Some(Fallback::Deny)] {
+                for everything in [false, true] {
+                    let mut p = policy();
+                    p.exec.default = default;
+                    p.anonymous_exec = named;
+                    if everything {
+                        // `/**` covers every path, but `anonymous` is no path.
+                        p.exec.allow = vec![PathPattern::Tree(String::new())];
+                    }
+                    let entries = compile_paths(&p, 5);
+                    let want = if named == Some(Fallback::Allow) {
+                        Verdict::Allow
+                    } else {
+                        Verdict::Deny
+                    };
+                    let case = format!("default {default:?}, named {named:?}, /** {everything}");
+                    assert_eq!(kernel_anonymous(&entries, &p), want, "{case}");
+                    // Paths are judged as before.
+                    for path in ["/anonymous", "/usr/bin/true"] {
+                        assert_eq!(
+                            kernel(&entries, &p, 5, Action::Exec, path),
+                            decide(&p, Action::Exec, path),
+                            "{case}: {path}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -244,6 +244,7 @@ network:
             labels: vec!["l".into()],
             mode: Mode::Enforce,
             exec: Rules::default(),
+            anonymous_exec: None,
             file_write: Rules {
                 default: Fallback::Deny,
                 ..Rules::default()

@@ -157,6 +157,10 @@ pub struct Policy {
     pub labels: Vec<String>,
     pub mode: Mode,
     pub exec: Rules<PathPattern>,
+    /// What `exec.allow` or `exec.deny` say about `anonymous`, an exec of a file with no path
+    /// on disk (memfd, O_TMPFILE, deleted): `None` when neither names it. Anything but an
+    /// allow is a denial, whatever `exec.default` says.
+    pub anonymous_exec: Option<Fallback>,
     pub file_write: Rules<PathPattern>,
     pub file_read: Rules<PathPattern>,
     pub connect: Rules<NetPattern>,
@@ -176,6 +180,7 @@ impl Policy {
     /// Number of patterns over all actions.
     pub fn rule_count(&self) -> usize {
         self.exec.len()
+            + usize::from(self.anonymous_exec.is_some())
             + self.file_write.len()
             + self.file_read.len()
             + self.connect.len()

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use agent_common::{MAX_LABELS, SocketKind, capability_by_name};
+use agent_common::{ANONYMOUS, MAX_LABELS, SocketKind, capability_by_name};
 
 use crate::diagnostic::{Diagnostic, Pos};
 use crate::model::{Fallback, Mode, PathPattern, PathSite, Policy, PolicySet, ProcessRules, Rules};
@@ -285,6 +285,7 @@ impl Checker<'_> {
         };
         let mut mode = Mode::Enforce;
         let mut exec = Rules::default();
+        let mut anonymous_exec = None;
         let mut file_write = Rules::default();
         let mut file_read = Rules::default();
         let mut connect = Rules::default();
@@ -305,7 +306,7 @@ impl Checker<'_> {
                         mode = m;
                     }
                 }
-                "exec" => exec = self.path_rules(value, "exec"),
+                "exec" => (exec, anonymous_exec) = self.exec_rules(value),
                 "files" => {
                     if let Some(files) = self.fields(value, "`files`", FILES_KEYS) {
                         for (key, _, value) in &files {
@@ -373,6 +374,7 @@ impl Checker<'_> {
                 labels: parsed.labels.iter().map(|(l, _)| l.clone()).collect(),
                 mode,
                 exec,
+                anonymous_exec,
                 file_write,
                 file_read,
                 connect,
@@ -567,6 +569,11 @@ impl Checker<'_> {
     /// `rules` of path patterns, whose sites are kept for `symlinks`.
     fn path_rules(&mut self, node: &Node, section: &str) -> Rules<PathPattern> {
         let rules = self.rules(node, section, "path patterns", parse_path);
+        self.keep_sites(rules)
+    }
+
+    /// Records where each path pattern was written, and returns the rules without it.
+    fn keep_sites(&mut self, rules: Rules<(PathPattern, Pos)>) -> Rules<PathPattern> {
         let file = self.file;
         self.sites.extend(
             rules
@@ -580,6 +587,36 @@ impl Checker<'_> {
                 }),
         );
         without_sites(rules)
+    }
+
+    /// `exec`'s rules, whose lists may also name `anonymous` (deny beats allow).
+    fn exec_rules(&mut self, node: &Node) -> (Rules<PathPattern>, Option<Fallback>) {
+        // `None` stands for `anonymous` until it is taken out of the lists.
+        let parse = |text: &str| match text {
+            ANONYMOUS => Ok(None),
+            _ => parse_path(text).map(Some),
+        };
+        let rules = self.rules(node, "exec", "path patterns or `anonymous`", parse);
+        let names = |list: &[(Option<_>, Pos)]| list.iter().any(|(p, _)| p.is_none());
+        let anonymous = if names(&rules.deny) {
+            Some(Fallback::Deny)
+        } else if names(&rules.allow) {
+            Some(Fallback::Allow)
+        } else {
+            None
+        };
+        let patterns = |list: Vec<(Option<PathPattern>, Pos)>| {
+            list.into_iter()
+                .filter_map(|(p, pos)| p.map(|p| (p, pos)))
+                .collect()
+        };
+        let exec = Rules {
+            default: rules.default,
+            allow: patterns(rules.allow),
+            deny: patterns(rules.deny),
+            protect: Vec::new(),
+        };
+        (self.keep_sites(exec), anonymous)
     }
 
     fn rules<P>(

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use agent_common::MAX_RULE_PATH;
+use agent_common::{ANONYMOUS, MAX_RULE_PATH};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
@@ -13,6 +13,10 @@ use crate::model::{NetPattern, PathPattern, UnixPattern};
 pub enum PatternError {
     #[error("empty path pattern")]
     EmptyPath,
+    #[error(
+        "`anonymous` (a file with no path on disk) is an exec target only: name it in `exec.allow` or `exec.deny`"
+    )]
+    AnonymousNotExec,
     #[error("relative path `{0}`: path patterns must be absolute (start with `/`)")]
     Relative(String),
     #[error("path pattern contains a NUL byte")]
@@ -100,6 +104,9 @@ pub fn parse_path(text: &str) -> Result<PathPattern, PatternError> {
     }
     if text.contains('\0') {
         return Err(PatternError::Nul);
+    }
+    if text == ANONYMOUS {
+        return Err(PatternError::AnonymousNotExec);
     }
     if !text.starts_with('/') {
         return Err(PatternError::Relative(text.to_owned()));

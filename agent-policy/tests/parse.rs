@@ -164,7 +164,7 @@ fn wrong_types() {
         "name: a\nlabels: [a]\nexec:\n  allow:\n",
         &[(
             "4:8",
-            "expected a list of path patterns for `exec.allow`, found nothing",
+            "expected a list of path patterns or `anonymous` for `exec.allow`, found nothing",
         )],
     );
 }
@@ -500,5 +500,34 @@ fn process_problems_are_reported_where_they_are() {
     expect(
         "name: p\nlabels: [l]\nprocess:\n  users: [root]\n",
         &[("4:3", "unknown key `users` in `process`")],
+    );
+}
+
+#[test]
+fn anonymous_is_an_exec_target_and_nothing_else() {
+    let policy = |exec: &str| {
+        let (policies, diags) = parse(&format!("name: a\nlabels: [a]\nexec:\n{exec}"));
+        assert!(diags.is_empty(), "{diags:#?}");
+        policies.into_iter().next().expect("one policy")
+    };
+    let p = policy("  default: deny\n  allow: [anonymous, /usr/lib/**]\n");
+    assert_eq!(p.anonymous_exec, Some(Fallback::Allow));
+    assert_eq!(p.exec.allow, [PathPattern::Tree("/usr/lib".into())]);
+    assert_eq!(p.rule_count(), 2);
+    // Deny beats allow, as for paths.
+    let p = policy("  allow: [anonymous]\n  deny: [anonymous]\n");
+    assert_eq!(p.anonymous_exec, Some(Fallback::Deny));
+    assert!(p.exec.is_empty());
+    assert_eq!(policy("  default: allow\n").anonymous_exec, None);
+
+    let only_exec = "`anonymous` (a file with no path on disk) is an exec target only";
+    expect(
+        "name: a\nlabels: [a]\nfiles:\n  write:\n    allow: [/tmp/**, anonymous]\n  read:\n    deny:\n      - anonymous\n",
+        &[("5:22", only_exec), ("8:9", only_exec)],
+    );
+    // Only the bare word: anything else is a path pattern, and must be absolute.
+    expect(
+        "name: a\nlabels: [a]\nexec:\n  allow: [Anonymous]\n",
+        &[("4:11", "relative path `Anonymous`")],
     );
 }

@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, fs, path::Path};
 
-use agent_common::KERNEL_OFFSETS;
+use agent_common::{KERNEL_OFFSETS, OPTIONAL_OFFSETS};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -186,14 +186,17 @@ impl Btf {
     }
 }
 
-/// Reads every offset the programs need (`agent_common::KERNEL_OFFSETS`), as (global, value).
+/// Reads every offset the programs need (`agent_common::KERNEL_OFFSETS`), as (global, value);
+/// 0 for an `OPTIONAL_OFFSETS` struct this kernel doesn't have.
 pub fn kernel_offsets(btf: &Btf) -> Result<Vec<(&'static str, u64)>, BtfError> {
     KERNEL_OFFSETS
         .iter()
         .map(|o| {
-            let off = btf
-                .member_offset(o.ty, o.member)
-                .or_else(|e| o.alt.map_or(Err(e), |alt| btf.member_offset(o.ty, alt)))?;
+            let off = match btf.member_offset(o.ty, o.member) {
+                Err(BtfError::NoStruct(_)) if OPTIONAL_OFFSETS.contains(&o.global) => Ok(0),
+                Err(e) => o.alt.map_or(Err(e), |alt| btf.member_offset(o.ty, alt)),
+                offset => offset,
+            }?;
             Ok((o.global, off))
         })
         .collect()

@@ -134,6 +134,7 @@ impl SelfTest {
             labels: vec![LABEL.into()],
             mode: Mode::Enforce,
             exec: deny(&[&self.exec_probe]),
+            anonymous_exec: None,
             file_write: deny(&[
                 &self.file_probe,
                 &self.write_probe,
@@ -246,6 +247,32 @@ fn check(ret: libc::c_long) -> io::Result<()> {
     }
 }
 
+/// Maps the first page of `file` with `prot`, then mprotects it to `then`, and unmaps it.
+fn map(file: &fs::File, prot: libc::c_int, then: Option<libc::c_int>) -> io::Result<()> {
+    const LEN: usize = 4096;
+    // SAFETY: a new private mapping of our own descriptor, unmapped below; nothing reads it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            prot,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the mapping made above.
+    let r = then.map_or(Ok(()), |prot| {
+        check(unsafe { libc::mprotect(p, LEN, prot) }.into())
+    });
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(p, LEN) };
+    r
+}
+
 fn c_path(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other)
 }
@@ -272,6 +299,19 @@ pub fn probe(cgroup: &Path, dir: &Path, daemon: u32) -> Result<()> {
     report(
         Hook::BPRM_CHECK_SECURITY,
         Command::new(&t.exec_probe).status().map(|_| ()),
+    )?;
+    let exe = fs::File::open(&t.exec_probe).context("opening the exec probe")?;
+    report(
+        Hook::MMAP_FILE,
+        map(&exe, libc::PROT_READ | libc::PROT_EXEC, None),
+    )?;
+    report(
+        Hook::FILE_MPROTECT,
+        map(
+            &exe,
+            libc::PROT_READ,
+            Some(libc::PROT_READ | libc::PROT_EXEC),
+        ),
     )?;
     report(
         Hook::FILE_OPEN,

@@ -12,6 +12,7 @@ mod failclosed;
 mod files;
 mod labels;
 mod lifetime;
+mod mapping;
 mod mounts;
 mod net;
 mod orphans;
@@ -307,6 +308,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(lifetime::suite().trials(&run));
     trials.extend(orphans::suite().trials(&run));
     trials.extend(escapes::suite().trials(&run));
+    trials.extend(mapping::suite().trials(&run));
     trials.extend(files::suite().trials(&run));
     trials.extend(failclosed::suite().trials(&run));
     trials.extend(writes::suite().trials(&run));

@@ -59,6 +59,8 @@ const FLOOD_PROCS: u32 = 4;
 const FLOOD_MS: u64 = 3000;
 /// Loading and proving the programs takes ~30–60 s under emulation.
 const READY_SECS: u64 = 180;
+/// The dynamically linked program `Op::ExecDynamic` spawns.
+const DYNAMIC_EXE: &str = "/usr/bin/true";
 /// Slices each run's time is cut into, operations taking turns.
 const PASSES: u64 = 8;
 /// Slices of each operation in the per-program statistics.
@@ -83,15 +85,22 @@ enum Op {
     /// getppid(2): a system call no hook sees, timed beside the others to show how steady
     /// the emulated machine ran.
     Control,
+    /// A spawn of a dynamically linked program: the loader maps it, ld.so and libc
+    /// executable, and each mapping is judged as an exec (`mmap_file`).
+    ExecDynamic,
+    /// mmap(PROT_READ|PROT_EXEC) and munmap of a file: one `mmap_file` decision each.
+    MapExec,
 }
 
 impl Op {
-    const ALL: [Op; 5] = [
+    const ALL: [Op; 7] = [
         Op::Exec,
         Op::OpenRead,
         Op::OpenWrite,
         Op::Connect,
         Op::Control,
+        Op::ExecDynamic,
+        Op::MapExec,
     ];
 
     fn name(self) -> &'static str {
@@ -101,6 +110,8 @@ impl Op {
             Op::OpenWrite => "file_open_write",
             Op::Connect => "connect",
             Op::Control => "control_getppid",
+            Op::ExecDynamic => "exec_dynamic",
+            Op::MapExec => "mmap_exec",
         }
     }
 
@@ -111,6 +122,8 @@ impl Op {
             Op::OpenWrite => "file_open write",
             Op::Connect => "connect 127.0.0.1",
             Op::Control => "control: getppid (no hook)",
+            Op::ExecDynamic => "exec dynamic (spawn+wait)",
+            Op::MapExec => "mmap PROT_EXEC + munmap",
         }
     }
 
@@ -118,8 +131,8 @@ impl Op {
     /// microseconds.
     fn batch(self) -> u32 {
         match self {
-            Op::Exec | Op::Connect => 1,
-            Op::OpenRead | Op::OpenWrite => 5,
+            Op::Exec | Op::Connect | Op::ExecDynamic => 1,
+            Op::OpenRead | Op::OpenWrite | Op::MapExec => 5,
             Op::Control => 50,
         }
     }
@@ -169,14 +182,16 @@ struct Bench {
 impl Bench {
     fn command(&self, op: Op, ms: u64) -> String {
         let target = match op {
-            Op::Exec => self.paths.exe().display().to_string(),
+            Op::Exec | Op::MapExec => self.paths.exe().display().to_string(),
+            Op::ExecDynamic => DYNAMIC_EXE.into(),
             Op::OpenRead => self.paths.read_target().display().to_string(),
             Op::OpenWrite => self.paths.write_target().display().to_string(),
             Op::Connect => self.port.to_string(),
             Op::Control => "-".into(),
         };
         let verb = match op {
-            Op::Exec => "exec",
+            Op::Exec | Op::ExecDynamic => "exec",
+            Op::MapExec => "mmap_exec",
             Op::OpenRead => "open_read",
             Op::OpenWrite => "open_write",
             Op::Connect => "connect",

@@ -149,7 +149,14 @@ impl Bench {
     ) -> Result<BTreeMap<&'static str, OpPrograms>> {
         let ms = (self.ms / STATS_SLICES).max(200);
         let mut per_op = BTreeMap::new();
-        for op in [Op::Exec, Op::OpenRead, Op::OpenWrite, Op::Connect] {
+        for op in [
+            Op::Exec,
+            Op::OpenRead,
+            Op::OpenWrite,
+            Op::Connect,
+            Op::ExecDynamic,
+            Op::MapExec,
+        ] {
             // Program name → per-slice (calls, ns).
             let mut seen: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
             let mut iterations = 0;

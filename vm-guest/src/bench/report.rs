@@ -34,6 +34,16 @@ pub struct Report {
     pub bpf_stats: Option<Outcome<BpfStats>>,
     pub machine: Machine,
     pub method: Method,
+    /// Issue 13, after issue 5's keys: what judging executable mappings costs.
+    pub exec_by_mapping: ExecByMapping,
+}
+
+/// Labelled operations that `mmap_file` judges as execs.
+#[derive(Serialize)]
+pub struct ExecByMapping {
+    pub exec_dynamic: Comparison,
+    pub mmap_exec: Comparison,
+    pub note: &'static str,
 }
 
 /// A part of the report measured on its own: when it fails, the rest still stands and the
@@ -234,6 +244,11 @@ impl Report {
             bpf_stats,
             machine,
             method,
+            exec_by_mapping: ExecByMapping {
+                exec_dynamic: res.compare(true, Op::ExecDynamic),
+                mmap_exec: res.compare(true, Op::MapExec),
+                note: "exec_dynamic spawns /usr/bin/true (the loader maps it, ld.so and libc executable: three mmap_file decisions besides bprm_check_security); mmap_exec maps the static exec target PROT_READ|PROT_EXEC and unmaps it",
+            },
         }
     }
 
@@ -346,6 +361,14 @@ pub fn table(r: &Report) -> String {
     line(row(
         "labelled   control: getppid (no hook)",
         &r.control_getppid,
+    ));
+    line(row(
+        "labelled   exec dynamic (spawn+wait)",
+        &r.exec_by_mapping.exec_dynamic,
+    ));
+    line(row(
+        "labelled   mmap PROT_EXEC + munmap",
+        &r.exec_by_mapping.mmap_exec,
     ));
     for op in Op::ALL {
         line(row(
@@ -527,7 +550,8 @@ mod tests {
                 "control_getppid",
                 "bpf_stats",
                 "machine",
-                "method"
+                "method",
+                "exec_by_mapping"
             ]
         );
         // serde_json's own map sorts keys: rebuilding the document from it, field by field in

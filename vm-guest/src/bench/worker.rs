@@ -5,6 +5,7 @@ use std::{
     ffi::CString,
     fs,
     io::{self, BufRead, BufReader, Write},
+    os::fd::AsRawFd,
     process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio},
     thread,
     time::{Duration, Instant},
@@ -94,6 +95,28 @@ fn open_close(path: &CString, flags: libc::c_int) -> io::Result<()> {
     }
     // SAFETY: closing the descriptor just opened.
     unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// mmap(PROT_READ|PROT_EXEC) of the first page of the open file `fd`, then munmap.
+fn map_exec(fd: &fs::File) -> io::Result<()> {
+    const LEN: usize = 4096;
+    // SAFETY: a new private mapping of our own descriptor, unmapped at once; nothing reads it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(last_err());
+    }
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(p, LEN) };
     Ok(())
 }
 
@@ -251,6 +274,10 @@ fn serve(line: &str) -> Result<String> {
         ["exec", path, batch, ms] => {
             let c = cstr(path)?;
             sampled(num(batch)? as u32, num(ms)?, || spawn_wait(&c))?
+        }
+        ["mmap_exec", path, batch, ms] => {
+            let f = fs::File::open(path).with_context(|| format!("opening {path}"))?;
+            sampled(num(batch)? as u32, num(ms)?, || map_exec(&f))?
         }
         ["open_read", path, batch, ms] => {
             let c = cstr(path)?;

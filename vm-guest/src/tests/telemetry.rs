@@ -7,7 +7,7 @@
 //! `write_open_on_overlayfs_is_one_decision_judged_on_its_path` covers by itself.
 
 mod counters;
-mod events;
+pub(super) mod events;
 mod logged;
 mod metrics;
 mod processes;

@@ -1,9 +1,12 @@
 //! Decision counters that equal the actions taken, and /metrics right after start.
 
-use std::{net::TcpListener, time::Duration};
+use std::{net::TcpListener, path::Path, time::Duration};
 
 use super::{events::*, metrics::*, processes::*, *};
-use crate::tests::Enforcing;
+use crate::tests::{
+    Enforcing,
+    mapping::{all_exec_decisions, exec_decisions},
+};
 use crate::{
     expect_eq,
     harness::{Ctx, NotPassed, Outcome, RAN, scrape},
@@ -133,15 +136,17 @@ pub(super) fn decision_counters_equal_the_exact_actions_taken(ctx: &Ctx) -> Outc
     let after = label_decisions(LABEL)?;
     drop(listener);
     // Each run is one exec of vm-guest (actgate exec's execve) plus its action; the allowed
-    // exec runs /bin/true as well. Loading a program opens its shared libraries, so
-    // file_read/allow is not a number this test controls.
+    // exec runs /bin/true as well. Each program's executable mappings are exec decisions too.
+    // Loading a program opens its shared libraries, so file_read/allow is not a number this
+    // test controls.
     let probes: u64 = runs.iter().map(|r| r.2).sum();
+    let (guest, true_runs) = (exec_runs(&ctx.guest)?, exec_runs(Path::new(&allowed))?);
     expect_deltas(
         "decisions of the labelled runs",
         &before,
         &after,
         &[
-            ("exec", "allow", probes + 3),
+            ("exec", "allow", probes * guest + 3 * true_runs),
             ("exec", "deny", 7),
             ("file_write", "allow", 2),
             ("file_write", "deny", 5),
@@ -178,7 +183,10 @@ pub(super) fn write_open_on_overlayfs_is_one_decision_judged_on_its_path(ctx: &C
         "decisions of one allowed write-open on overlayfs",
         &before,
         &after,
-        &[("exec", "allow", 1), ("file_write", "allow", 1)],
+        &[
+            ("exec", "allow", exec_runs(&ctx.guest)?),
+            ("file_write", "allow", 1),
+        ],
         &[("file_read", "allow")],
     )
 }
@@ -250,14 +258,17 @@ pub(super) fn audit_decisions_are_allowed_counted_and_logged(
     }
     let after = label_decisions(AUDIT_LABEL)?;
     drop(listener);
-    // Four runs of vm-guest; the audited exec is the fifth program but counts as audit.
+    // Four runs of vm-guest; the audited exec is the fifth program but counts as audit, with
+    // its own executable mappings (those of its loader and libraries are allowed).
+    let guest = exec_runs(&ctx.guest)?;
+    let (own, loaded) = exec_decisions(Path::new(&denied))?;
     expect_deltas(
         "decisions of the audited runs",
         &before,
         &after,
         &[
-            ("exec", "allow", 4),
-            ("exec", "audit", 1),
+            ("exec", "allow", 4 * guest + loaded as u64),
+            ("exec", "audit", own as u64),
             ("file_write", "audit", 1),
             ("file_read", "audit", 1),
             ("connect", "audit", 1),
@@ -292,4 +303,9 @@ pub(super) fn audit_decisions_are_allowed_counted_and_logged(
         )?;
     }
     Ok(())
+}
+
+/// The exec decisions of one run of `bin`, as a counter delta.
+pub(super) fn exec_runs(bin: &Path) -> Result<u64, NotPassed> {
+    Ok(all_exec_decisions(bin)? as u64)
 }

@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Every complete line of the events file, parsed; a line that isn't a JSON object fails.
-pub(super) fn read_events(path: &Path) -> Result<Vec<Value>> {
+pub(in crate::tests) fn read_events(path: &Path) -> Result<Vec<Value>> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

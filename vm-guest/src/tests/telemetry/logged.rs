@@ -101,7 +101,11 @@ pub(super) fn flood_of_denials_is_counted_exactly_and_each_event_logged_or_count
         &before,
         &after,
         &[
-            ("exec", "allow", FLOODERS as u64),
+            (
+                "exec",
+                "allow",
+                FLOODERS as u64 * counters::exec_runs(&ctx.guest)?,
+            ),
             ("file_read", "deny", total),
         ],
         &[("file_read", "allow")],
