@@ -29,8 +29,9 @@ pub fn compile_paths(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
         (Action::FileWrite, &policy.file_write),
         (Action::FileRead, &policy.file_read),
     ] {
-        let mut own: Vec<(Vec<u8>, u8)> =
-            flagged(rules).map(|(p, flag)| (path_bytes(p), flag)).collect();
+        let mut own: Vec<(Vec<u8>, u8)> = flagged(rules)
+            .map(|(p, flag)| (path_bytes(p), flag))
+            .collect();
         if let (Action::Exec, Some(anonymous)) = (action, policy.anonymous_exec) {
             // An exact key that no path's key extends, since paths start with `/`.
             own.push((anonymous_bytes(), flag(anonymous)));
