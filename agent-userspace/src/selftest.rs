@@ -109,6 +109,11 @@ impl SelfTest {
             .with_context(|| format!("creating {}", t.dir_probe.display()))?;
         // Left over from a self-test whose probe was allowed.
         let _ = fs::remove_dir(&t.new_probe).or_else(|_| fs::remove_file(&t.new_probe));
+        // The probe binds its sockets afresh. Removing them is the daemon's job: a deny rule
+        // guards their names, so the labelled probe may not.
+        for socket in [&t.stream_probe, &t.dgram_probe] {
+            let _ = fs::remove_file(socket);
+        }
         for probe in [&t.exec_probe, &t.file_probe, &t.write_probe, &t.source] {
             fs::write(probe, "#!/bin/sh\nexit 0\n")
                 .with_context(|| format!("writing {}", probe.display()))?;
@@ -393,13 +398,11 @@ pub fn probe(cgroup: &Path, dir: &Path, daemon: u32) -> Result<()> {
             check(r.into())
         }),
     )?;
-    let _ = fs::remove_file(&t.stream_probe);
     let listener = UnixListener::bind(&t.stream_probe);
     report(
         Hook::UNIX_STREAM_CONNECT,
         listener.and_then(|_held| UnixStream::connect(&t.stream_probe).map(|_| ())),
     )?;
-    let _ = fs::remove_file(&t.dgram_probe);
     let receiver = UnixDatagram::bind(&t.dgram_probe);
     report(
         Hook::UNIX_MAY_SEND,
@@ -407,9 +410,6 @@ pub fn probe(cgroup: &Path, dir: &Path, daemon: u32) -> Result<()> {
             UnixDatagram::unbound().and_then(|s| s.send_to(b"x", &t.dgram_probe).map(|_| ()))
         }),
     )?;
-    for socket in [&t.stream_probe, &t.dgram_probe] {
-        let _ = fs::remove_file(socket);
-    }
     // A zeroed BPF_MAP_CREATE: EINVAL when allowed, so nothing is created.
     // SAFETY: bpf_attr is plain old data; all zeroes is its empty value.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
