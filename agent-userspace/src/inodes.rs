@@ -121,6 +121,13 @@ fn walk(ids: &Identities, dir: &Path, budget: &mut usize, found: &mut Vec<FileId
     }
 }
 
+/// Whether `dir` is on procfs or sysfs where the kernel mounts them.
+fn no_hard_links(dir: &str) -> bool {
+    ["/proc", "/sys"]
+        .iter()
+        .any(|root| dir == *root || dir.strip_prefix(root).is_some_and(|r| r.starts_with('/')))
+}
+
 /// The inode entries of rule set `ruleset`'s deny patterns.
 pub fn denied_inodes(
     ids: &Identities,
@@ -136,6 +143,9 @@ pub fn denied_inodes(
                     keys.push(key(&file, ruleset, *action));
                 }
             }
+            // procfs and sysfs have no hard links, and walking them (the kernel settings every
+            // policy protects) would spend the budget on every load.
+            PathPattern::Tree(d) if no_hard_links(d) => {}
             PathPattern::Tree(d) => {
                 let mut found = Vec::new();
                 let dir = if d.is_empty() { "/" } else { d.as_str() };
