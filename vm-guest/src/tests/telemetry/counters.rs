@@ -277,7 +277,7 @@ pub(super) fn audit_decisions_are_allowed_counted_and_logged(
     )?;
     // One event per audited decision: the exec's own (its bprm check and the loader's
     // mappings of the binary), the write, the read and the connect.
-    let audited = 3 + own as usize;
+    let audited = 3 + own;
     let lines = wait_for_events(&daemon.events, audited, |v| s(v, "label") == AUDIT_LABEL)?;
     expect_eq!(
         lines.len(),
