@@ -191,15 +191,21 @@ pub enum Reason {
     /// The kernel could not judge the action (a `KernelError`, counted in `ERRORS`), so it
     /// was refused (see `unjudged`).
     Unjudged = 3,
+    /// The label used up its budget for the action (`budgets` in the policy).
+    Budget = 4,
+    /// The label is revoked (`actgate revoke`, a budget's `then: revoke`, or the breaker).
+    Revoked = 5,
 }
 
 impl Reason {
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 6;
     pub const ALL: [Reason; Reason::COUNT] = [
         Reason::Rule,
         Reason::Default,
         Reason::Orphaned,
         Reason::Unjudged,
+        Reason::Budget,
+        Reason::Revoked,
     ];
 
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -213,6 +219,39 @@ impl Reason {
             Reason::Default => "default",
             Reason::Orphaned => "orphaned",
             Reason::Unjudged => "unjudged",
+            Reason::Budget => "budget",
+            Reason::Revoked => "revoked",
+        }
+    }
+}
+
+/// What revoked a label: `actgate_revocations_total{trigger}`. Append-only: counters of
+/// revocations are kept per (label, trigger) and outlive the daemon.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// `actgate revoke`.
+    Manual = 0,
+    /// A budget with `then: revoke` ran out.
+    Budget = 1,
+    /// The circuit breaker (`revoke_after`) tripped.
+    Breaker = 2,
+}
+
+impl Trigger {
+    pub const COUNT: usize = 3;
+    pub const ALL: [Trigger; Trigger::COUNT] = [Trigger::Manual, Trigger::Budget, Trigger::Breaker];
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
+    }
+
+    /// The `trigger` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Budget => "budget",
+            Trigger::Breaker => "breaker",
         }
     }
 }
