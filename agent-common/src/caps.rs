@@ -86,7 +86,9 @@ const fn bit(name: &str) -> u64 {
 /// kernel or its memory (SYS_MODULE, SYS_RAWIO, SYS_BOOT: kexec loads a kernel without the
 /// LSM), other LSMs' state (MAC_ADMIN, MAC_OVERRIDE), the network past connect rules
 /// (NET_ADMIN, NET_RAW), paths the kernel reports differently (SYS_CHROOT changes what
-/// d_path returns), and second names for a disk (MKNOD: a device node in the workspace).
+/// d_path returns), second names for a disk (MKNOD: a device node in the workspace), and
+/// files opened by handle (DAC_READ_SEARCH: open_by_handle_at gives a file whose path the
+/// kernel can't tell, judged by its last components only).
 pub const DENIED_CAPABILITIES: u64 = bit("CAP_SYS_ADMIN")
     | bit("CAP_BPF")
     | bit("CAP_PERFMON")
@@ -99,7 +101,8 @@ pub const DENIED_CAPABILITIES: u64 = bit("CAP_SYS_ADMIN")
     | bit("CAP_NET_RAW")
     | bit("CAP_SYS_CHROOT")
     | bit("CAP_MKNOD")
-    | bit("CAP_SYS_BOOT");
+    | bit("CAP_SYS_BOOT")
+    | bit("CAP_DAC_READ_SEARCH");
 
 /// Room for a capability's name and its NUL in an event.
 pub const CAP_NAME_LEN: usize = 24;
@@ -115,6 +118,6 @@ mod tests {
         assert_eq!(capability_by_name("CAP_BPF"), Some(39));
         assert_eq!(capability_by_name("CAP_NET_RAW"), Some(13));
         assert_eq!(capability_by_name("cap_net_raw"), None);
-        assert_eq!(DENIED_CAPABILITIES.count_ones(), 13);
+        assert_eq!(DENIED_CAPABILITIES.count_ones(), 14);
     }
 }

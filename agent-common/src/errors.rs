@@ -47,6 +47,10 @@ kernel_errors! {
     /// An attribute hook (xattr, ACL, timestamps) gets a dentry without its mount, and no
     /// mount of the whole file system was found to name it through.
     NoMount = 5 => "no_mount",
+    /// The dentry walk reached a directory that is its own parent without reaching its
+    /// mount's root: a dentry the kernel found from a file handle (open_by_handle_at), not
+    /// yet connected to the tree, whose path would be judged by its last components only.
+    Disconnected = 6 => "disconnected",
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ macro_rules! kernel_offsets {
             INODE_I_SB: inode.i_sb,
             INODE_I_INO: inode.i_ino,
             INODE_I_FLAGS: inode.i_flags,
+            INODE_I_MODE: inode.i_mode,
             SUPER_BLOCK_S_DEV: super_block.s_dev,
             SUPER_BLOCK_S_MAGIC: super_block.s_magic,
             SUPER_BLOCK_S_ROOT: super_block.s_root,

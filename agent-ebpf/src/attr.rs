@@ -13,7 +13,7 @@ use aya_ebpf::{
 use crate::{
     file::{MNT_INTERNAL, dentry_inode, on_protected_sb},
     hook::frame_when,
-    judge::{path_actions, protected_write},
+    judge::{path_actions, protected},
     kernel::{self, Inode, field, get, read},
     path::Target,
 };
@@ -106,7 +106,7 @@ fn attr_write(info: &LabelInfo, dentry: *const u8) -> Result<Verdict, KernelErro
     let target = Target::Walk(at.as_ptr() as *const path, dentry);
     if on_protected_sb(inode) {
         // Refused whatever its path, which only names it in the event.
-        return Ok(protected_write(info, target));
+        return Ok(protected(info, Action::FileWrite, target));
     }
     if mount?.is_none() {
         return Ok(Verdict::Allow);

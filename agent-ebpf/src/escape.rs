@@ -21,6 +21,11 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// memory reservation, to filter what /proc shows): denied like any other, but not counted,
 /// since the task didn't ask for anything. The same holds for `PTRACE_MODE_NOAUDIT`.
 const CAP_OPT_NOAUDIT: u32 = 1 << 1;
+/// open_by_handle_at's capability. The kernel also asks for it on every read root makes past
+/// a file's mode bits, and falls back to CAP_DAC_OVERRIDE when it is refused, so those reads
+/// still work: its denials are not counted either, or every such read would look refused
+/// (and feed the circuit breaker).
+const CAP_DAC_READ_SEARCH: i32 = 2;
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 const TIOCSTI: u32 = 0x5412;
 
@@ -78,7 +83,7 @@ pub fn capable(ctx: LsmContext) -> i32 {
         } else {
             RULE_DENY
         };
-        if opts & CAP_OPT_NOAUDIT != 0 {
+        if opts & CAP_OPT_NOAUDIT != 0 || cap == CAP_DAC_READ_SEARCH {
             return Ok(agent_common::verdict(flags, RULE_DENY, enforced(info.mode)));
         }
         Ok(fixed(info, Action::Capability, flags, |e| {

@@ -8,7 +8,7 @@ use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
 
 use crate::{
     hook::{frame, frame_when},
-    judge::{moved_path, path_actions, protected_write, worst},
+    judge::{moved_path, path_actions, protected, worst},
     kernel::{self, Inode, field, get, read},
     path::Target,
 };
@@ -24,6 +24,8 @@ const FMODE_EXEC: u32 = 0x20;
 pub const FMODE_NOACCOUNT: u32 = 1 << 29;
 const RENAME_EXCHANGE: u32 = 1 << 1;
 const O_ACCMODE: u32 = 0o3;
+const S_IFMT: u32 = 0o170_000;
+const S_IFBLK: u32 = 0o060_000;
 /// Mounts the kernel makes for itself (kern_mount: pipes, sockets, memfds), in no namespace.
 pub(crate) const MNT_INTERNAL: u32 = 0x4000;
 /// File systems no labelled task may write, whatever its policy says and through whichever
@@ -75,17 +77,26 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     // set on every kernel. Every open of a file on overlayfs (a container's root, the VM's
     // /tmp) comes twice, the second time as a backing file; it leaves before the label
     // lookup.
+    // Direct pointer arithmetic on the BTF-typed `file` keeps `&file->f_path` typed for
+    // bpf_d_path.
+    let at = file.wrapping_add(get(&kernel::FILE_F_PATH) as usize) as *const path;
+    // 6.9 and later open pidfds on pidfs through here, read-write: a file of the kernel's
+    // internal mounts, like those file_receive lets pass.
     let concerns = || {
         let flags: u32 = field(file, get(&kernel::FILE_F_FLAGS));
-        (mode | flags) & FMODE_EXEC == 0 && mode & FMODE_NOACCOUNT == 0
+        (mode | flags) & FMODE_EXEC == 0 && mode & FMODE_NOACCOUNT == 0 && !internal(at)
     };
     frame_when(&ctx, Hook::FILE_OPEN, concerns, |info| {
-        // Direct pointer arithmetic on the BTF-typed `file` keeps `&file->f_path` typed for
-        // bpf_d_path.
-        let target =
-            Target::Resolved(file.wrapping_add(get(&kernel::FILE_F_PATH) as usize) as *const path);
-        open_file(info, file, target)
+        open_file(info, file, Target::Resolved(at))
     })
+}
+
+/// Whether `at` (a `struct path *`) is on one of the kernel's internal mounts (pipes, sockets,
+/// memfds, pidfds): no path on disk that a rule could name.
+#[inline(always)]
+fn internal(at: *const path) -> bool {
+    let mnt = field::<usize>(at as *const u8, 0) as *const u8;
+    field::<u32>(mnt, get(&kernel::VFSMOUNT_MNT_FLAGS)) & MNT_INTERNAL != 0
 }
 
 /// A labelled task that gets the open `file` (a BTF-typed `struct file *`, named by `target`)
@@ -102,7 +113,18 @@ fn open_file(info: &LabelInfo, file: *const u8, target: Target) -> Result<Verdic
     let read = both || mode & FMODE_READ != 0;
     let f_inode = field::<usize>(file, get(&kernel::FILE_F_INODE)) as *const u8;
     if write && on_protected_sb(f_inode) {
-        return Ok(protected_write(info, target));
+        return Ok(protected(info, Action::FileWrite, target));
+    }
+    // A disk read or written under every file system on it, past every path rule (and
+    // actgate's own files).
+    let i_mode: u16 = field(f_inode, get(&kernel::INODE_I_MODE));
+    if u32::from(i_mode) & S_IFMT == S_IFBLK && (write || read) {
+        let action = if write {
+            Action::FileWrite
+        } else {
+            Action::FileRead
+        };
+        return Ok(protected(info, action, target));
     }
     let actions: &[Action] = match (write, read) {
         (true, true) => &[Action::FileWrite, Action::FileRead],
@@ -120,13 +142,12 @@ fn open_file(info: &LabelInfo, file: *const u8, target: Target) -> Result<Verdic
 pub fn file_receive(ctx: LsmContext) -> i32 {
     let file: *const u8 = ctx.arg(0);
     let at = file.wrapping_add(get(&kernel::FILE_F_PATH) as usize) as *const path;
-    let concerns = || {
-        let mnt = field::<usize>(at as *const u8, 0) as *const u8;
-        field::<u32>(mnt, get(&kernel::VFSMOUNT_MNT_FLAGS)) & MNT_INTERNAL == 0
-    };
-    frame_when(&ctx, Hook::FILE_RECEIVE, concerns, |info| {
-        open_file(info, file, Target::at(at))
-    })
+    frame_when(
+        &ctx,
+        Hook::FILE_RECEIVE,
+        || !internal(at),
+        |info| open_file(info, file, Target::at(at)),
+    )
 }
 
 /// A file already open to the task, truncated through it: ftruncate(2) and, since 6.2,
@@ -146,7 +167,7 @@ pub fn file_truncate(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn existing_write(info: &LabelInfo, p: *const path) -> Result<Verdict, KernelError> {
     if on_protected_fs(p) {
-        return Ok(protected_write(info, Target::at(p)));
+        return Ok(protected(info, Action::FileWrite, Target::at(p)));
     }
     let inode = Inode::of(path_inode(p as *const u8), false);
     path_actions(info, Target::at(p), inode, &[Action::FileWrite])
@@ -180,7 +201,7 @@ fn entry_write(
 ) -> Result<Verdict, KernelError> {
     let target = Target::Walk(dir, dentry);
     if on_protected_fs(dir) {
-        return Ok(protected_write(info, target));
+        return Ok(protected(info, Action::FileWrite, target));
     }
     if guard {
         moved_path(info, target, None, &[Action::FileWrite])
@@ -228,7 +249,7 @@ pub fn path_link(ctx: LsmContext) -> i32 {
         let new_dir: *const path = ctx.arg(1);
         let target = Target::Walk(new_dir, ctx.arg(2));
         if on_protected_fs(new_dir) {
-            return Ok(protected_write(info, target));
+            return Ok(protected(info, Action::FileWrite, target));
         }
         // A hard link can't cross mounts (do_linkat returns EXDEV first), so the source sits on
         // new_dir's mount and the walk can rebuild its path too.
@@ -259,7 +280,7 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
         let flags: u32 = ctx.arg(4);
         // A rename can't cross mounts, so the target's mount is the source's.
         if on_protected_fs(ctx.arg(0)) {
-            return Ok(protected_write(info, from));
+            return Ok(protected(info, Action::FileWrite, from));
         }
         let moved = &[Action::FileWrite, Action::FileRead];
         let v = moved_path(info, from, None, moved)?;

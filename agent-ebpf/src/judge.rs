@@ -358,16 +358,17 @@ pub fn enforced(mode: u8) -> u8 {
     }
 }
 
-/// A write to a file system no labelled task may change (cgroupfs, bpffs), whatever the
-/// policy's rules say: denied as a file write, with the path when it resolves.
+/// An `action` no labelled task may take, whatever the policy's rules say: a write to a file
+/// system it may not change (cgroupfs, bpffs), an open of a block device. Denied, with the
+/// path when it resolves.
 #[inline(always)]
-pub fn protected_write(info: &LabelInfo, target: Target) -> Verdict {
+pub fn protected(info: &LabelInfo, action: Action, target: Target) -> Verdict {
     let s = scratch().ok();
     let resolved = match s {
         Some(s) => path::resolve(s, target).is_ok().then_some(s),
         None => None,
     };
-    fixed(info, Action::FileWrite, RULE_DENY, |e| {
+    fixed(info, action, RULE_DENY, |e| {
         if let Some(s) = resolved {
             // SAFETY: reads our own map memory.
             let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };

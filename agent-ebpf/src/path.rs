@@ -95,6 +95,7 @@ const WALKING: u64 = 0;
 const AT_ROOT: u64 = 1;
 const TOO_LONG: u64 = 2;
 const UNREADABLE: u64 = 3;
+const DISCONNECTED: u64 = 4;
 
 /// Rebuilds the absolute path of `dentry` (on the mount of `at`) into `s.path`, right to left in
 /// the per-CPU WALK buffer, then copies it in place. Crosses mount points through
@@ -128,6 +129,7 @@ fn walk(s: &mut Scratch, at: *const path, dentry: *const u8) -> Result<(), Kerne
         AT_ROOT => {}
         TOO_LONG => return Err(KernelError::PathTooLong),
         UNREADABLE => return Err(KernelError::NameUnreadable),
+        DISCONNECTED => return Err(KernelError::Disconnected),
         // Out of steps, or bpf_loop refused to run.
         _ => return Err(KernelError::PathTooDeep),
     }
@@ -195,7 +197,8 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
     }
     let parent = read::<u64>(d, get(&kernel::DENTRY_D_PARENT));
     if parent == d as u64 {
-        w.state = AT_ROOT;
+        // Its own parent, but not its mount's root (checked above).
+        w.state = DISCONNECTED;
         return 1;
     }
     if parent == 0 {

@@ -89,6 +89,9 @@ pub enum Action {
     UnshareUserMountBind { from: PathBuf, to: PathBuf },
     /// ioctl(TIOCSTI) of one byte into a new pseudo-terminal's input.
     Tiocsti,
+    /// name_to_handle_at(PATH), then open_by_handle_at(O_RDONLY) through PATH's directory
+    /// (CAP_DAC_READ_SEARCH).
+    OpenByHandle { path: PathBuf },
     /// socket(AF_INET, SOCK_RAW, IPPROTO_ICMP) (CAP_NET_RAW).
     RawSocket,
     /// unshare(CLONE_NEWUSER).
@@ -438,6 +441,47 @@ fn tiocsti() -> io::Result<()> {
     }
 }
 
+fn open_by_handle(path: &Path) -> io::Result<()> {
+    /// `struct file_handle` with room for MAX_HANDLE_SZ bytes.
+    #[repr(C)]
+    struct FileHandle {
+        bytes: u32,
+        kind: i32,
+        handle: [u8; 128],
+    }
+    let mut fh = FileHandle {
+        bytes: 128,
+        kind: 0,
+        handle: [0; 128],
+    };
+    let mut mount_id: libc::c_int = 0;
+    let c = cstring(path)?;
+    // SAFETY: a NUL-terminated path and a handle buffer of the size it declares.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &raw mut fh,
+            &raw mut mount_id,
+            0,
+        )
+    } as libc::c_int)?;
+    let dir = std::fs::File::open(path.parent().unwrap_or(Path::new("/")))?;
+    // SAFETY: the handle name_to_handle_at filled in, and a directory fd on its mount.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            &raw mut fh,
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    } as libc::c_int)?;
+    // SAFETY: closing the descriptor we just opened.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
 fn raw_socket() -> io::Result<()> {
     // SAFETY: socket(2), and close of the fd it returned.
     let fd = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) })?;
@@ -494,6 +538,7 @@ pub fn run(action: Action) -> ExitCode {
             unshare_bind(libc::CLONE_NEWUSER | libc::CLONE_NEWNS, from, to)
         }
         Action::Tiocsti => tiocsti(),
+        Action::OpenByHandle { path } => open_by_handle(path),
         Action::RawSocket => raw_socket(),
         // SAFETY: unshare(2) of this single-threaded process; it exits right after.
         Action::UnshareUser => check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }).map(|_| ()),

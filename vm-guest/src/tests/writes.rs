@@ -481,31 +481,47 @@ fn holder(user: &str, path: &str) -> Result<(Child, i32)> {
     Ok((child, fd))
 }
 
+/// pidfd_getfd needs ptrace access to the holder. From a process outside the label actgate's
+/// ptrace rule refuses it; from a process the test moves into the label, the received
+/// descriptor is judged like an open of its file.
 fn a_descriptor_taken_with_pidfd_getfd_is_judged(ctx: &Ctx) -> Outcome {
     let scope = fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").unwrap_or_default();
+    let label_procs = format!("/sys/fs/cgroup/actgate/{LABEL}/cgroup.procs");
     for place in PLACES {
         for user in USERS {
             if user == "nobody" && scope.trim().parse::<u32>().unwrap_or(0) > 0 {
                 // Yama refuses a non-descendant's pidfd_getfd to an unprivileged user anyway.
                 continue;
             }
-            // The allowed file first: where the kernel refuses the ptrace access that
-            // pidfd_getfd needs, an EPERM would prove nothing about actgate.
+            let path = p(ctx, place, "ws/ok.txt");
+            reset(&path)?;
+            let (mut outside, fd) = holder(user, &path)?;
+            let before = harness::scrape()?;
+            let got = attempt(ctx, user, "getfd", &format!("{}:{fd}", outside.id()));
+            let after = harness::scrape()?;
+            drop(outside.stdin.take());
+            let _ = outside.wait();
+            expect_eq!(
+                got,
+                "EPERM",
+                "pidfd_getfd of an unlabelled holder as {user}"
+            );
+            harness::expect_decision_changes(LABEL, &before, &after, &[("ptrace", "deny", 1)])?;
+
             for (rel, want) in [("ws/ok.txt", "keep me"), ("secret.txt", "EPERM")] {
                 let path = p(ctx, place, rel);
                 reset(&path)?;
-                let (mut child, fd) = holder(user, &path)?;
-                let got = attempt(ctx, user, "getfd", &format!("{}:{fd}", child.id()));
-                drop(child.stdin.take());
-                let _ = child.wait();
-                if want != "EPERM" && got == "EPERM" {
-                    return Err(NotPassed::Skip(format!(
-                        "pidfd_getfd of an allowed file is refused as {user} (ptrace access, \
-                         Yama ptrace_scope {})",
-                        scope.trim()
-                    )));
-                }
-                expect_eq!(got, want, "pidfd_getfd of {path} as {user}");
+                let (mut inside, fd) = holder(user, &path)?;
+                fs::write(&label_procs, inside.id().to_string())
+                    .with_context(|| format!("moving the holder into {label_procs}"))?;
+                let got = attempt(ctx, user, "getfd", &format!("{}:{fd}", inside.id()));
+                drop(inside.stdin.take());
+                let _ = inside.wait();
+                expect_eq!(
+                    got,
+                    want,
+                    "pidfd_getfd of {path} as {user}, within the label"
+                );
             }
         }
     }
