@@ -20,7 +20,7 @@ use aya_ebpf::{
 
 use crate::{
     kernel::{self, get, read},
-    maps::{self, Scratch},
+    maps::{self, Scratch, WalkBuf},
 };
 
 /// What a path action is about.
@@ -165,6 +165,20 @@ fn walk(s: &mut Scratch, at: *const path, dentry: *const u8) -> Result<(), Kerne
     Ok(())
 }
 
+/// Ends the walk where `node` has no `parent` to go up to: in state `top` when it is its own
+/// parent, unreadable when the parent is 0 (never NULL in the kernel: the read failed).
+#[inline(always)]
+fn stops(w: &mut WalkBuf, node: u64, parent: u64, top: u64) -> bool {
+    w.state = if parent == node {
+        top
+    } else if parent == 0 {
+        UNREADABLE
+    } else {
+        return false;
+    };
+    true
+}
+
 /// One step of `walk`, on the state in `WALK`: up from a mount's root to its mount point, or
 /// up one directory, prepending its name. Returns 1 to stop the loop.
 ///
@@ -181,12 +195,8 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
     let mount = w.mount as *const u8;
     if d as u64 == w.mnt_root {
         let parent = read::<u64>(mount, get(&kernel::MOUNT_MNT_PARENT));
-        if parent == mount as u64 {
-            w.state = AT_ROOT;
-            return 1;
-        }
-        if parent == 0 {
-            w.state = UNREADABLE;
+        // A mount that is its own parent is the root of the mount tree.
+        if stops(w, mount as u64, parent, AT_ROOT) {
             return 1;
         }
         w.dentry = read::<u64>(mount, get(&kernel::MOUNT_MNT_MOUNTPOINT));
@@ -196,14 +206,9 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         return 0;
     }
     let parent = read::<u64>(d, get(&kernel::DENTRY_D_PARENT));
-    if parent == d as u64 {
-        // Its own parent, but not its mount's root (checked above).
-        w.state = DISCONNECTED;
-        return 1;
-    }
-    if parent == 0 {
-        // d_parent is never NULL in the kernel: the read failed.
-        w.state = UNREADABLE;
+    // A dentry that is its own parent, but not its mount's root (checked above), is cut off
+    // from the tree.
+    if stops(w, d as u64, parent, DISCONNECTED) {
         return 1;
     }
     let d_name = d.wrapping_add(get(&kernel::DENTRY_D_NAME) as usize);

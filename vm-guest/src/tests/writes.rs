@@ -365,20 +365,30 @@ fn timestamps_are_writes(ctx: &Ctx) -> Outcome {
 }
 
 fn access_mode_3_is_a_read_and_a_write(ctx: &Ctx) -> Outcome {
+    let cases = [
+        ("locked.txt", "EPERM"),
+        ("ws/secret.txt", "EPERM"),
+        ("ws/ok.txt", "OK"),
+    ];
+    expect_cases(ctx, &cases, "open(.., 3)", |user, path| {
+        Ok(attempt(ctx, user, "open-mode3", path))
+    })
+}
+
+/// Runs `op` as each user on each place's file of every `(rel, want)` case, freshly reset,
+/// and expects `want`; `what` names the operation in a failure.
+fn expect_cases(
+    ctx: &Ctx,
+    cases: &[(&str, &str)],
+    what: &str,
+    mut op: impl FnMut(&str, &str) -> Result<String>,
+) -> Outcome {
     for place in PLACES {
         for user in USERS {
-            for (rel, want) in [
-                ("locked.txt", "EPERM"),
-                ("ws/secret.txt", "EPERM"),
-                ("ws/ok.txt", "OK"),
-            ] {
+            for (rel, want) in cases {
                 let path = p(ctx, place, rel);
                 reset(&path)?;
-                expect_eq!(
-                    attempt(ctx, user, "open-mode3", &path),
-                    want,
-                    "open({path}, 3) as {user}"
-                );
+                expect_eq!(op(user, &path)?, *want, "{what} {path} as {user}");
             }
         }
     }
@@ -437,24 +447,14 @@ fn send_fd(sock: &UnixStream, fd: i32) -> Result<()> {
 /// The kernel's answer when security_file_receive refuses (scm_detach_fds): recvmsg succeeds
 /// with the data, no descriptor is installed and MSG_CTRUNC is set.
 fn a_descriptor_received_over_scm_rights_is_judged(ctx: &Ctx) -> Outcome {
-    for place in PLACES {
-        for user in USERS {
-            for (rel, want) in [
-                ("secret.txt", "CTRUNC"),
-                ("ws/secret.txt", "CTRUNC"),
-                ("ws/ok.txt", "keep me"),
-            ] {
-                let path = p(ctx, place, rel);
-                reset(&path)?;
-                expect_eq!(
-                    received_over_scm_rights(ctx, user, &path)?,
-                    want,
-                    "{path} received over SCM_RIGHTS as {user}"
-                );
-            }
-        }
-    }
-    Ok(())
+    let cases = [
+        ("secret.txt", "CTRUNC"),
+        ("ws/secret.txt", "CTRUNC"),
+        ("ws/ok.txt", "keep me"),
+    ];
+    expect_cases(ctx, &cases, "received over SCM_RIGHTS:", |user, path| {
+        received_over_scm_rights(ctx, user, path)
+    })
 }
 
 /// An unlabelled process, running as `user`, that holds `path` open and waits; returns it
