@@ -31,7 +31,8 @@ pub struct CompiledRuleset {
     pub policy: String,
     /// The first bytes of every trie and inode key of this rule set.
     pub number: u16,
-    /// Path trie entries: the exec, file-write and file-read rules, then the move guards.
+    /// Path trie entries: the exec, file-write, file-read and file-delete rules, then the move
+    /// guards.
     pub paths: Vec<(PathKey, u8)>,
     /// Network trie entries of the connect rules.
     pub nets: Vec<(NetKey, u8)>,
@@ -88,6 +89,9 @@ pub fn compile_set(set: &PolicySet, numbers: Range<u16>) -> Result<CompiledSet, 
     for (index, (policy, number)) in set.policies.iter().zip(numbers).enumerate() {
         let mut paths = compile_paths(policy, number);
         paths.extend(compile_guards(policy, number));
+        // Not `file_delete`: inode rules catch another hard link reaching a denied file's
+        // data, but a delete removes a name, and removing another link of a denied file leaves
+        // it whole under the name the rule protects.
         let denied_paths = [
             (Action::Exec, &policy.exec),
             (Action::FileWrite, &policy.file_write),
@@ -219,6 +223,40 @@ network:
     }
 
     #[test]
+    fn delete_rules_are_keyed_guarded_and_defaulted_but_not_denied_by_inode() {
+        let text = "name: d\nlabels: [d]\nfiles:\n  delete:\n    default: deny\n    \
+                    allow: [/w/**]\n    deny: [/w/keep]\n";
+        let (policies, problems) = parse_str("d.yaml".as_ref(), text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let set = PolicySet {
+            policies,
+            ..PolicySet::default()
+        };
+        let r = &compile_set(&set, 3..4).unwrap().rulesets[0];
+        let entry = |action: u8, bytes: &[u8]| {
+            r.paths.iter().find_map(|(k, flags)| {
+                let len = k.prefix_len as usize / 8;
+                (k.data[2] == action && &k.data[PATH_KEY_HEADER..len] == bytes).then_some(*flags)
+            })
+        };
+        let delete = Action::FileDelete as u8;
+        assert_eq!(entry(delete, b"/w/"), Some(RULE_ALLOW));
+        assert_eq!(entry(delete, b"/w/keep\0"), Some(RULE_ALLOW | RULE_DENY));
+        // The deny rule's name can't be moved away or replaced by a tree of the agent's own.
+        let guard = agent_common::GUARD_ACTION;
+        assert_eq!(entry(guard, b"/w\0"), Some(RULE_DENY));
+        assert_eq!(entry(guard, b"/w/keep\0"), Some(RULE_DENY));
+        assert_eq!(r.defaults[Action::FileDelete as usize], RULE_DENY);
+        assert_eq!(r.has_rules[Action::FileDelete as usize], 1);
+        assert!(r.denied_paths.is_empty(), "{:?}", r.denied_paths);
+        // Without the section, deletes are left to `files.write` alone.
+        let bare = &compile_set(&two(), 0..2).unwrap().rulesets[0];
+        assert_eq!(bare.defaults[Action::FileDelete as usize], RULE_ALLOW);
+        assert_eq!(bare.has_rules[Action::FileDelete as usize], 0);
+        assert!(bare.paths.iter().all(|(k, _)| k.data[2] != delete));
+    }
+
+    #[test]
     fn more_policies_than_numbers_is_an_error() {
         assert_eq!(
             compile_set(&two(), 5..6),
@@ -250,6 +288,7 @@ network:
                 ..Rules::default()
             },
             file_read: Rules::default(),
+            file_delete: Rules::default(),
             connect: Rules::<NetPattern>::default(),
             unix: Rules::default(),
             listen: Rules::default(),
@@ -272,7 +311,7 @@ network:
             r.defaults,
             [
                 RULE_ALLOW, RULE_DENY, RULE_ALLOW, RULE_ALLOW, RULE_DENY, RULE_DENY, RULE_DENY,
-                RULE_DENY, RULE_DENY, RULE_DENY, RULE_ALLOW, RULE_ALLOW, RULE_DENY
+                RULE_DENY, RULE_DENY, RULE_DENY, RULE_ALLOW, RULE_ALLOW, RULE_DENY, RULE_ALLOW
             ]
         );
         assert_eq!(r.denied_caps, agent_common::DENIED_CAPABILITIES);

@@ -163,6 +163,9 @@ pub struct Policy {
     pub anonymous_exec: Option<Fallback>,
     pub file_write: Rules<PathPattern>,
     pub file_read: Rules<PathPattern>,
+    /// `files.delete`: removing or replacing a name. The kernel asks `file_write` too, so a
+    /// delete needs both.
+    pub file_delete: Rules<PathPattern>,
     pub connect: Rules<NetPattern>,
     /// `network.unix`: connects and sends to named AF_UNIX sockets.
     pub unix: Rules<UnixPattern>,
@@ -183,6 +186,7 @@ impl Policy {
             + usize::from(self.anonymous_exec.is_some())
             + self.file_write.len()
             + self.file_read.len()
+            + self.file_delete.len()
             + self.connect.len()
             + self.unix.len()
             + self.listen.len()
@@ -217,8 +221,13 @@ impl PolicySet {
 
     /// The rule lists whose patterns are paths, of every policy.
     pub fn path_rules_mut(&mut self) -> impl Iterator<Item = &mut Rules<PathPattern>> {
-        self.policies
-            .iter_mut()
-            .flat_map(|p| [&mut p.exec, &mut p.file_write, &mut p.file_read])
+        self.policies.iter_mut().flat_map(|p| {
+            [
+                &mut p.exec,
+                &mut p.file_write,
+                &mut p.file_read,
+                &mut p.file_delete,
+            ]
+        })
     }
 }

@@ -20,7 +20,7 @@ pub const MAX_LABEL_LEN: usize = 64;
 const POLICY_KEYS: &[&str] = &[
     "name", "labels", "mode", "exec", "files", "network", "process",
 ];
-const FILES_KEYS: &[&str] = &["write", "read"];
+const FILES_KEYS: &[&str] = &["write", "read", "delete"];
 const NETWORK_KEYS: &[&str] = &[
     "connect",
     "unix",
@@ -288,6 +288,7 @@ impl Checker<'_> {
         let mut anonymous_exec = None;
         let mut file_write = Rules::default();
         let mut file_read = Rules::default();
+        let mut file_delete = Rules::default();
         let mut connect = Rules::default();
         let mut unix = Rules::default();
         let mut listen = Rules::default();
@@ -313,6 +314,7 @@ impl Checker<'_> {
                             match *key {
                                 "write" => file_write = self.path_rules(value, "files.write"),
                                 "read" => file_read = self.path_rules(value, "files.read"),
+                                "delete" => file_delete = self.path_rules(value, "files.delete"),
                                 _ => {}
                             }
                         }
@@ -377,6 +379,7 @@ impl Checker<'_> {
                 anonymous_exec,
                 file_write,
                 file_read,
+                file_delete,
                 connect,
                 unix,
                 listen,
