@@ -8,10 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use agent_common::{
-    ANONYMOUS, Action, DENIED_CAPABILITIES, GUARD_ACTION, NET_ANY_PORT_RULES, NET_FAMILY_V4,
-    NET_FAMILY_V6, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, NetKey, PATH_KEY_DATA,
-    PATH_KEY_HEADER, PathKey, RULE_ALLOW, RULE_DENY, RULE_PROTECT, net_key_header, path_key_header,
-    path_key_header_raw,
+    ANONYMOUS, Action, BREAKER_SLOT, DENIED_CAPABILITIES, GUARD_ACTION, Limit, LimitKey,
+    NET_ANY_PORT_RULES, NET_FAMILY_V4, NET_FAMILY_V6, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES,
+    NetKey, PATH_KEY_DATA, PATH_KEY_HEADER, PathKey, RULE_ALLOW, RULE_DENY, RULE_PROTECT,
+    net_key_header, path_key_header, path_key_header_raw,
 };
 use ipnet::IpNet;
 
@@ -325,6 +325,49 @@ pub fn has_rules(policy: &Policy) -> [u8; Action::COUNT] {
     out
 }
 
+/// The `LIMITS` slot of the breaker, after every action's.
+const BREAKER: u8 = BREAKER_SLOT as u8;
+const _: () = assert!(BREAKER as u32 == BREAKER_SLOT && BREAKER_SLOT < u16::BITS);
+
+/// `LIMITS` entries of a policy's budgets (slot: the action) and breaker (slot `BREAKER_SLOT`,
+/// always revoking), under `ruleset`.
+pub fn compile_limits(policy: &Policy, ruleset: u16) -> Vec<(LimitKey, Limit)> {
+    let entry = |slot: u8, max: u32, per_ms: u32, revoke: bool| {
+        let key = LimitKey {
+            ruleset,
+            slot,
+            _pad: 0,
+        };
+        let limit = Limit {
+            max,
+            per_ms,
+            revoke: u8::from(revoke),
+            _pad: [0; 3],
+        };
+        (key, limit)
+    };
+    let budgets = policy
+        .budgets
+        .iter()
+        .map(|b| entry(b.action as u8, b.max, b.per_ms, b.revoke));
+    let breaker = policy
+        .breaker
+        .iter()
+        .map(|b| entry(BREAKER, b.denials, b.within_ms, true));
+    budgets.chain(breaker).collect()
+}
+
+/// `LabelInfo::limits`: bit n for a budget of the action with discriminant n, bit
+/// `BREAKER_SLOT` for a breaker, so the kernel looks up `LIMITS` only for what is there.
+pub fn limit_bits(policy: &Policy) -> u16 {
+    let budgets = policy
+        .budgets
+        .iter()
+        .fold(0u16, |bits, b| bits | 1 << b.action as u8);
+    let breaker = policy.breaker.map_or(0, |_| 1 << BREAKER);
+    budgets | breaker
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +391,8 @@ mod tests {
             listen: Rules::default(),
             sockets: Vec::new(),
             process: Default::default(),
+            budgets: Vec::new(),
+            breaker: None,
             file: "t.yaml".into(),
             line: 1,
         }

@@ -6,12 +6,13 @@
 
 use std::ops::Range;
 
-use agent_common::{Action, MODE_AUDIT, MODE_ENFORCE, NetKey, PathKey};
+use agent_common::{Action, Limit, LimitKey, MODE_AUDIT, MODE_ENFORCE, NetKey, PathKey};
 use thiserror::Error;
 
 use crate::{
     compile::{
-        compile_guards, compile_net, compile_paths, defaults, denied_capabilities, has_rules,
+        compile_guards, compile_limits, compile_net, compile_paths, defaults, denied_capabilities,
+        has_rules, limit_bits,
     },
     model::{Mode, PathPattern, PolicySet},
 };
@@ -44,6 +45,11 @@ pub struct CompiledRuleset {
     pub denied_caps: u64,
     /// The deny patterns whose files are also denied by inode (see the daemon's `inodes`).
     pub denied_paths: Vec<(Action, PathPattern)>,
+    /// `LIMITS` entries: one per budget (slot: the action), one for the breaker (slot
+    /// `BREAKER_SLOT`), keyed by `number`.
+    pub limits: Vec<(LimitKey, Limit)>,
+    /// `LabelInfo::limits` of the rule set's labels: which slots of `limits` are there.
+    pub limit_bits: u16,
 }
 
 /// One label: the rule set it is judged by, and how.
@@ -109,6 +115,8 @@ pub fn compile_set(set: &PolicySet, numbers: Range<u16>) -> Result<CompiledSet, 
             has_rules: has_rules(policy),
             denied_caps: denied_capabilities(policy),
             denied_paths,
+            limits: compile_limits(policy, number),
+            limit_bits: limit_bits(policy),
         });
         compiled
             .labels
@@ -294,6 +302,8 @@ network:
             listen: Rules::default(),
             sockets: Vec::new(),
             process: Default::default(),
+            budgets: Vec::new(),
+            breaker: None,
             file: "t.yaml".into(),
             line: 1,
         };
@@ -307,6 +317,8 @@ network:
         .unwrap();
         let r = &c.rulesets[0];
         assert!(r.paths.is_empty() && r.nets.is_empty() && r.denied_paths.is_empty());
+        assert!(r.limits.is_empty());
+        assert_eq!(r.limit_bits, 0);
         assert_eq!(
             r.defaults,
             [
