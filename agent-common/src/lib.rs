@@ -48,10 +48,13 @@ pub enum Action {
     /// A socket use that reaches past the connect rules: raw, packet and SCTP sockets, and IP
     /// options that reroute (`network.raw` and its siblings; see `SocketKind`).
     Socket = 12,
+    /// Removing or replacing a name: unlink, rmdir, a rename's source, the existing file a
+    /// rename replaces (`files.delete`). Judged together with `FileWrite` on the same name.
+    FileDelete = 13,
 }
 
 impl Action {
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
     pub const ALL: [Action; Action::COUNT] = [
         Action::Exec,
         Action::FileWrite,
@@ -66,6 +69,7 @@ impl Action {
         Action::UnixConnect,
         Action::Listen,
         Action::Socket,
+        Action::FileDelete,
     ];
 
     pub fn from_u8(v: u8) -> Option<Self> {
@@ -88,6 +92,7 @@ impl Action {
             Action::UnixConnect => "unix_connect",
             Action::Listen => "listen",
             Action::Socket => "socket",
+            Action::FileDelete => "file_delete",
         }
     }
 }
@@ -148,6 +153,9 @@ pub const MODE_AUDIT: u8 = 1;
 /// A label no policy names any more while processes still run under it: every action of
 /// theirs is denied, so a reload never releases them by accident.
 pub const MODE_ORPHANED: u8 = 2;
+/// A revoked label (`REVOKED` names it): every action is denied, in audit mode too. Never
+/// stored in `LABELS`; the kernel sets it on its copy of the label's `LabelInfo`.
+pub const MODE_REVOKED: u8 = 3;
 
 /// Bits of a rule lookup result (the value of a path or network trie entry, and a label's
 /// per-action default). An entry carries the union of its own rule and every shorter rule that
@@ -159,11 +167,11 @@ pub const RULE_PROTECT: u8 = 4;
 
 /// Turns the flags of the longest matching rule into a verdict: deny beats allow, and the
 /// label's default (`RULE_ALLOW` or `RULE_DENY`) applies when no rule matched. `mode` is the
-/// label's `MODE_*`; an orphaned label is denied whatever matched. The kernel decides every
-/// action with this.
+/// label's `MODE_*`; an orphaned or revoked label is denied whatever matched. The kernel
+/// decides every action with this.
 #[inline(always)]
 pub fn verdict(flags: u8, default: u8, mode: u8) -> Verdict {
-    let denied = if mode == MODE_ORPHANED || flags & RULE_DENY != 0 {
+    let denied = if mode >= MODE_ORPHANED || flags & RULE_DENY != 0 {
         true
     } else if flags & RULE_ALLOW != 0 {
         false
@@ -269,6 +277,8 @@ pub fn unjudged(mode: u8) -> Verdict {
 pub fn reason(flags: u8, mode: u8) -> Reason {
     if mode == MODE_ORPHANED {
         Reason::Orphaned
+    } else if mode == MODE_REVOKED {
+        Reason::Revoked
     } else if flags & (RULE_ALLOW | RULE_DENY) != 0 {
         Reason::Rule
     } else {
@@ -369,7 +379,10 @@ pub struct LabelInfo {
     /// Per action: non-zero when the policy has any rule at all, so the hook can skip
     /// resolving the path when only the default can apply. For connect, the `NET_*_RULES` bits.
     pub has_rules: [u8; Action::COUNT],
-    pub _pad2: [u8; 6],
+    /// Bit n set: the policy has a budget for the action with discriminant n (`LIMITS`);
+    /// `BREAKER_SLOT`'s bit: it has a circuit breaker.
+    pub limits: u16,
+    pub _pad2: [u8; 2],
     /// Bit n set: capability n is denied (`DENIED_CAPABILITIES` less what the policy grants).
     pub denied_caps: u64,
 }
@@ -530,6 +543,68 @@ pub fn kernel_release() -> std::string::String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Room per label for revocation triggers in `REVOCATIONS`, append-only like `ACTION_SLOTS`.
+pub const TRIGGER_SLOTS: u32 = 4;
+const _: () = assert!(Trigger::COUNT as u32 <= TRIGGER_SLOTS);
+
+/// Index of a revocation counter in `REVOCATIONS`.
+pub const fn revocation_index(label: u32, trigger: Trigger) -> u32 {
+    label * TRIGGER_SLOTS + trigger as u32
+}
+
+/// Value of the `REVOKED` map (label index → revocation): the label is revoked since
+/// `time_ns` (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) by `trigger`. Written with `BPF_NOEXIST`,
+/// so the first revocation stands and is counted once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub time_ns: u64,
+    /// A `Trigger`.
+    pub trigger: u8,
+    /// For `Trigger::Budget`, the action whose budget ran out.
+    pub action: u8,
+    pub _pad: [u8; 6],
+}
+
+/// The slot of a label's circuit breaker among its `LIMITS` and `WINDOWS`, after the actions.
+pub const BREAKER_SLOT: u32 = ACTION_SLOTS - 1;
+const _: () = assert!((Action::COUNT as u32) < BREAKER_SLOT);
+
+/// Key of the `LIMITS` hash map: a rule set's budget for one action, or its breaker
+/// (`slot` = `BREAKER_SLOT`). Keyed by rule set like the tries, so a reload switches limits
+/// with the rest of the policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitKey {
+    pub ruleset: u16,
+    pub slot: u8,
+    pub _pad: u8,
+}
+
+/// A budget (`max` allowed actions per `per_ms`) or a breaker (`max` denials within `per_ms`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub max: u32,
+    pub per_ms: u32,
+    /// Non-zero: running out revokes the label (a budget's `then: revoke`; always for a
+    /// breaker).
+    pub revoke: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Most a budget or breaker may count in one window: a window's count has 24 bits.
+pub const LIMIT_MAX: u32 = 1_000_000;
+/// Bounds of a window, in ms: a second to a day.
+pub const LIMIT_WINDOW_MIN_MS: u32 = 1_000;
+pub const LIMIT_WINDOW_MAX_MS: u32 = 86_400_000;
+
+/// Index of a label's window in `WINDOWS` and of its over-budget count in `BUDGET_EXCEEDED`.
+pub const fn limit_index(label: u32, slot: u32) -> u32 {
+    label * ACTION_SLOTS + slot
+}
+pub const LIMIT_SLOTS: u32 = MAX_LABELS * ACTION_SLOTS;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -540,6 +615,9 @@ mod pod {
     unsafe impl aya::Pod for PathKey {}
     unsafe impl aya::Pod for NetKey {}
     unsafe impl aya::Pod for InodeKey {}
+    unsafe impl aya::Pod for Revocation {}
+    unsafe impl aya::Pod for LimitKey {}
+    unsafe impl aya::Pod for Limit {}
 }
 
 #[cfg(test)]

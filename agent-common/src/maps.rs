@@ -33,6 +33,16 @@ map_names! {
     OWNER,
     /// `ProcessKey` → the binary the process runs.
     EXES,
+    /// Label index → `Revocation`, for each revoked label.
+    REVOKED,
+    /// Revocations per label and trigger, indexed by `revocation_index`.
+    REVOCATIONS,
+    /// `LimitKey` → `Limit`: the budgets and breakers of each rule set.
+    LIMITS,
+    /// The current window of each label's budget or breaker, indexed by `limit_index`.
+    WINDOWS,
+    /// Per-CPU counts of actions over budget, indexed by `limit_index`.
+    BUDGET_EXCEEDED,
 }
 
 /// Maps that outlive the daemon and are adopted by the next one, whatever its build, when
@@ -41,4 +51,17 @@ map_names! {
 /// processes. Their layouts are append-only (see `ACTION_SLOTS`). The rule maps are rebuilt
 /// by every daemon from the policies; the ring buffer is kept by the same build only, since
 /// the `Event` layout may change between builds.
-pub const KEPT: &[&str] = &[DECISIONS, EVENTS_DROPPED, ERRORS, OWNER, EXES];
+///
+/// Revocations, their counts and the budgets' windows are kept too: a revocation lasts until
+/// it is restored, and a restart must not hand a label a fresh budget.
+pub const KEPT: &[&str] = &[
+    DECISIONS,
+    EVENTS_DROPPED,
+    ERRORS,
+    OWNER,
+    EXES,
+    REVOKED,
+    REVOCATIONS,
+    WINDOWS,
+    BUDGET_EXCEEDED,
+];

@@ -8,17 +8,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use agent_common::{
-    ANONYMOUS, Action, DENIED_CAPABILITIES, GUARD_ACTION, NET_ANY_PORT_RULES, NET_FAMILY_V4,
-    NET_FAMILY_V6, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, NetKey, PATH_KEY_DATA,
-    PATH_KEY_HEADER, PathKey, RULE_ALLOW, RULE_DENY, RULE_PROTECT, net_key_header, path_key_header,
-    path_key_header_raw,
+    ANONYMOUS, Action, BREAKER_SLOT, DENIED_CAPABILITIES, GUARD_ACTION, Limit, LimitKey,
+    NET_ANY_PORT_RULES, NET_FAMILY_V4, NET_FAMILY_V6, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES,
+    NetKey, PATH_KEY_DATA, PATH_KEY_HEADER, PathKey, RULE_ALLOW, RULE_DENY, RULE_PROTECT,
+    net_key_header, path_key_header, path_key_header_raw,
 };
 use ipnet::IpNet;
 
 use crate::model::{Fallback, NetPattern, PathPattern, Policy, Rules, UnixPattern};
 
-/// Path trie entries of a policy's exec, file-write, file-read and unix rules, under
-/// `ruleset`.
+/// Path trie entries of a policy's exec, file-write, file-read, file-delete and unix rules,
+/// under `ruleset`.
 ///
 /// Assumes a validated policy: a pattern too long for a key (which the parser rejects) is
 /// left out.
@@ -28,6 +28,7 @@ pub fn compile_paths(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
         (Action::Exec, &policy.exec),
         (Action::FileWrite, &policy.file_write),
         (Action::FileRead, &policy.file_read),
+        (Action::FileDelete, &policy.file_delete),
     ] {
         let mut own: Vec<(Vec<u8>, u8)> = flagged(rules)
             .map(|(p, flag)| (path_bytes(p), flag))
@@ -88,8 +89,8 @@ fn unix_bytes(pattern: &UnixPattern) -> Vec<u8> {
 }
 
 /// Move-guard entries (see `agent_common::GUARD_ACTION`): every directory above each deny
-/// pattern of exec, files.write, files.read and network.unix, and the pattern's own path (for `D/**`, `D`
-/// itself), as exact keys. A labelled process may not rename or hard-link these, since the
+/// pattern of exec, files.write, files.read, files.delete and network.unix, and the pattern's
+/// own path (for `D/**`, `D` itself), as exact keys. A labelled process may not rename or hard-link these, since the
 /// rule's target would then sit under a name no rule mentions, nor remove or replace them,
 /// since a tree of its own would then sit where the rule points.
 pub fn compile_guards(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
@@ -100,9 +101,14 @@ pub fn compile_guards(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
         UnixPattern::Path(p) => Some(p),
         _ => None,
     });
-    let files = [&policy.exec, &policy.file_write, &policy.file_read]
-        .into_iter()
-        .flat_map(Rules::denials);
+    let files = [
+        &policy.exec,
+        &policy.file_write,
+        &policy.file_read,
+        &policy.file_delete,
+    ]
+    .into_iter()
+    .flat_map(Rules::denials);
     for pattern in files.chain(unix) {
         let path = match pattern {
             PathPattern::Exact(p) | PathPattern::Tree(p) => p.as_str(),
@@ -264,6 +270,7 @@ pub fn defaults(policy: &Policy) -> [u8; Action::COUNT] {
     out[Action::Exec as usize] = flag(policy.exec.default);
     out[Action::FileWrite as usize] = flag(policy.file_write.default);
     out[Action::FileRead as usize] = flag(policy.file_read.default);
+    out[Action::FileDelete as usize] = flag(policy.file_delete.default);
     out[Action::Connect as usize] = flag(policy.connect.default);
     out[Action::Namespace as usize] = flag(policy.process.namespaces);
     out[Action::UnixConnect as usize] = flag(policy.unix.default);
@@ -301,6 +308,7 @@ pub fn has_rules(policy: &Policy) -> [u8; Action::COUNT] {
         u8::from(!policy.exec.is_empty() || policy.anonymous_exec.is_some());
     out[Action::FileWrite as usize] = u8::from(!policy.file_write.is_empty());
     out[Action::FileRead as usize] = u8::from(!policy.file_read.is_empty());
+    out[Action::FileDelete as usize] = u8::from(!policy.file_delete.is_empty());
     out[Action::UnixConnect as usize] = u8::from(!policy.unix.is_empty());
     let net_kinds = |rules: &Rules<NetPattern>| {
         flagged(rules).fold(0, |bits, (p, _)| {
@@ -315,6 +323,49 @@ pub fn has_rules(policy: &Policy) -> [u8; Action::COUNT] {
     out[Action::Listen as usize] = net_kinds(&policy.listen);
     out[Action::Socket as usize] = policy.sockets.iter().fold(0, |bits, k| bits | k.bit());
     out
+}
+
+/// The `LIMITS` slot of the breaker, after every action's.
+const BREAKER: u8 = BREAKER_SLOT as u8;
+const _: () = assert!(BREAKER as u32 == BREAKER_SLOT && BREAKER_SLOT < u16::BITS);
+
+/// `LIMITS` entries of a policy's budgets (slot: the action) and breaker (slot `BREAKER_SLOT`,
+/// always revoking), under `ruleset`.
+pub fn compile_limits(policy: &Policy, ruleset: u16) -> Vec<(LimitKey, Limit)> {
+    let entry = |slot: u8, max: u32, per_ms: u32, revoke: bool| {
+        let key = LimitKey {
+            ruleset,
+            slot,
+            _pad: 0,
+        };
+        let limit = Limit {
+            max,
+            per_ms,
+            revoke: u8::from(revoke),
+            _pad: [0; 3],
+        };
+        (key, limit)
+    };
+    let budgets = policy
+        .budgets
+        .iter()
+        .map(|b| entry(b.action as u8, b.max, b.per_ms, b.revoke));
+    let breaker = policy
+        .breaker
+        .iter()
+        .map(|b| entry(BREAKER, b.denials, b.within_ms, true));
+    budgets.chain(breaker).collect()
+}
+
+/// `LabelInfo::limits`: bit n for a budget of the action with discriminant n, bit
+/// `BREAKER_SLOT` for a breaker, so the kernel looks up `LIMITS` only for what is there.
+pub fn limit_bits(policy: &Policy) -> u16 {
+    let budgets = policy
+        .budgets
+        .iter()
+        .fold(0u16, |bits, b| bits | 1 << b.action as u8);
+    let breaker = policy.breaker.map_or(0, |_| 1 << BREAKER);
+    budgets | breaker
 }
 
 #[cfg(test)]
@@ -334,11 +385,14 @@ mod tests {
             anonymous_exec: None,
             file_write: Rules::default(),
             file_read: Rules::default(),
+            file_delete: Rules::default(),
             connect: Rules::default(),
             unix: Rules::default(),
             listen: Rules::default(),
             sockets: Vec::new(),
             process: Default::default(),
+            budgets: Vec::new(),
+            breaker: None,
             file: "t.yaml".into(),
             line: 1,
         }
@@ -388,6 +442,7 @@ mod tests {
         match action {
             Action::Exec => &policy.exec,
             Action::FileWrite => &policy.file_write,
+            Action::FileDelete => &policy.file_delete,
             _ => &policy.file_read,
         }
     }
@@ -596,6 +651,7 @@ mod tests {
             exec in path_rules_strategy(),
             file_write in path_rules_strategy(),
             file_read in path_rules_strategy(),
+            file_delete in path_rules_strategy(),
             audit in any::<bool>(),
             ruleset in any::<u16>(),
             queries in proptest::collection::vec(small_path(), 1..20),
@@ -605,8 +661,9 @@ mod tests {
             p.exec = exec;
             p.file_write = file_write;
             p.file_read = file_read;
+            p.file_delete = file_delete;
             let entries = compile_paths(&p, ruleset);
-            for action in [Action::Exec, Action::FileWrite, Action::FileRead] {
+            for action in [Action::Exec, Action::FileWrite, Action::FileRead, Action::FileDelete] {
                 for q in &queries {
                     prop_assert_eq!(kernel(&entries, &p, ruleset, action, q), decide(&p, action, q), "{:?} {}", action, q);
                 }
@@ -765,7 +822,7 @@ mod tests {
         p.file_read.deny = vec![exact("/etc/shadow")];
         let d = defaults(&p);
         assert_eq!(d[..4], [RULE_ALLOW, RULE_DENY, RULE_ALLOW, RULE_DENY]);
-        assert_eq!(has_rules(&p), [0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(has_rules(&p), [0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         // Without a `process` section every escape route is denied, user namespaces too.
         assert!(
             d[4..=Action::Cgroup as usize]

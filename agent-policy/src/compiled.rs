@@ -6,12 +6,13 @@
 
 use std::ops::Range;
 
-use agent_common::{Action, MODE_AUDIT, MODE_ENFORCE, NetKey, PathKey};
+use agent_common::{Action, Limit, LimitKey, MODE_AUDIT, MODE_ENFORCE, NetKey, PathKey};
 use thiserror::Error;
 
 use crate::{
     compile::{
-        compile_guards, compile_net, compile_paths, defaults, denied_capabilities, has_rules,
+        compile_guards, compile_limits, compile_net, compile_paths, defaults, denied_capabilities,
+        has_rules, limit_bits,
     },
     model::{Mode, PathPattern, PolicySet},
 };
@@ -31,7 +32,8 @@ pub struct CompiledRuleset {
     pub policy: String,
     /// The first bytes of every trie and inode key of this rule set.
     pub number: u16,
-    /// Path trie entries: the exec, file-write and file-read rules, then the move guards.
+    /// Path trie entries: the exec, file-write, file-read and file-delete rules, then the move
+    /// guards.
     pub paths: Vec<(PathKey, u8)>,
     /// Network trie entries of the connect rules.
     pub nets: Vec<(NetKey, u8)>,
@@ -43,6 +45,11 @@ pub struct CompiledRuleset {
     pub denied_caps: u64,
     /// The deny patterns whose files are also denied by inode (see the daemon's `inodes`).
     pub denied_paths: Vec<(Action, PathPattern)>,
+    /// `LIMITS` entries: one per budget (slot: the action), one for the breaker (slot
+    /// `BREAKER_SLOT`), keyed by `number`.
+    pub limits: Vec<(LimitKey, Limit)>,
+    /// `LabelInfo::limits` of the rule set's labels: which slots of `limits` are there.
+    pub limit_bits: u16,
 }
 
 /// One label: the rule set it is judged by, and how.
@@ -88,6 +95,9 @@ pub fn compile_set(set: &PolicySet, numbers: Range<u16>) -> Result<CompiledSet, 
     for (index, (policy, number)) in set.policies.iter().zip(numbers).enumerate() {
         let mut paths = compile_paths(policy, number);
         paths.extend(compile_guards(policy, number));
+        // Not `file_delete`: inode rules catch another hard link reaching a denied file's
+        // data, but a delete removes a name, and removing another link of a denied file leaves
+        // it whole under the name the rule protects.
         let denied_paths = [
             (Action::Exec, &policy.exec),
             (Action::FileWrite, &policy.file_write),
@@ -105,6 +115,8 @@ pub fn compile_set(set: &PolicySet, numbers: Range<u16>) -> Result<CompiledSet, 
             has_rules: has_rules(policy),
             denied_caps: denied_capabilities(policy),
             denied_paths,
+            limits: compile_limits(policy, number),
+            limit_bits: limit_bits(policy),
         });
         compiled
             .labels
@@ -219,6 +231,40 @@ network:
     }
 
     #[test]
+    fn delete_rules_are_keyed_guarded_and_defaulted_but_not_denied_by_inode() {
+        let text = "name: d\nlabels: [d]\nfiles:\n  delete:\n    default: deny\n    \
+                    allow: [/w/**]\n    deny: [/w/keep]\n";
+        let (policies, problems) = parse_str("d.yaml".as_ref(), text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let set = PolicySet {
+            policies,
+            ..PolicySet::default()
+        };
+        let r = &compile_set(&set, 3..4).unwrap().rulesets[0];
+        let entry = |action: u8, bytes: &[u8]| {
+            r.paths.iter().find_map(|(k, flags)| {
+                let len = k.prefix_len as usize / 8;
+                (k.data[2] == action && &k.data[PATH_KEY_HEADER..len] == bytes).then_some(*flags)
+            })
+        };
+        let delete = Action::FileDelete as u8;
+        assert_eq!(entry(delete, b"/w/"), Some(RULE_ALLOW));
+        assert_eq!(entry(delete, b"/w/keep\0"), Some(RULE_ALLOW | RULE_DENY));
+        // The deny rule's name can't be moved away or replaced by a tree of the agent's own.
+        let guard = agent_common::GUARD_ACTION;
+        assert_eq!(entry(guard, b"/w\0"), Some(RULE_DENY));
+        assert_eq!(entry(guard, b"/w/keep\0"), Some(RULE_DENY));
+        assert_eq!(r.defaults[Action::FileDelete as usize], RULE_DENY);
+        assert_eq!(r.has_rules[Action::FileDelete as usize], 1);
+        assert!(r.denied_paths.is_empty(), "{:?}", r.denied_paths);
+        // Without the section, deletes are left to `files.write` alone.
+        let bare = &compile_set(&two(), 0..2).unwrap().rulesets[0];
+        assert_eq!(bare.defaults[Action::FileDelete as usize], RULE_ALLOW);
+        assert_eq!(bare.has_rules[Action::FileDelete as usize], 0);
+        assert!(bare.paths.iter().all(|(k, _)| k.data[2] != delete));
+    }
+
+    #[test]
     fn more_policies_than_numbers_is_an_error() {
         assert_eq!(
             compile_set(&two(), 5..6),
@@ -250,11 +296,14 @@ network:
                 ..Rules::default()
             },
             file_read: Rules::default(),
+            file_delete: Rules::default(),
             connect: Rules::<NetPattern>::default(),
             unix: Rules::default(),
             listen: Rules::default(),
             sockets: Vec::new(),
             process: Default::default(),
+            budgets: Vec::new(),
+            breaker: None,
             file: "t.yaml".into(),
             line: 1,
         };
@@ -268,11 +317,13 @@ network:
         .unwrap();
         let r = &c.rulesets[0];
         assert!(r.paths.is_empty() && r.nets.is_empty() && r.denied_paths.is_empty());
+        assert!(r.limits.is_empty());
+        assert_eq!(r.limit_bits, 0);
         assert_eq!(
             r.defaults,
             [
                 RULE_ALLOW, RULE_DENY, RULE_ALLOW, RULE_ALLOW, RULE_DENY, RULE_DENY, RULE_DENY,
-                RULE_DENY, RULE_DENY, RULE_DENY, RULE_ALLOW, RULE_ALLOW, RULE_DENY
+                RULE_DENY, RULE_DENY, RULE_DENY, RULE_ALLOW, RULE_ALLOW, RULE_DENY, RULE_ALLOW
             ]
         );
         assert_eq!(r.denied_caps, agent_common::DENIED_CAPABILITIES);

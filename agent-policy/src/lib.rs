@@ -12,13 +12,14 @@ pub mod symlinks;
 mod yaml;
 
 pub use compile::{
-    compile_guards, compile_net, compile_paths, defaults, denied_capabilities, has_rules,
+    compile_guards, compile_limits, compile_net, compile_paths, defaults, denied_capabilities,
+    has_rules, limit_bits,
 };
 pub use compiled::{CompileError, CompiledLabel, CompiledRuleset, CompiledSet, compile_set};
 pub use diagnostic::Diagnostic;
 pub use model::{
-    Fallback, Mode, NetPattern, PathPattern, PathSite, Policy, PolicySet, ProcessRules, Rules,
-    UnixPattern,
+    Breaker, Budget, Fallback, Mode, NetPattern, PathPattern, PathSite, Policy, PolicySet,
+    ProcessRules, Rules, UnixPattern,
 };
 pub use parse::{load_path, parse_str};
 pub use pattern::{PatternError, parse_net, parse_path, parse_unix};

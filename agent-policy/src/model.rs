@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use agent_common::SocketKind;
+use agent_common::{Action, SocketKind};
 use ipnet::IpNet;
 
 use crate::diagnostic::Pos;
@@ -150,6 +150,28 @@ impl Default for ProcessRules {
     }
 }
 
+/// A cap on how often a label performs an action (`budgets:`), counted in the kernel across
+/// all of the label's processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// One of `parse::BUDGET_ACTIONS`.
+    pub action: Action,
+    /// Actions allowed per window, 1..=`agent_common::LIMIT_MAX`.
+    pub max: u32,
+    /// The window, `LIMIT_WINDOW_MIN_MS..=LIMIT_WINDOW_MAX_MS`.
+    pub per_ms: u32,
+    /// `then: revoke`: running out also revokes the label (otherwise only the excess is denied).
+    pub revoke: bool,
+}
+
+/// The circuit breaker (`revoke_after:`): the label is revoked once it has been denied
+/// `denials` times within `within_ms`. Same bounds as a `Budget`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Breaker {
+    pub denials: u32,
+    pub within_ms: u32,
+}
+
 /// One validated policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -163,6 +185,9 @@ pub struct Policy {
     pub anonymous_exec: Option<Fallback>,
     pub file_write: Rules<PathPattern>,
     pub file_read: Rules<PathPattern>,
+    /// `files.delete`: removing or replacing a name. The kernel asks `file_write` too, so a
+    /// delete needs both.
+    pub file_delete: Rules<PathPattern>,
     pub connect: Rules<NetPattern>,
     /// `network.unix`: connects and sends to named AF_UNIX sockets.
     pub unix: Rules<UnixPattern>,
@@ -171,6 +196,9 @@ pub struct Policy {
     /// The socket kinds `network` allows (`raw: allow` and so on); the others are denied.
     pub sockets: Vec<SocketKind>,
     pub process: ProcessRules,
+    /// At most one per action, in the order written.
+    pub budgets: Vec<Budget>,
+    pub breaker: Option<Breaker>,
     /// Where the policy was defined, for messages.
     pub file: PathBuf,
     pub line: usize,
@@ -183,6 +211,7 @@ impl Policy {
             + usize::from(self.anonymous_exec.is_some())
             + self.file_write.len()
             + self.file_read.len()
+            + self.file_delete.len()
             + self.connect.len()
             + self.unix.len()
             + self.listen.len()
@@ -217,8 +246,13 @@ impl PolicySet {
 
     /// The rule lists whose patterns are paths, of every policy.
     pub fn path_rules_mut(&mut self) -> impl Iterator<Item = &mut Rules<PathPattern>> {
-        self.policies
-            .iter_mut()
-            .flat_map(|p| [&mut p.exec, &mut p.file_write, &mut p.file_read])
+        self.policies.iter_mut().flat_map(|p| {
+            [
+                &mut p.exec,
+                &mut p.file_write,
+                &mut p.file_read,
+                &mut p.file_delete,
+            ]
+        })
     }
 }

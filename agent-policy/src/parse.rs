@@ -11,6 +11,10 @@ use crate::model::{Fallback, Mode, PathPattern, PathSite, Policy, PolicySet, Pro
 use crate::pattern::{PatternError, parse_net, parse_path, parse_unix};
 use crate::yaml::{Node, Value, parse_documents};
 
+mod limits;
+
+pub use limits::{BUDGET_ACTIONS, LimitError, parse_count, parse_duration_ms};
+
 /// Most policies a set may hold: each needs its own rule set number in the kernel keys.
 pub const MAX_POLICIES: usize = 16384;
 pub const MAX_NAME_LEN: usize = 128;
@@ -18,9 +22,17 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_LABEL_LEN: usize = 64;
 
 const POLICY_KEYS: &[&str] = &[
-    "name", "labels", "mode", "exec", "files", "network", "process",
+    "name",
+    "labels",
+    "mode",
+    "exec",
+    "files",
+    "network",
+    "process",
+    "budgets",
+    "revoke_after",
 ];
-const FILES_KEYS: &[&str] = &["write", "read"];
+const FILES_KEYS: &[&str] = &["write", "read", "delete"];
 const NETWORK_KEYS: &[&str] = &[
     "connect",
     "unix",
@@ -288,11 +300,14 @@ impl Checker<'_> {
         let mut anonymous_exec = None;
         let mut file_write = Rules::default();
         let mut file_read = Rules::default();
+        let mut file_delete = Rules::default();
         let mut connect = Rules::default();
         let mut unix = Rules::default();
         let mut listen = Rules::default();
         let mut sockets = Vec::new();
         let mut process = ProcessRules::default();
+        let mut budgets = Vec::new();
+        let mut breaker = None;
         for (key, _, value) in &fields {
             match *key {
                 "name" => parsed.name = self.name(value),
@@ -313,6 +328,7 @@ impl Checker<'_> {
                             match *key {
                                 "write" => file_write = self.path_rules(value, "files.write"),
                                 "read" => file_read = self.path_rules(value, "files.read"),
+                                "delete" => file_delete = self.path_rules(value, "files.delete"),
                                 _ => {}
                             }
                         }
@@ -352,18 +368,13 @@ impl Checker<'_> {
                     }
                 }
                 "process" => process = self.process(value),
+                "budgets" => budgets = self.budgets(value),
+                "revoke_after" => breaker = self.breaker(value),
                 // `fields` only returns the keys it was given.
                 _ => {}
             }
         }
-        for required in ["name", "labels"] {
-            if !self.partial && !fields.iter().any(|(k, _, _)| *k == required) {
-                self.error(
-                    doc.pos,
-                    format!("missing required key `{required}` in policy"),
-                );
-            }
-        }
+        self.require(doc, &fields, &["name", "labels"], "policy");
         parsed.sites = std::mem::take(&mut self.sites);
         if self.partial || self.diags.len() != before {
             return parsed;
@@ -377,11 +388,14 @@ impl Checker<'_> {
                 anonymous_exec,
                 file_write,
                 file_read,
+                file_delete,
                 connect,
                 unix,
                 listen,
                 sockets,
                 process,
+                budgets,
+                breaker,
                 file: self.file.to_path_buf(),
                 line: doc.pos.line,
             });
@@ -438,6 +452,25 @@ impl Checker<'_> {
             fields.push((known, key.pos, value));
         }
         Some(fields)
+    }
+
+    /// Reports each key of `required` that the mapping `node` lacks, unless a syntax error
+    /// cut it short: the key may lie beyond the error.
+    fn require(
+        &mut self,
+        node: &Node,
+        fields: &[(&'static str, Pos, &Rc<Node>)],
+        required: &[&str],
+        what: &str,
+    ) {
+        if self.partial || node.incomplete {
+            return;
+        }
+        for key in required {
+            if !fields.iter().any(|(k, _, _)| k == key) {
+                self.error(node.pos, format!("missing required key `{key}` in {what}"));
+            }
+        }
     }
 
     fn string<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n str> {

@@ -133,6 +133,20 @@ mod tests {
     }
 
     #[test]
+    fn delete_rules_naming_a_symlink_are_followed_too() {
+        let text = "name: p\nlabels: [a]\nfiles:\n  delete:\n    deny: [/lib/keep/**]\n";
+        let (mut s, problems) = parse_set(Path::new("p.yaml"), text);
+        assert_eq!(problems, vec![]);
+        assert_eq!(warnings(&s, resolve).len(), 1);
+        follow(&mut s, resolve);
+        let tree = |x: &str| PathPattern::Tree(x.into());
+        assert_eq!(
+            s.policies[0].file_delete.deny,
+            vec![tree("/lib/keep"), tree("/usr/lib/keep")]
+        );
+    }
+
+    #[test]
     fn the_host_resolver_follows_links_in_any_component_and_keeps_the_rest() {
         let dir = std::env::temp_dir().join(format!("actgate-symlinks-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

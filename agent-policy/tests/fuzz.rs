@@ -19,11 +19,16 @@ files:
     deny:
       - /workspace/.git/hooks/**
   read: {deny: [/etc/shadow]}
+  delete: {deny: [/workspace/.git/**]}
 network:
   connect:
     default: deny
     allow: ["127.0.0.0/8", "10.20.0.0/16:443", "[2001:db8::/32]:443", ::1/128]
     deny: &d ["169.254.169.254/32"]
+budgets:
+  - {action: file_delete, max: 100, per: 1m, then: revoke}
+  - {action: connect, max: 60, per: 10s}
+revoke_after: {denials: 20, within: 10s}
 ---
 name: other
 labels: [o]
@@ -44,6 +49,7 @@ fn check(text: &str) -> Result<(), TestCaseError> {
     for (i, p) in policies.iter().enumerate() {
         let _ = agent_policy::compile_paths(p, i as u16);
         let _ = agent_policy::compile_net(p, i as u16);
+        let _ = agent_policy::compile_limits(p, i as u16);
     }
     Ok(())
 }
@@ -63,7 +69,7 @@ proptest! {
 
     #[test]
     fn policy_shaped_strings(
-        s in "((name|labels|mode|exec|files|write|read|network|connect|default|allow|deny|audit|enforce|/a/\\*\\*|/b|10\\.0\\.0\\.0/8:443|\\[::1\\]:80|- |: |\\[|\\]|\\{|\\}|, |&a |\\*a|---|\n|  ))*"
+        s in "((name|labels|mode|exec|files|write|read|delete|budgets|action|max|per|then|revoke_after|denials|within|1m|10s|network|connect|default|allow|deny|audit|enforce|/a/\\*\\*|/b|10\\.0\\.0\\.0/8:443|\\[::1\\]:80|- |: |\\[|\\]|\\{|\\}|, |&a |\\*a|---|\n|  ))*"
     ) {
         check(&s)?;
     }

@@ -531,3 +531,49 @@ fn anonymous_is_an_exec_target_and_nothing_else() {
         &[("4:11", "relative path `Anonymous`")],
     );
 }
+
+#[test]
+fn files_delete_has_the_shape_of_files_write() {
+    let (policies, diags) = parse(
+        "name: a\nlabels: [a]\nfiles:\n  delete:\n    default: deny\n    allow: [/w/**]\n    deny: [/w/.git/**, /w/keep]\n",
+    );
+    assert!(diags.is_empty(), "{diags:#?}");
+    let p = &policies[0];
+    assert_eq!(p.file_delete.default, Fallback::Deny);
+    assert_eq!(p.file_delete.allow, [PathPattern::Tree("/w".into())]);
+    assert_eq!(
+        p.file_delete.deny,
+        [
+            PathPattern::Tree("/w/.git".into()),
+            PathPattern::Exact("/w/keep".into())
+        ]
+    );
+    assert_eq!(p.rule_count(), 3);
+    assert!(p.file_write.is_empty());
+    // Without the section, deletes are allowed (files.write still applies).
+    let (policies, _) = parse("name: a\nlabels: [a]\nfiles:\n  write: {deny: [/x]}\n");
+    assert_eq!(policies[0].file_delete, Default::default());
+
+    expect(
+        "name: a\nlabels: [a]\nfiles:\n  delete:\n    default: keep\n    deny: [w/x, anonymous]\n    ask: []\n",
+        &[
+            (
+                "5:14",
+                "invalid `files.delete.default` `keep`: expected allow or deny",
+            ),
+            ("6:12", "relative path `w/x`"),
+            ("6:17", "is an exec target only"),
+            (
+                "7:5",
+                "unknown key `ask` in `files.delete`; allowed keys: default, allow, deny",
+            ),
+        ],
+    );
+    expect(
+        "name: a\nlabels: [a]\nfiles:\n  delete: [/x]\n",
+        &[(
+            "4:11",
+            "expected `files.delete` (a mapping with keys default, allow, deny), found a list",
+        )],
+    );
+}
