@@ -27,6 +27,10 @@ impl Paths {
     pub fn write_target(&self) -> PathBuf {
         self.root.join("files/write-target")
     }
+    /// The AF_UNIX listener the `unix_connect` operation connects to.
+    pub fn unix_socket(&self) -> PathBuf {
+        self.root.join("sock/bench.sock")
+    }
     pub fn flood_target(&self) -> PathBuf {
         self.root.join("flood/secret")
     }
@@ -82,7 +86,8 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The benchmark's policy with `n` deny rules per action, defaults allow. Each list holds a
 /// near miss of its target (sharing the longest prefix), then exact paths and trees beside it;
-/// none matches a benchmarked target. files.read also denies the flood's target.
+/// none matches a benchmarked target. files.read also denies the flood's target. network.unix
+/// lists paths the same way (the AF_UNIX target's near miss, then paths beside it).
 fn policy(p: &Paths, n: usize) -> String {
     let root = p.root.display();
     let paths = |action: &str, near_miss: &Path, extra: Option<&Path>| -> Vec<String> {
@@ -128,7 +133,8 @@ fn policy(p: &Paths, n: usize) -> String {
          benchmarked target.\nname: bench\nlabels: [{LABEL}]\nmode: enforce\n\n\
          exec:\n  default: allow\n  deny:\n{}\n\
          files:\n  write:\n    default: allow\n    deny:\n{}  read:\n    default: allow\n    deny:\n{}\n\
-         network:\n  connect:\n    default: allow\n    deny:\n{}",
+         network:\n  connect:\n    default: allow\n    deny:\n{}  \
+         unix:\n    default: allow\n    deny:\n{}",
         list(&paths("exec", &p.exe(), None), "    "),
         list(&paths("write", &p.write_target(), None), "      "),
         list(
@@ -136,6 +142,7 @@ fn policy(p: &Paths, n: usize) -> String {
             "      "
         ),
         list(&nets, "      "),
+        list(&paths("unix", &p.unix_socket(), None), "      "),
     )
 }
 
@@ -147,6 +154,9 @@ pub fn create(p: &Paths, actgate: &Path) -> Result<()> {
     write_file(&p.read_target(), b"benchmark\n")?;
     write_file(&p.write_target(), b"benchmark\n")?;
     write_file(&p.flood_target(), b"denied\n")?;
+    if let Some(dir) = p.unix_socket().parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     for n in SCALES {
         let dir = p.policies(n);
         write_file(&dir.join("bench.yaml"), policy(p, n).as_bytes())?;
@@ -184,8 +194,8 @@ mod tests {
         for n in SCALES {
             let text = policy(&p, n);
             assert_eq!(text.matches("\n    - ").count(), n, "exec rules");
-            assert_eq!(text.matches("\n      - ").count(), 3 * n, "other rules");
-            for target in [p.exe(), p.read_target(), p.write_target()] {
+            assert_eq!(text.matches("\n      - ").count(), 4 * n, "other rules");
+            for target in [p.exe(), p.read_target(), p.write_target(), p.unix_socket()] {
                 assert!(!text.contains(&format!("\"{}\"", target.display())));
             }
             assert!(text.contains(&format!("\"{}\"", p.flood_target().display())));

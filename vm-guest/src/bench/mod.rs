@@ -24,10 +24,12 @@ mod stats;
 mod worker;
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::{self, Write},
     net::TcpListener,
     os::unix::io::AsRawFd,
+    os::unix::net::UnixListener,
     path::{Path, PathBuf},
     process::Command,
     thread,
@@ -90,10 +92,22 @@ enum Op {
     ExecDynamic,
     /// mmap(PROT_READ|PROT_EXEC) and munmap of a file: one `mmap_file` decision each.
     MapExec,
+    /// socket(AF_INET, SOCK_STREAM) and close: `socket_create`, which judges only raw,
+    /// packet and SCTP sockets, so this is the call every other socket pays.
+    Socket,
+    /// utimensat(path, NULL) of the write target: `inode_setattr`, judged as a write.
+    Utime,
+    /// setxattr of a `user.*` attribute on the write target: `inode_setxattr`, a write.
+    Setxattr,
+    /// ftruncate of the open write target to its own size: `file_truncate` (6.2+), a write.
+    Ftruncate,
+    /// connect to a path-named AF_UNIX listener, then close: `unix_stream_connect`, judged
+    /// against `network.unix`.
+    UnixConnect,
 }
 
 impl Op {
-    const ALL: [Op; 7] = [
+    const ALL: [Op; 12] = [
         Op::Exec,
         Op::OpenRead,
         Op::OpenWrite,
@@ -101,6 +115,11 @@ impl Op {
         Op::Control,
         Op::ExecDynamic,
         Op::MapExec,
+        Op::Socket,
+        Op::Utime,
+        Op::Setxattr,
+        Op::Ftruncate,
+        Op::UnixConnect,
     ];
 
     fn name(self) -> &'static str {
@@ -112,6 +131,11 @@ impl Op {
             Op::Control => "control_getppid",
             Op::ExecDynamic => "exec_dynamic",
             Op::MapExec => "mmap_exec",
+            Op::Socket => "socket",
+            Op::Utime => "utime",
+            Op::Setxattr => "setxattr",
+            Op::Ftruncate => "ftruncate",
+            Op::UnixConnect => "unix_connect",
         }
     }
 
@@ -124,6 +148,11 @@ impl Op {
             Op::Control => "control: getppid (no hook)",
             Op::ExecDynamic => "exec dynamic (spawn+wait)",
             Op::MapExec => "mmap PROT_EXEC + munmap",
+            Op::Socket => "socket(AF_INET) + close",
+            Op::Utime => "utimensat (touch)",
+            Op::Setxattr => "setxattr user.*",
+            Op::Ftruncate => "ftruncate, same size",
+            Op::UnixConnect => "connect AF_UNIX path",
         }
     }
 
@@ -132,7 +161,14 @@ impl Op {
     fn batch(self) -> u32 {
         match self {
             Op::Exec | Op::Connect | Op::ExecDynamic => 1,
-            Op::OpenRead | Op::OpenWrite | Op::MapExec => 5,
+            Op::OpenRead
+            | Op::OpenWrite
+            | Op::MapExec
+            | Op::Socket
+            | Op::Utime
+            | Op::Setxattr
+            | Op::Ftruncate
+            | Op::UnixConnect => 5,
             Op::Control => 50,
         }
     }
@@ -174,6 +210,10 @@ struct Bench {
     labelled: Option<Worker>,
     unlabelled: Worker,
     port: u16,
+    /// The operations timed in each run: Op::ALL less those this guest can't do.
+    ops: Vec<Op>,
+    /// Operations left out, and why.
+    skipped: BTreeMap<Op, String>,
     ms: u64,
     starts: u32,
     results: Results,
@@ -185,9 +225,12 @@ impl Bench {
             Op::Exec | Op::MapExec => self.paths.exe().display().to_string(),
             Op::ExecDynamic => DYNAMIC_EXE.into(),
             Op::OpenRead => self.paths.read_target().display().to_string(),
-            Op::OpenWrite => self.paths.write_target().display().to_string(),
+            Op::OpenWrite | Op::Utime | Op::Setxattr | Op::Ftruncate => {
+                self.paths.write_target().display().to_string()
+            }
             Op::Connect => self.port.to_string(),
-            Op::Control => "-".into(),
+            Op::UnixConnect => self.paths.unix_socket().display().to_string(),
+            Op::Control | Op::Socket => "-".into(),
         };
         let verb = match op {
             Op::Exec | Op::ExecDynamic => "exec",
@@ -196,6 +239,11 @@ impl Bench {
             Op::OpenWrite => "open_write",
             Op::Connect => "connect",
             Op::Control => "getppid",
+            Op::Socket => "socket",
+            Op::Utime => "utime",
+            Op::Setxattr => "setxattr",
+            Op::Ftruncate => "ftruncate",
+            Op::UnixConnect => "unix_connect",
         };
         format!("{verb} {target} {} {ms}", op.batch())
     }
@@ -389,6 +437,33 @@ pub fn run(opts: &Options) -> Result<()> {
             drop(conn);
         }
     });
+    // The AF_UNIX connect target, the same way.
+    let unix = UnixListener::bind(paths.unix_socket())
+        .with_context(|| format!("binding {}", paths.unix_socket().display()))?;
+    // SAFETY: raising the backlog of our own listening socket.
+    unsafe { libc::listen(unix.as_raw_fd(), 4096) };
+    thread::spawn(move || {
+        for conn in unix.incoming() {
+            drop(conn);
+        }
+    });
+    // User extended attributes need the file system's support (tmpfs has it since 6.6).
+    let mut skipped = BTreeMap::new();
+    let target = std::ffi::CString::new(paths.write_target().display().to_string())?;
+    if let Err(e) = worker::set_xattr(&target) {
+        let why = format!(
+            "setxattr({}) on {} ({}): {e}",
+            worker::XATTR.to_string_lossy(),
+            paths.write_target().display(),
+            fs_type(&paths.root)
+        );
+        progress(&format!("left out: {why}"));
+        skipped.insert(Op::Setxattr, why);
+    }
+    let ops: Vec<Op> = Op::ALL
+        .into_iter()
+        .filter(|op| !skipped.contains_key(op))
+        .collect();
 
     let guest = std::env::current_exe()?;
     let mut unlabelled_cmd = Command::new(&guest);
@@ -399,6 +474,8 @@ pub fn run(opts: &Options) -> Result<()> {
         labelled: None,
         unlabelled: Worker::spawn(unlabelled_cmd)?,
         port,
+        ops,
+        skipped,
         ms,
         starts: 0,
         results: Results::default(),
@@ -432,14 +509,15 @@ pub fn run(opts: &Options) -> Result<()> {
             round + 1,
             opts.rounds
         ));
-        bench.measure(Phase::A, round, &Op::ALL, &[true, false], ms)?;
+        let ops = bench.ops.clone();
+        bench.measure(Phase::A, round, &ops, &[true, false], ms)?;
         progress(&format!(
             "round {} of {}: F (floor: a no-op program on each hook)",
             round + 1,
             opts.rounds
         ));
         let floor = Floor::attach()?;
-        bench.measure(Phase::Floor, round, &Op::ALL, &[true, false], ms)?;
+        bench.measure(Phase::Floor, round, &ops, &[true, false], ms)?;
         drop(floor);
         let daemon = bench.start(RULES)?;
         progress(&format!(
@@ -447,7 +525,7 @@ pub fn run(opts: &Options) -> Result<()> {
             round + 1,
             opts.rounds
         ));
-        bench.measure(Phase::B, round, &Op::ALL, &[true, false], ms)?;
+        bench.measure(Phase::B, round, &ops, &[true, false], ms)?;
         if round + 1 == opts.rounds {
             progress("flood of denied opens");
             let outcome = Outcome::of(bench.flood(&daemon));
@@ -465,6 +543,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let report = Report::new(
         kernel,
         &bench.results,
+        &bench.skipped,
         flood,
         bpf_stats,
         Machine::probe(),

@@ -149,14 +149,13 @@ impl Bench {
     ) -> Result<BTreeMap<&'static str, OpPrograms>> {
         let ms = (self.ms / STATS_SLICES).max(200);
         let mut per_op = BTreeMap::new();
-        for op in [
-            Op::Exec,
-            Op::OpenRead,
-            Op::OpenWrite,
-            Op::Connect,
-            Op::ExecDynamic,
-            Op::MapExec,
-        ] {
+        let ops: Vec<Op> = self
+            .ops
+            .iter()
+            .copied()
+            .filter(|op| *op != Op::Control)
+            .collect();
+        for op in ops {
             // Program name → per-slice (calls, ns).
             let mut seen: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
             let mut iterations = 0;

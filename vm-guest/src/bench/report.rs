@@ -36,6 +36,20 @@ pub struct Report {
     pub method: Method,
     /// Issue 13, after issue 5's keys: what judging executable mappings costs.
     pub exec_by_mapping: ExecByMapping,
+    /// Issue 13's other hooks, on the paths every labelled task takes.
+    pub other_hooks: OtherHooks,
+}
+
+/// Labelled operations that pass through the hooks issue 13 added besides `mmap_file` and
+/// `file_mprotect`. An operation this guest can't do says why instead.
+#[derive(Serialize)]
+pub struct OtherHooks {
+    pub ftruncate: Outcome<Comparison>,
+    pub note: &'static str,
+    pub setxattr: Outcome<Comparison>,
+    pub socket: Outcome<Comparison>,
+    pub unix_connect: Outcome<Comparison>,
+    pub utime: Outcome<Comparison>,
 }
 
 /// Labelled operations that `mmap_file` judges as execs.
@@ -205,6 +219,7 @@ impl Report {
     pub fn new(
         kernel: String,
         res: &Results,
+        skipped: &BTreeMap<Op, String>,
         flood: Option<Outcome<Flood>>,
         bpf_stats: Option<Outcome<BpfStats>>,
         machine: Machine,
@@ -215,6 +230,10 @@ impl Report {
         // From the rounded medians, as results.json shows them.
         let base = (read.baseline_ns + write.baseline_ns) / 2.0;
         let enf = (read.enforced_ns + write.enforced_ns) / 2.0;
+        let labelled = |op: Op| match skipped.get(&op) {
+            Some(why) => Outcome::Failed { error: why.clone() },
+            None => Outcome::Done(res.compare(true, op)),
+        };
         Report {
             kernel,
             rules_per_label: RULES,
@@ -230,6 +249,7 @@ impl Report {
             connect: res.compare(true, Op::Connect),
             unlabelled: Op::ALL
                 .into_iter()
+                .filter(|op| !skipped.contains_key(op))
                 .map(|op| (op.name(), res.compare(false, op)))
                 .collect(),
             scaling: Scaling {
@@ -248,6 +268,14 @@ impl Report {
                 exec_dynamic: res.compare(true, Op::ExecDynamic),
                 mmap_exec: res.compare(true, Op::MapExec),
                 note: "exec_dynamic spawns /usr/bin/true (the loader maps it, ld.so and libc executable: three mmap_file decisions besides bprm_check_security); mmap_exec maps the static exec target PROT_READ|PROT_EXEC and unmaps it",
+            },
+            other_hooks: OtherHooks {
+                ftruncate: labelled(Op::Ftruncate),
+                note: "socket: socket(AF_INET, SOCK_STREAM) + close (socket_create, which judges only raw, packet and SCTP sockets); utime: utimensat(write target, NULL) (inode_setattr, judged as files.write); setxattr: a user.* attribute on the write target (inode_setxattr, files.write); ftruncate: of the open write target to its own size (file_truncate, 6.2+, files.write); unix_connect: socket(AF_UNIX) + connect to a path-named listener + close (unix_stream_connect, judged against network.unix's 1000 rules)",
+                setxattr: labelled(Op::Setxattr),
+                socket: labelled(Op::Socket),
+                unix_connect: labelled(Op::UnixConnect),
+                utime: labelled(Op::Utime),
             },
         }
     }
@@ -273,7 +301,7 @@ impl Method {
             floor: "floor_pct = F/A - 1, the cost of attaching any BPF LSM program; above_floor_pct = B/F - 1, what actgate's own programs add to that",
             order: "S10, then A F B per round, then S10000 (A: daemon stopped, F: daemon stopped and a no-op BPF LSM program on each of its hooks, B: enforcing 1000 rules per action, S: enforcing N rules)",
             rounds,
-            rules: "deny rules per action (exec, files.write, files.read, network.connect), defaults allow, none matching a benchmarked target",
+            rules: "deny rules per action (exec, files.write, files.read, network.connect, network.unix), defaults allow, none matching a benchmarked target",
             seconds_per_run,
             slices_per_run: PASSES,
             statistic: "median (p25, p75) of per-iteration means of small batches, pooled over rounds; overhead_pct = enforced/baseline - 1",
@@ -370,11 +398,24 @@ pub fn table(r: &Report) -> String {
         "labelled   mmap PROT_EXEC + munmap",
         &r.exec_by_mapping.mmap_exec,
     ));
+    let o = &r.other_hooks;
+    for (op, v) in [
+        (Op::Socket, &o.socket),
+        (Op::Utime, &o.utime),
+        (Op::Setxattr, &o.setxattr),
+        (Op::Ftruncate, &o.ftruncate),
+        (Op::UnixConnect, &o.unix_connect),
+    ] {
+        let name = format!("labelled   {}", op.what());
+        match v {
+            Outcome::Done(c) => line(row(&name, c)),
+            Outcome::Failed { error } => line(format!("{name:<37} left out: {error}")),
+        }
+    }
     for op in Op::ALL {
-        line(row(
-            &format!("unlabelled {}", op.what()),
-            &r.unlabelled[op.name()],
-        ));
+        if let Some(v) = r.unlabelled.get(op.name()) {
+            line(row(&format!("unlabelled {}", op.what()), v));
+        }
     }
     line(String::new());
     line("Scaling (labelled, enforcing; overhead against the A median):".into());
@@ -521,6 +562,7 @@ mod tests {
         Report::new(
             "6.12".into(),
             &results,
+            &BTreeMap::new(),
             Some(Outcome::Done(flood)),
             Some(Outcome::Done(stats)),
             Machine::probe(),
@@ -551,7 +593,8 @@ mod tests {
                 "bpf_stats",
                 "machine",
                 "method",
-                "exec_by_mapping"
+                "exec_by_mapping",
+                "other_hooks"
             ]
         );
         // serde_json's own map sorts keys: rebuilding the document from it, field by field in

@@ -161,6 +161,92 @@ fn connect_close(addr: &libc::sockaddr_in) -> io::Result<()> {
     }
 }
 
+/// socket(AF_INET, SOCK_STREAM) then close: `socket_create` sees it, and judges only raw,
+/// packet and SCTP sockets.
+fn socket_close() -> io::Result<()> {
+    // SAFETY: a new socket, closed at once.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(last_err());
+        }
+        libc::close(fd);
+    }
+    Ok(())
+}
+
+/// utimensat(PATH, NULL), as `touch` does: both times set to now (`inode_setattr`).
+fn touch(path: &CString) -> io::Result<()> {
+    // SAFETY: a NUL-terminated path; NULL times mean now.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), std::ptr::null(), 0) };
+    if r != 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// The extended attribute the `setxattr` operation sets.
+pub const XATTR: &std::ffi::CStr = c"user.actgate-bench";
+
+/// setxattr(PATH, XATTR, "1"), creating or replacing it (`inode_setxattr`).
+pub fn set_xattr(path: &CString) -> io::Result<()> {
+    // SAFETY: NUL-terminated path and name, a one-byte value.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            XATTR.as_ptr(),
+            b"1".as_ptr() as *const libc::c_void,
+            1,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// ftruncate of the open file `f` to `len`, its own size (`file_truncate`, 6.2 and later).
+fn truncate(f: &fs::File, len: libc::off_t) -> io::Result<()> {
+    // SAFETY: our own descriptor.
+    if unsafe { libc::ftruncate(f.as_raw_fd(), len) } != 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+/// The address of the AF_UNIX socket bound to PATH, and its length.
+fn unix_addr(path: &str) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: a zeroed sockaddr_un is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        bail!("socket path {path} is too long");
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+    Ok((addr, len as libc::socklen_t))
+}
+
+/// socket(AF_UNIX, SOCK_STREAM), connect to a path-named listener, close
+/// (`unix_stream_connect`).
+fn unix_connect_close(addr: &(libc::sockaddr_un, libc::socklen_t)) -> io::Result<()> {
+    // SAFETY: plain socket calls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(last_err());
+        }
+        let r = libc::connect(fd, &addr.0 as *const _ as *const libc::sockaddr, addr.1);
+        let err = (r == -1).then(last_err);
+        libc::close(fd);
+        err.map_or(Ok(()), Err)
+    }
+}
+
 /// Runs `op` for a warm-up, then in batches of `batch` until `ms` have passed (at least 5
 /// batches); returns each batch's mean ns per iteration.
 fn sampled(batch: u32, ms: u64, mut op: impl FnMut() -> io::Result<()>) -> io::Result<Vec<f64>> {
@@ -294,6 +380,27 @@ fn serve(line: &str) -> Result<String> {
         ["connect", port, batch, ms] => {
             let addr = loopback(num(port)? as u16);
             sampled(num(batch)? as u32, num(ms)?, || connect_close(&addr))?
+        }
+        ["socket", _, batch, ms] => sampled(num(batch)? as u32, num(ms)?, socket_close)?,
+        ["utime", path, batch, ms] => {
+            let c = cstr(path)?;
+            sampled(num(batch)? as u32, num(ms)?, || touch(&c))?
+        }
+        ["setxattr", path, batch, ms] => {
+            let c = cstr(path)?;
+            sampled(num(batch)? as u32, num(ms)?, || set_xattr(&c))?
+        }
+        ["ftruncate", path, batch, ms] => {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("opening {path} for writing"))?;
+            let len = f.metadata()?.len() as libc::off_t;
+            sampled(num(batch)? as u32, num(ms)?, || truncate(&f, len))?
+        }
+        ["unix_connect", path, batch, ms] => {
+            let addr = unix_addr(path)?;
+            sampled(num(batch)? as u32, num(ms)?, || unix_connect_close(&addr))?
         }
         ["getppid", _, batch, ms] => sampled(num(batch)? as u32, num(ms)?, || {
             // SAFETY: no arguments, no memory.
