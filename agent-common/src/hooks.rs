@@ -45,13 +45,13 @@ hooks! {
     PATH_TRUNCATE = "path_truncate", 1, [FileWrite];
     PATH_CHMOD = "path_chmod", 2, [FileWrite];
     PATH_CHOWN = "path_chown", 3, [FileWrite];
-    PATH_UNLINK = "path_unlink", 2, [FileWrite];
-    PATH_RMDIR = "path_rmdir", 2, [FileWrite];
+    PATH_UNLINK = "path_unlink", 2, [FileWrite, FileDelete];
+    PATH_RMDIR = "path_rmdir", 2, [FileWrite, FileDelete];
     PATH_MKDIR = "path_mkdir", 3, [FileWrite];
     PATH_SYMLINK = "path_symlink", 3, [FileWrite];
     PATH_MKNOD = "path_mknod", 4, [FileWrite];
     PATH_LINK = "path_link", 3, [FileWrite, FileRead];
-    PATH_RENAME = "path_rename", 5, [FileWrite, FileRead];
+    PATH_RENAME = "path_rename", 5, [FileWrite, FileRead, FileDelete];
     SOCKET_CONNECT = "socket_connect", 3, [Connect];
     SOCKET_SENDMSG = "socket_sendmsg", 3, [Connect, Socket];
     SOCKET_LISTEN = "socket_listen", 2, [Listen];

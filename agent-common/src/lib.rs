@@ -692,9 +692,33 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_label_is_denied_everything_in_every_mode_with_reason_revoked() {
+        for flags in [0, RULE_ALLOW, RULE_DENY] {
+            for default in [RULE_ALLOW, RULE_DENY] {
+                assert_eq!(verdict(flags, default, MODE_REVOKED), Verdict::Deny);
+            }
+            assert_eq!(reason(flags, MODE_REVOKED), Reason::Revoked);
+        }
+        assert_eq!(unjudged(MODE_REVOKED), Verdict::Deny);
+    }
+
+    #[test]
+    fn revocation_and_limit_indexes_are_unique_and_fit() {
+        let mut seen = std::collections::BTreeSet::new();
+        for l in [0, 1, MAX_LABELS - 1] {
+            for t in Trigger::ALL {
+                assert!(seen.insert(revocation_index(l, t)));
+            }
+        }
+        assert!(revocation_index(MAX_LABELS - 1, Trigger::Breaker) < MAX_LABELS * TRIGGER_SLOTS);
+        assert!(limit_index(MAX_LABELS - 1, BREAKER_SLOT) < LIMIT_SLOTS);
+        assert!(LIMIT_MAX < 1 << 24);
+    }
+
+    #[test]
     fn a_protected_denial_holds_in_audit_mode() {
         let flags = RULE_DENY | RULE_PROTECT;
-        for mode in [MODE_ENFORCE, MODE_AUDIT, MODE_ORPHANED] {
+        for mode in [MODE_ENFORCE, MODE_AUDIT, MODE_ORPHANED, MODE_REVOKED] {
             assert_eq!(verdict(flags, RULE_ALLOW, mode), Verdict::Deny);
             assert_eq!(verdict(flags | RULE_ALLOW, RULE_ALLOW, mode), Verdict::Deny);
         }
@@ -705,9 +729,13 @@ mod tests {
         assert_eq!(core::mem::size_of::<LabelKey>(), 16);
         assert_eq!(
             core::mem::size_of::<LabelInfo>(),
-            8 + 2 * Action::COUNT + 6 + 8
+            8 + 2 * Action::COUNT + 2 + 2 + 8
         );
+        assert_eq!(core::mem::offset_of!(LabelInfo, limits) % 2, 0);
         assert_eq!(core::mem::offset_of!(LabelInfo, denied_caps) % 8, 0);
+        assert_eq!(core::mem::size_of::<Revocation>(), 16);
+        assert_eq!(core::mem::size_of::<LimitKey>(), 4);
+        assert_eq!(core::mem::size_of::<Limit>(), 12);
         assert_eq!(core::mem::size_of::<Config>(), 16);
         assert_eq!(core::mem::size_of::<PathKey>(), 4 + PATH_KEY_DATA);
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);

@@ -188,54 +188,65 @@ existing_write_hook!(path_truncate, "path_truncate", PATH_TRUNCATE);
 existing_write_hook!(path_chmod, "path_chmod", PATH_CHMOD);
 existing_write_hook!(path_chown, "path_chown", PATH_CHOWN);
 
-/// A write of the entry `dentry` in the directory `dir`. With `guard`, the write also fails on
-/// a name a deny rule protects (see `GUARD_ACTION`): removing or replacing the root `D` of a
-/// `D/**` rule, or a directory above a rule's target, would let the agent put a tree of its own
-/// where the rule points.
+/// What a change to a directory entry is judged as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// A new entry: a write of its name.
+    Create,
+    /// A new symlink: a write, guarded (see `moved_path`), since a symlink in a protected
+    /// name's place would send the rule's path elsewhere.
+    Symlink,
+    /// A removed entry (unlink, rmdir): a write and a delete, guarded, since removing the root
+    /// `D` of a `D/**` rule, or a directory above a rule's target, would let the agent put a
+    /// tree of its own where the rule points.
+    Remove,
+}
+
+/// A change of the entry `dentry` in the directory `dir`.
 #[inline(always)]
 fn entry_write(
     info: &LabelInfo,
     dir: *const path,
     dentry: *const u8,
-    guard: bool,
+    entry: Entry,
 ) -> Result<Verdict, KernelError> {
     let target = Target::Walk(dir, dentry);
     if on_protected_fs(dir) {
         return Ok(protected(info, Action::FileWrite, target));
     }
-    if guard {
-        moved_path(info, target, None, &[Action::FileWrite])
-    } else {
-        path_actions(info, target, None, &[Action::FileWrite])
+    match entry {
+        Entry::Create => path_actions(info, target, None, &[Action::FileWrite]),
+        Entry::Symlink => moved_path(info, target, None, &[Action::FileWrite]),
+        Entry::Remove => moved_path(info, target, None, DELETE),
     }
 }
 
-/// A hook whose first two arguments are (directory, entry) and that writes that entry; `$guard`
-/// as in `entry_write`.
+/// A name removed or replaced: it must pass both `files.write` and `files.delete`.
+const DELETE: &[Action] = &[Action::FileWrite, Action::FileDelete];
+
+/// A hook whose first two arguments are (directory, entry) and that changes that entry.
 macro_rules! entry_write_hook {
-    ($name:ident, $hook:literal, $konst:ident, $guard:literal) => {
+    ($name:ident, $hook:literal, $konst:ident, $entry:expr) => {
         #[lsm(hook = $hook)]
         pub fn $name(ctx: LsmContext) -> i32 {
             frame(&ctx, Hook::$konst, |info| {
-                entry_write(info, ctx.arg(0), ctx.arg(1), $guard)
+                entry_write(info, ctx.arg(0), ctx.arg(1), $entry)
             })
         }
     };
 }
 
-// Removing a name, or making it a symlink elsewhere, changes what a rule's path reaches; a new
-// empty directory doesn't.
-entry_write_hook!(path_unlink, "path_unlink", PATH_UNLINK, true);
-entry_write_hook!(path_rmdir, "path_rmdir", PATH_RMDIR, true);
-entry_write_hook!(path_mkdir, "path_mkdir", PATH_MKDIR, false);
-entry_write_hook!(path_symlink, "path_symlink", PATH_SYMLINK, true);
+entry_write_hook!(path_unlink, "path_unlink", PATH_UNLINK, Entry::Remove);
+entry_write_hook!(path_rmdir, "path_rmdir", PATH_RMDIR, Entry::Remove);
+entry_write_hook!(path_mkdir, "path_mkdir", PATH_MKDIR, Entry::Create);
+entry_write_hook!(path_symlink, "path_symlink", PATH_SYMLINK, Entry::Symlink);
 
 /// mknod, mkfifo, and every O_CREAT open that creates a file (may_o_create in fs/namei.c), so
 /// a denied create leaves no empty file behind.
 #[lsm(hook = "path_mknod")]
 pub fn path_mknod(ctx: LsmContext) -> i32 {
     frame(&ctx, Hook::PATH_MKNOD, |info| {
-        entry_write(info, ctx.arg(0), ctx.arg(1), false)
+        entry_write(info, ctx.arg(0), ctx.arg(1), Entry::Create)
     })
 }
 
@@ -266,12 +277,13 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     })
 }
 
-/// A rename writes both names. The source must also be readable: moving a file out of a
-/// read-denied tree would otherwise make it readable under its new name. Both names are
-/// guarded: moving a protected name away, or a tree of the agent's own onto it, carries the
-/// rule's target somewhere else. An exchange moves the target's file to the source's name as
-/// well, so there both sides are judged alike. Each operand is judged on its own; the first
-/// refusal decides.
+/// A rename writes both names and deletes the source's. The source must also be readable:
+/// moving a file out of a read-denied tree would otherwise make it readable under its new
+/// name. A target that exists is replaced, so it is deleted too. Both names are guarded:
+/// moving a protected name away, or a tree of the agent's own onto it, carries the rule's
+/// target somewhere else. An exchange moves the target's file to the source's name as well,
+/// so there both sides are judged alike. Each operand is judged on its own; the first refusal
+/// decides.
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
     frame(&ctx, Hook::PATH_RENAME, |info| {
@@ -282,13 +294,15 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
         if on_protected_fs(ctx.arg(0)) {
             return Ok(protected(info, Action::FileWrite, from));
         }
-        let moved = &[Action::FileWrite, Action::FileRead];
+        let moved = &[Action::FileWrite, Action::FileRead, Action::FileDelete];
         let v = moved_path(info, from, None, moved)?;
         if v == Verdict::Deny {
             return Ok(v);
         }
         let to_actions: &[Action] = if flags & RENAME_EXCHANGE != 0 {
             moved
+        } else if !dentry_inode(ctx.arg(3)).is_null() {
+            DELETE
         } else {
             &[Action::FileWrite]
         };

@@ -115,8 +115,7 @@ fn anonymous(info: &LabelInfo, s: &mut Scratch) -> Verdict {
         0
     };
     let v = verdict(flags, RULE_DENY, info.mode);
-    record_path(info, action, v, reason(flags, info.mode), s);
-    v
+    record_path(info, action, v, reason(flags, info.mode), s)
 }
 
 /// Like `path_actions` for a name that is moved, removed or replaced (both names of a rename,
@@ -141,7 +140,12 @@ fn judge_path(
     guard: bool,
 ) -> Result<Verdict, KernelError> {
     // A guard protects the targets of every path action's deny rules.
-    let path_actions = [Action::Exec, Action::FileWrite, Action::FileRead];
+    let path_actions = [
+        Action::Exec,
+        Action::FileWrite,
+        Action::FileRead,
+        Action::FileDelete,
+    ];
     let mut need_path = guard
         && path_actions
             .iter()
@@ -150,7 +154,8 @@ fn judge_path(
         let a = *action as usize;
         let has_rules = info.has_rules.get(a).copied().unwrap_or(0) != 0;
         let default = info.defaults.get(a).copied().unwrap_or(0);
-        need_path |= has_rules || verdict(0, default, info.mode) != Verdict::Allow;
+        let limited = info.limits & (1 << a) != 0;
+        need_path |= has_rules || limited || verdict(0, default, info.mode) != Verdict::Allow;
     }
     if !need_path && !record::events_allow() {
         // Only allowing defaults can apply: count them without resolving the path.
@@ -214,17 +219,16 @@ fn judge_resolved(
         }
     }
     let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
-    record_path(info, action, v, reason(flags, info.mode), s);
-    v
+    record_path(info, action, v, reason(flags, info.mode), s)
 }
 
-/// Records a decision about the path resolved in `s`.
+/// Records a decision about the path resolved in `s`; the final verdict (see `record`).
 #[inline(always)]
-fn record_path(info: &LabelInfo, action: Action, v: Verdict, why: Reason, s: &Scratch) {
+fn record_path(info: &LabelInfo, action: Action, v: Verdict, why: Reason, s: &Scratch) -> Verdict {
     record(info, action, v, why, |e| {
         // SAFETY: reads our own map memory.
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
-    });
+    })
 }
 
 /// The flags of the longest `PATH_RULES` entry under `header` that is a prefix of the path
@@ -274,8 +278,7 @@ pub fn net_action(info: &LabelInfo, action: Action, d: &Dest) -> Verdict {
         e.family = d.family;
         e.port = d.port;
         e.addr = d.addr;
-    });
-    v
+    })
 }
 
 /// A connect or send to the AF_UNIX socket with the abstract address `addr` (a `struct
@@ -324,8 +327,7 @@ pub fn socket_use(info: &LabelInfo, kind: SocketKind) -> Verdict {
     record(info, Action::Socket, v, reason(flags, info.mode), |e| {
         let name = SocketKind::EVENT_NAMES[kind as usize & 3];
         e.path[..SOCKET_KIND_NAME].copy_from_slice(&name);
-    });
-    v
+    })
 }
 
 /// An action judged without rule lookups: `flags` are what the policy says about this very
@@ -344,8 +346,7 @@ pub fn fixed(
     let default = info.defaults.get(action as usize).copied().unwrap_or(0);
     let mode = enforced(info.mode);
     let v = verdict(flags, default, mode);
-    record(info, action, v, reason(flags, mode), fill_target);
-    v
+    record(info, action, v, reason(flags, mode), fill_target)
 }
 
 /// `mode`, with audit made enforce.

@@ -1,11 +1,11 @@
 //! Which label, if any, governs the current task.
 
-use agent_common::{LabelInfo, LabelKey};
+use agent_common::{LabelInfo, LabelKey, MODE_REVOKED};
 use aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id;
 
 use crate::{
     kernel::{self, get, read},
-    maps,
+    maps, revoke,
 };
 
 /// The id of the current task's cgroup ancestor at the labels' depth (0 above it): the cgroup
@@ -35,7 +35,8 @@ pub fn cgroup_of(task: *const u8) -> u64 {
 
 /// The label of the current task, found through its cgroup ancestor at the labels' depth, so
 /// that every process and sub-cgroup beneath a label is covered without tracking them.
-/// Unlabelled tasks leave after one helper call and one lookup.
+/// Unlabelled tasks leave after one helper call and one lookup. A revoked label is judged in
+/// `MODE_REVOKED`, whatever its policy's mode.
 #[inline(always)]
 pub fn current() -> Option<LabelInfo> {
     let cgroup_id = current_cgroup();
@@ -49,6 +50,9 @@ pub fn current() -> Option<LabelInfo> {
         _pad: 0,
     };
     // SAFETY: the value is copied out before the program can be preempted by a writer.
-    let info = unsafe { maps::LABELS.get(key) }?;
-    Some(*info)
+    let mut info = *unsafe { maps::LABELS.get(key) }?;
+    if revoke::revoked(info.label) {
+        info.mode = MODE_REVOKED;
+    }
+    Some(info)
 }

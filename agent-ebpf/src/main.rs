@@ -5,7 +5,8 @@
 //! - `kernel.rs` (offsets and reads of kernel memory) and `maps.rs`;
 //! - `path.rs` (a hook's target → absolute path), `label.rs` (the calling task's label) and
 //!   `process.rs` (the binary each labelled process runs, for its events);
-//! - `record.rs` (counters and events) and `hook.rs` (the frame every hook runs in);
+//! - `limits.rs` (budgets and the breaker), `record.rs` (counters and events) and `hook.rs`
+//!   (the frame every hook runs in);
 //! - `judge.rs` (rule lookups → verdict);
 //! - one file per hook family: `exec.rs`, `file.rs` (and `attr.rs` for attributes), `net.rs`,
 //!   `unix.rs`, `sock.rs` (socket kinds and options), `escape.rs` (bpf(2), capabilities, the
@@ -27,11 +28,13 @@ mod hook;
 mod judge;
 mod kernel;
 mod label;
+mod limits;
 mod maps;
 mod net;
 mod path;
 mod process;
 mod record;
+mod revoke;
 mod sock;
 mod unix;
 

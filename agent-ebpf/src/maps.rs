@@ -3,8 +3,9 @@
 //! the built object.
 
 use agent_common::{
-    ACTION_SLOTS, Config, DECISION_SLOTS, EVENT_PATH, InodeKey, KernelError, LabelInfo, LabelKey,
-    MAX_LABELS, MAX_PROCESSES, NET_KEY_DATA, PATH_BUF, PATH_KEY_DATA, PATH_KEY_HEADER, ProcessKey,
+    ACTION_SLOTS, Config, DECISION_SLOTS, EVENT_PATH, InodeKey, KernelError, LIMIT_SLOTS,
+    LabelInfo, LabelKey, Limit, LimitKey, MAX_LABELS, MAX_PROCESSES, NET_KEY_DATA, PATH_BUF,
+    PATH_KEY_DATA, PATH_KEY_HEADER, ProcessKey, Revocation, TRIGGER_SLOTS,
 };
 use aya_ebpf::{
     macros::map,
@@ -59,6 +60,30 @@ const NO_COMMON_LRU: u32 = 1 << 1;
 #[map]
 pub static EXES: LruHashMap<ProcessKey, [u8; EVENT_PATH]> =
     LruHashMap::with_max_entries(MAX_PROCESSES, NO_COMMON_LRU);
+
+/// Revoked labels, by label index (see `revoke.rs`). Kept in bpffs: a revocation outlives
+/// reloads and the daemon.
+#[map]
+pub static REVOKED: HashMap<u32, Revocation> = HashMap::with_max_entries(MAX_LABELS, 0);
+
+/// Revocations per (label, trigger), indexed by `agent_common::revocation_index`. Shared by
+/// every CPU: a label is revoked far too rarely for per-CPU counters to pay.
+#[map]
+pub static REVOCATIONS: Array<u64> = Array::with_max_entries(MAX_LABELS * TRIGGER_SLOTS, 0);
+
+/// The budgets and breakers of every rule set (see `limits.rs`): at most one per budgetable
+/// action and a breaker (8) per policy, for two generations of at most one policy per label.
+#[map]
+pub static LIMITS: HashMap<LimitKey, Limit> = HashMap::with_max_entries(2 * MAX_LABELS * 8, 0);
+
+/// Each label's current window per budget and for its breaker, indexed by
+/// `agent_common::limit_index`. Shared by every CPU, so a count is exact across them.
+#[map]
+pub static WINDOWS: Array<u64> = Array::with_max_entries(LIMIT_SLOTS, 0);
+
+/// Actions refused for being over budget, per (label, action).
+#[map]
+pub static BUDGET_EXCEEDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(LIMIT_SLOTS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);

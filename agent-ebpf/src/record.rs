@@ -4,7 +4,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{
-    Action, COMM_LEN, Event, KernelError, LabelInfo, MODE_ORPHANED, Reason, Verdict,
+    Action, COMM_LEN, Event, KernelError, LabelInfo, MODE_ORPHANED, MODE_REVOKED, Reason, Verdict,
     decision_index, unjudged,
 };
 use aya_ebpf::{
@@ -15,14 +15,14 @@ use aya_ebpf::{
     maps::PerCpuArray,
 };
 
-use crate::{maps, process};
+use crate::{limits, maps, process};
 
 /// Adds one to a per-CPU counter. The add is atomic because BPF programs can be preempted by
 /// another task on the same CPU (they only disable migration), and a lost update would make
 /// the exported counts wrong. (`AtomicU64` has no `fetch_add` on the BPF target; the
 /// intrinsic compiles to BPF_ATOMIC_ADD.)
 #[inline(always)]
-fn bump(counters: &PerCpuArray<u64>, index: u32) {
+pub fn bump(counters: &PerCpuArray<u64>, index: u32) {
     if let Some(p) = counters.get_ptr_mut(index) {
         // SAFETY: the map value is a valid, aligned u64 for the life of the program.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
@@ -41,13 +41,12 @@ pub fn unjudged_action(
 ) -> Verdict {
     bump(&maps::ERRORS, e as u32);
     let v = unjudged(info.mode);
-    let why = if info.mode == MODE_ORPHANED {
-        Reason::Orphaned
-    } else {
-        Reason::Unjudged
+    let why = match info.mode {
+        MODE_ORPHANED => Reason::Orphaned,
+        MODE_REVOKED => Reason::Revoked,
+        _ => Reason::Unjudged,
     };
-    record(info, action, v, why, fill_target);
-    v
+    record(info, action, v, why, fill_target)
 }
 
 /// Counts a decision without an event: an allow when allows send none.
@@ -62,8 +61,9 @@ pub fn events_allow() -> bool {
     maps::CONFIG.get(0).map(|c| c.events_allow).unwrap_or(0) != 0
 }
 
-/// Counts a decision and, for denials, audits and (if asked) allows, sends an event that says
-/// `why`. A full ring buffer is counted per action, never silent.
+/// Settles a decision against the label's limits (see `limits::settle`), counts it and, for
+/// denials, audits and (if asked) allows, sends an event that says why. A full ring buffer is
+/// counted per action, never silent. Returns the final verdict, which the hook must return.
 #[inline(always)]
 pub fn record(
     info: &LabelInfo,
@@ -71,14 +71,20 @@ pub fn record(
     v: Verdict,
     why: Reason,
     fill_target: impl FnOnce(&mut Event),
-) {
+) -> Verdict {
+    let (v, why) = if info.limits == 0 {
+        (v, why)
+    } else {
+        let settled = limits::settle(info, action, v);
+        (settled, if settled == v { why } else { Reason::Budget })
+    };
     count(info, action, v);
     if v == Verdict::Allow && !events_allow() {
-        return;
+        return v;
     }
     let Some(mut entry) = maps::EVENTS.reserve::<Event>(0) else {
         bump(&maps::EVENTS_DROPPED, action as u32);
-        return;
+        return v;
     };
     // SAFETY: the entry is ours until submitted; every field is written below.
     let e = unsafe { &mut *entry.as_mut_ptr() };
@@ -104,4 +110,5 @@ pub fn record(
     process::fill_process(e);
     fill_target(e);
     entry.submit(0);
+    v
 }

@@ -62,6 +62,7 @@ const RULE_MAPS: &[&str] = &[
     maps::PATH_RULES,
     maps::NET_RULES,
     maps::INODE_RULES,
+    maps::LIMITS,
 ];
 
 /// One daemon's program set: loaded, attached and pinned, but judging only once `OWNER`

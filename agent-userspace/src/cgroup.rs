@@ -154,6 +154,25 @@ pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Ends every process in a cgroup and beneath it (`cgroup.kill`: SIGKILL, which new forks
+/// can't escape) and waits until they are gone, up to 5 s. Returns how many there were.
+pub fn kill(dir: &Path) -> Result<usize> {
+    let before = process_count(dir);
+    let file = dir.join("cgroup.kill");
+    fs::write(&file, "1").with_context(|| format!("writing {}", file.display()))?;
+    for _ in 0..500 {
+        if process_count(dir) == 0 {
+            return Ok(before);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    bail!(
+        "{} process(es) still run in {} 5 s after cgroup.kill",
+        process_count(dir),
+        dir.display()
+    )
+}
+
 /// Number of processes in a cgroup and every cgroup beneath it.
 pub fn process_count(dir: &Path) -> usize {
     let own = fs::read_to_string(dir.join("cgroup.procs"))

@@ -1,5 +1,5 @@
 //! The daemon's root-only Unix socket: `actgate exec` asks it whether a label is enforced,
-//! `actgate status` asks for the state. One JSON request line, one JSON response line.
+//! `actgate status` asks for the state, `actgate revoke` and `restore` act on a label. One JSON request line, one JSON response line.
 //! Labelled processes are refused whatever their uid: a root agent must not move itself into
 //! another label, nor learn what is enforced.
 
@@ -21,7 +21,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::{cgroup, counters::Counters, state::State, status};
+use crate::{cgroup, counters::Counters, revocation::Revoked, state::State, status};
 
 pub const DEFAULT_SOCKET: &str = "/run/actgate/actgate.sock";
 
@@ -38,6 +38,16 @@ pub enum Request {
     Unload {
         force: bool,
     },
+    /// Deny every action of the label's processes; with `kill`, end them too.
+    Revoke {
+        label: String,
+        reason: String,
+        kill: bool,
+    },
+    /// Lift the label's revocation.
+    Restore {
+        label: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,6 +63,16 @@ pub enum Reply {
     Status(status::Status),
     /// The daemon removes the pins and exits.
     Unloading,
+    /// The label is revoked; `already` is the revocation that was in force before, if any.
+    Revoked {
+        already: Option<Revoked>,
+        /// Processes `cgroup.kill` ended (`kill`).
+        killed: usize,
+    },
+    /// Whether the label was revoked before.
+    Restored {
+        was_revoked: bool,
+    },
     Error(String),
 }
 
@@ -94,20 +114,40 @@ fn answer(req: Request, state: &State, counters: &Counters, unload: &mpsc::Sende
                 );
             }
             match state.label_by_name(&label) {
-                Some(l) if l.orphaned => Reply::Error(format!(
+                Some((_, l)) if l.orphaned => Reply::Error(format!(
                     "label {label:?} is orphaned: no policy names it any more and the kernel \
                      denies everything its remaining processes do; add it to a policy's `labels` \
                      and reload"
                 )),
-                Some(l) => Reply::Label(LabelReply {
+                Some((index, _)) if let Some(r) = counters.revocations.get(index) => {
+                    Reply::Error(format!(
+                        "label {label:?} is revoked ({} since {}: {}); the kernel denies \
+                         everything its processes do until `actgate restore {label}`",
+                        r.trigger, r.since, r.reason
+                    ))
+                }
+                Some((_, l)) => Reply::Label(LabelReply {
                     cgroup: state.root.label_dir(&l.name),
                     policy: l.policy,
                 }),
-                None => Reply::Error(format!(
-                    "no loaded policy names label {label:?}; add it to a policy's `labels` and reload"
-                )),
+                None => unknown(&label),
             }
         }
+        Request::Revoke {
+            label,
+            reason,
+            kill,
+        } => match state.label_by_name(&label) {
+            Some((index, _)) => revoke(state, counters, &label, index, &reason, kill),
+            None => unknown(&label),
+        },
+        Request::Restore { label } => match state.label_by_name(&label) {
+            Some((index, _)) => match counters.revocations.restore(index) {
+                Ok(was_revoked) => Reply::Restored { was_revoked },
+                Err(e) => Reply::Error(format!("{e:#}")),
+            },
+            None => unknown(&label),
+        },
         Request::Status => Reply::Status(status::collect(state, counters)),
         Request::Unload { force } => match crate::unload::refuse_while_labelled(&state.root, force)
         {
@@ -119,6 +159,44 @@ fn answer(req: Request, state: &State, counters: &Counters, unload: &mpsc::Sende
             },
         },
     }
+}
+
+fn unknown(label: &str) -> Reply {
+    Reply::Error(format!(
+        "no loaded policy names label {label:?}; add it to a policy's `labels` and reload"
+    ))
+}
+
+/// Revokes the label: once the kernel map holds it, which is before the reply, no action of
+/// its processes passes. `kill` then ends them with `cgroup.kill`.
+fn revoke(
+    state: &State,
+    counters: &Counters,
+    label: &str,
+    index: u32,
+    reason: &str,
+    kill: bool,
+) -> Reply {
+    let already = match counters.revocations.revoke(index, reason) {
+        Ok(already) => already,
+        Err(e) => return Reply::Error(format!("{e:#}")),
+    };
+    warn!(
+        label,
+        reason, "label revoked: the kernel denies every action of its processes"
+    );
+    let mut killed = 0;
+    if kill {
+        match cgroup::kill(&state.root.label_dir(label)) {
+            Ok(n) => killed = n,
+            Err(e) => {
+                return Reply::Error(format!(
+                    "label {label:?} is revoked, but its processes were not ended: {e:#}"
+                ));
+            }
+        }
+    }
+    Reply::Revoked { already, killed }
 }
 
 /// Creates the socket (mode 0600 in a 0700 directory) and serves it in the background.

@@ -3,17 +3,22 @@
 
 use std::sync::Mutex;
 
-use agent_common::{Action, KernelError, Verdict, decision_index, maps};
+use agent_common::{Action, KernelError, Verdict, decision_index, limit_index, maps};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray},
 };
 
+use crate::{pin::Pins, revocation::Revocations};
+
 pub struct Counters {
     decisions: Mutex<PerCpuArray<MapData, u64>>,
     dropped: Mutex<PerCpuArray<MapData, u64>>,
     errors: Mutex<PerCpuArray<MapData, u64>>,
+    budget_exceeded: Mutex<PerCpuArray<MapData, u64>>,
+    /// The revoked labels and how often each was revoked.
+    pub revocations: Revocations,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Mutex<PerCpuArray<MapData, u64>>> {
@@ -43,12 +48,19 @@ impl std::fmt::Debug for Counters {
 pub type LabelDecisions = [[u64; Verdict::COUNT]; Action::COUNT];
 
 impl Counters {
-    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+    pub fn new(ebpf: &mut Ebpf, pins: &Pins) -> Result<Self> {
         Ok(Self {
             decisions: take(ebpf, maps::DECISIONS)?,
             dropped: take(ebpf, maps::EVENTS_DROPPED)?,
             errors: take(ebpf, maps::ERRORS)?,
+            budget_exceeded: take(ebpf, maps::BUDGET_EXCEEDED)?,
+            revocations: Revocations::open(pins)?,
         })
+    }
+
+    /// The label's actions of `action` refused for being over its budget.
+    pub fn budget_exceeded(&self, label: u32, action: Action) -> u64 {
+        sum(&self.budget_exceeded, limit_index(label, action as u32))
     }
 
     pub fn decisions(&self, label: u32) -> LabelDecisions {

@@ -31,6 +31,7 @@ use crate::{
     metrics::Metrics,
     pin::{self, Pins},
     plan::{self, LabelIndexes, LabelState},
+    revocation::Revocations,
     selftest::{self, Proof, SelfTest},
     state::State,
     takeover::{Lock, Takeover},
@@ -256,8 +257,14 @@ pub async fn run(opts: Options) -> Result<Stopped> {
     bpf::forward_kernel_log(log)?;
     *state.verified.lock().unwrap_or_else(|e| e.into_inner()) = selftest::pending(&present);
     let in_force = Arc::new(AtomicU32::new(0));
-    let rules = RuleMaps::new(&mut ebpf, opts.events_allow, names, in_force.clone())?;
-    let counters = Arc::new(Counters::new(&mut ebpf)?);
+    let rules = RuleMaps::new(
+        &mut ebpf,
+        opts.events_allow,
+        names,
+        in_force.clone(),
+        Revocations::open(&pins)?,
+    )?;
+    let counters = Arc::new(Counters::new(&mut ebpf, &pins)?);
     let reopen = Arc::new(AtomicBool::new(false));
     let sink = opts
         .events

@@ -34,7 +34,7 @@ pub struct EventLine {
     pub policy: String,
     pub action: &'static str,
     pub verdict: &'static str,
-    /// What decided: "rule", "default" or "orphaned".
+    /// What decided: "rule", "default", "budget", "revoked", "orphaned" or "unjudged".
     pub reason: &'static str,
     pub target: String,
     pub pid: u32,
@@ -45,7 +45,7 @@ pub struct EventLine {
     pub cgroup: String,
 }
 
-fn c_str(bytes: &[u8]) -> String {
+pub fn c_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
@@ -74,16 +74,20 @@ fn exe(e: &Event) -> String {
         .unwrap_or_default()
 }
 
-/// Wall-clock time of CLOCK_MONOTONIC zero, to turn `bpf_ktime_get_ns` into RFC 3339.
-fn boot_time() -> SystemTime {
+/// CLOCK_MONOTONIC now: the clock of `bpf_ktime_get_ns`.
+pub fn since_boot() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let since_boot = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-    SystemTime::now() - since_boot
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Wall-clock time of CLOCK_MONOTONIC zero, to turn `bpf_ktime_get_ns` into RFC 3339.
+pub fn boot_time() -> SystemTime {
+    SystemTime::now() - since_boot()
 }
 
 /// The JSON line of an event, or None for the self-test's own label.

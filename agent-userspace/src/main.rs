@@ -21,6 +21,7 @@ mod metrics;
 mod pin;
 mod plan;
 mod rcu;
+mod revocation;
 mod selftest;
 mod state;
 mod status;
@@ -102,6 +103,29 @@ enum Command {
         #[arg(long, default_value = pin::DEFAULT_ROOT)]
         pin_dir: PathBuf,
     },
+    /// Deny every action of a label's processes, at once and until `actgate restore`; it
+    /// lasts across reloads and daemon restarts.
+    Revoke {
+        /// The label (a `labels:` entry of a loaded policy).
+        label: String,
+        /// Why, for `actgate status`.
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+        /// Also end the label's processes (cgroup.kill).
+        #[arg(long)]
+        kill: bool,
+        /// The daemon's control socket.
+        #[arg(long, default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Lift a label's revocation.
+    Restore {
+        /// The label.
+        label: String,
+        /// The daemon's control socket.
+        #[arg(long, default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Show the running daemon's policies, labels, verification and counters.
     Status {
         /// Print JSON instead of a table.
@@ -170,6 +194,31 @@ fn run(opts: daemon::Options) -> ExitCode {
     }
 }
 
+/// Sends `req` to the daemon for `actgate NAME`; `done` prints the expected reply and says
+/// whether it was one. Exit 0 when it was, 1 on an error or anything else.
+fn ask(
+    name: &str,
+    socket: &std::path::Path,
+    req: &control::Request,
+    done: impl FnOnce(&control::Reply) -> bool,
+) -> ExitCode {
+    match control::request(socket, req) {
+        Ok(control::Reply::Error(e)) => {
+            eprintln!("actgate {name}: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(reply) if done(&reply) => ExitCode::SUCCESS,
+        Ok(other) => {
+            eprintln!("actgate {name}: unexpected reply: {other:?}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("actgate {name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
@@ -211,6 +260,53 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Revoke {
+            label,
+            reason,
+            kill,
+            socket,
+        } => {
+            let req = control::Request::Revoke {
+                label: label.clone(),
+                reason,
+                kill,
+            };
+            ask("revoke", &socket, &req, |reply| match reply {
+                control::Reply::Revoked { already, killed } => {
+                    match already {
+                        Some(r) => println!(
+                            "label {label:?} was revoked already ({} since {}: {})",
+                            r.trigger, r.since, r.reason
+                        ),
+                        None => println!(
+                            "label {label:?} revoked: the kernel denies every action of its \
+                             processes until `actgate restore {label}`"
+                        ),
+                    }
+                    if kill {
+                        println!("ended {killed} process(es) of label {label:?}");
+                    }
+                    true
+                }
+                _ => false,
+            })
+        }
+        Command::Restore { label, socket } => {
+            let req = control::Request::Restore {
+                label: label.clone(),
+            };
+            ask("restore", &socket, &req, |reply| match reply {
+                control::Reply::Restored { was_revoked: true } => {
+                    println!("label {label:?} restored: its policy decides again");
+                    true
+                }
+                control::Reply::Restored { was_revoked: false } => {
+                    println!("label {label:?} was not revoked");
+                    true
+                }
+                _ => false,
+            })
+        }
         Command::Status { json, socket } => {
             match control::request(&socket, &control::Request::Status) {
                 Ok(control::Reply::Status(s)) => {

@@ -15,7 +15,9 @@ use std::{
     },
 };
 
-use agent_common::{Config, InodeKey, LabelInfo, LabelKey, NET_KEY_DATA, PATH_KEY_DATA, RULE_DENY};
+use agent_common::{
+    Config, InodeKey, LabelInfo, LabelKey, Limit, LimitKey, NET_KEY_DATA, PATH_KEY_DATA, RULE_DENY,
+};
 use anyhow::{Context, Result, ensure};
 use aya::{
     Ebpf,
@@ -30,6 +32,7 @@ use crate::{
     pin::LabelNames,
     plan::{LabelState, Plan},
     rcu::Barrier,
+    revocation::Revocations,
 };
 
 /// Rule set numbers of generation 1 start here; generation 0 uses 0..RULESET_SPLIT.
@@ -42,6 +45,7 @@ struct Written {
     paths: Vec<Key<[u8; PATH_KEY_DATA]>>,
     inodes: Vec<InodeKey>,
     nets: Vec<Key<[u8; NET_KEY_DATA]>>,
+    limits: Vec<LimitKey>,
 }
 
 impl Written {
@@ -50,6 +54,7 @@ impl Written {
             && self.paths.is_empty()
             && self.inodes.is_empty()
             && self.nets.is_empty()
+            && self.limits.is_empty()
     }
 }
 
@@ -65,6 +70,7 @@ pub struct RuleMaps {
     paths: LpmTrie<MapData, [u8; PATH_KEY_DATA], u8>,
     nets: LpmTrie<MapData, [u8; NET_KEY_DATA], u8>,
     inodes: HashMap<MapData, InodeKey, u8>,
+    limits: HashMap<MapData, LimitKey, Limit>,
     current: Config,
     /// The entries of the generation in force.
     written: Written,
@@ -75,6 +81,8 @@ pub struct RuleMaps {
     names: LabelNames,
     /// The generation in force, for the watchdog to compare with `CONFIG`.
     in_force: Arc<AtomicU32>,
+    /// Cleared for the labels a plan releases.
+    revocations: Revocations,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -93,6 +101,7 @@ impl RuleMaps {
         events_allow: bool,
         names: LabelNames,
         in_force: Arc<AtomicU32>,
+        revocations: Revocations,
     ) -> Result<Self> {
         let mut maps = Self {
             config: take(ebpf, agent_common::maps::CONFIG)?,
@@ -100,6 +109,7 @@ impl RuleMaps {
             paths: take(ebpf, agent_common::maps::PATH_RULES)?,
             nets: take(ebpf, agent_common::maps::NET_RULES)?,
             inodes: take(ebpf, agent_common::maps::INODE_RULES)?,
+            limits: take(ebpf, agent_common::maps::LIMITS)?,
             current: Config {
                 generation: 1,
                 events_allow: u32::from(events_allow),
@@ -111,6 +121,7 @@ impl RuleMaps {
             barrier: Barrier::new()?,
             names,
             in_force,
+            revocations,
         };
         maps.config
             .set(0, maps.current, 0)
@@ -159,6 +170,11 @@ impl RuleMaps {
         }
         self.current = next;
         self.in_force.store(next.generation, Ordering::SeqCst);
+        for label in &plan.released {
+            if let Err(e) = self.revocations.restore(*label) {
+                warn!("label index {label} is gone, but its revocation stays: {e:#}");
+            }
+        }
         self.retired = std::mem::replace(&mut self.written, written);
         if let Err(e) = self.retire() {
             // The new policies are in force; the old entries go at the next reload.
@@ -203,6 +219,12 @@ impl RuleMaps {
                 })?;
                 written.inodes.push(*key);
             }
+            for (key, limit) in &ruleset.limits {
+                self.limits.insert(key, limit, 0).with_context(|| {
+                    format!("adding a budget of policy {policy:?}: the LIMITS map is full")
+                })?;
+                written.limits.push(*key);
+            }
         }
         for label in &plan.labels {
             self.names.write(label.info.label, &label.name)?;
@@ -228,6 +250,9 @@ impl RuleMaps {
         }
         for k in w.inodes {
             let _ = self.inodes.remove(&k);
+        }
+        for k in w.limits {
+            let _ = self.limits.remove(&k);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use agent_common::{Action, Hook, KernelError, Verdict};
+use agent_common::{Action, Hook, KernelError, Trigger, Verdict};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
@@ -118,6 +118,52 @@ impl Collector for ActgateCollector {
         for label in labels.values() {
             let set: Labels = vec![("label", label.name.clone())];
             ConstGauge::new(i64::from(label.orphaned)).encode(m.encode_family(&set)?)?;
+        }
+
+        let revocations = &self.counters.revocations;
+        let mut m = enc.encode_descriptor(
+            "actgate_label_revoked",
+            "1 while the label is revoked (the kernel denies all its processes do), 0 otherwise",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (index, label) in &labels {
+            let set: Labels = vec![("label", label.name.clone())];
+            let revoked = revocations.get(*index).is_some();
+            ConstGauge::new(i64::from(revoked)).encode(m.encode_family(&set)?)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "actgate_revocations",
+            "Revocations of the label, by what revoked it: manual (actgate revoke), budget (a \
+             budget with then: revoke) or breaker (revoke_after)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (index, label) in &labels {
+            for t in Trigger::ALL {
+                let set: Labels = vec![
+                    ("label", label.name.clone()),
+                    ("trigger", t.as_str().into()),
+                ];
+                ConstCounter::new(revocations.count(*index, t)).encode(m.encode_family(&set)?)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "actgate_budget_exceeded",
+            "Actions refused (or, in audit mode, reported) because the label's budget for the \
+             action was used up, counted in the kernel",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (index, label) in &labels {
+            for a in Action::ALL {
+                let set: Labels =
+                    vec![("label", label.name.clone()), ("action", a.as_str().into())];
+                let n = self.counters.budget_exceeded(*index, a);
+                ConstCounter::new(n).encode(m.encode_family(&set)?)?;
+            }
         }
 
         let verified = *self

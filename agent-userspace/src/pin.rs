@@ -38,6 +38,7 @@ use tracing::{info, warn};
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/actgate";
 
 const LABEL_NAMES: &str = "LABEL_NAMES";
+const REVOKE_REASONS: &str = "REVOKE_REASONS";
 
 /// A label's name as `LABEL_NAMES` stores it: NUL-padded.
 type StoredName = [u8; LABEL_NAME_LEN];
@@ -88,7 +89,7 @@ impl Pins {
         &self.root
     }
 
-    fn map_path(&self, name: &str) -> PathBuf {
+    pub fn map_path(&self, name: &str) -> PathBuf {
         self.root.join("maps").join(name)
     }
 
@@ -170,18 +171,28 @@ impl Pins {
 
     /// Label index → name, created on first use.
     pub fn label_names(&self) -> Result<LabelNames> {
-        let path = self.map_path(LABEL_NAMES);
+        Ok(LabelNames(self.label_array(LABEL_NAMES)?))
+    }
+
+    /// Label index → the reason an operator gave for revoking it, created on first use.
+    pub fn revoke_reasons<const N: usize>(&self) -> Result<Array<MapData, [u8; N]>> {
+        self.label_array(REVOKE_REASONS)
+    }
+
+    /// A pinned array of one value per label index, that only the daemon uses, created on
+    /// first use.
+    fn label_array<const N: usize>(&self, name: &str) -> Result<Array<MapData, [u8; N]>> {
+        let path = self.map_path(name);
         if !path.exists() {
-            Array::<MapData, StoredName>::create(MAX_LABELS, 0)
-                .context("creating the label name map")?
+            Array::<MapData, [u8; N]>::create(MAX_LABELS, 0)
+                .with_context(|| format!("creating the map {name}"))?
                 .pin(&path)
                 .with_context(|| format!("pinning {}", path.display()))?;
         }
         let data = MapData::from_pin(&path)
             .with_context(|| format!("opening the pinned map {}", path.display()))?;
-        let map = Array::try_from(Map::Array(data))
-            .with_context(|| format!("{} is not a label name map", path.display()))?;
-        Ok(LabelNames(map))
+        Array::try_from(Map::Array(data))
+            .with_context(|| format!("{} is not the map {name}", path.display()))
     }
 
     /// The instance that judges now, if the owner map is pinned and names one.

@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use agent_common::{
-    Action, InodeKey, LabelInfo, LabelKey, MAX_LABELS, MODE_ORPHANED, NetKey, PathKey, RULE_DENY,
+    Action, InodeKey, LabelInfo, LabelKey, Limit, LimitKey, MAX_LABELS, MODE_ORPHANED, NetKey,
+    PathKey, RULE_DENY,
 };
 use agent_policy::{CompiledSet, Mode, PathPattern};
 use anyhow::{Result, bail};
@@ -123,6 +124,8 @@ pub struct RulesetEntries {
     pub paths: Vec<(PathKey, u8)>,
     pub nets: Vec<(NetKey, u8)>,
     pub inodes: Vec<InodeKey>,
+    /// Budgets and breaker.
+    pub limits: Vec<(LimitKey, Limit)>,
 }
 
 #[derive(Debug)]
@@ -142,6 +145,9 @@ pub struct Plan {
     pub states: BTreeMap<u32, LabelState>,
     /// The orphaned labels and how many processes each still runs.
     pub orphans: Vec<(String, usize)>,
+    /// The labels dropped with no process left: nothing of theirs lasts, a revocation
+    /// included.
+    pub released: Vec<u32>,
 }
 
 /// Resolves `compiled` on `host` into the entries of `generation`. `in_force` is what the
@@ -174,7 +180,8 @@ pub fn resolve(
                 _pad: 0,
                 defaults: ruleset.defaults,
                 has_rules: ruleset.has_rules,
-                _pad2: [0; 6],
+                limits: ruleset.limit_bits,
+                _pad2: [0; 2],
                 denied_caps: ruleset.denied_caps,
             },
         });
@@ -189,12 +196,14 @@ pub fn resolve(
         );
     }
     let mut orphans = Vec::new();
+    let mut released = Vec::new();
     for (index, old) in in_force {
         if compiled.labels.iter().any(|l| l.name == old.name) {
             continue;
         }
         let running = host.release_label(&old.name);
         if running == 0 {
+            released.push(*index);
             continue;
         }
         labels.push(LabelEntry {
@@ -211,7 +220,8 @@ pub fn resolve(
                 _pad: 0,
                 defaults: [RULE_DENY; Action::COUNT],
                 has_rules: [0; Action::COUNT],
-                _pad2: [0; 6],
+                limits: 0,
+                _pad2: [0; 2],
                 denied_caps: u64::MAX,
             },
         });
@@ -232,6 +242,7 @@ pub fn resolve(
             policy: r.policy,
             paths: r.paths,
             nets: r.nets,
+            limits: r.limits,
         })
         .collect();
     Ok(Plan {
@@ -240,13 +251,14 @@ pub fn resolve(
         labels,
         states,
         orphans,
+        released,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_common::{MODE_AUDIT, MODE_ENFORCE};
+    use agent_common::{BREAKER_SLOT, MODE_AUDIT, MODE_ENFORCE};
     use agent_policy::{PolicySet, compile_set, parse_str};
     use anyhow::anyhow;
 
@@ -430,6 +442,46 @@ network:
         assert!(!coder.paths.is_empty());
         assert!(plan.rulesets[1].inodes.is_empty());
         assert!(!plan.rulesets[1].nets.is_empty());
+    }
+
+    #[test]
+    fn limits_go_with_the_ruleset_and_their_bits_with_each_label() {
+        let limited = format!(
+            "{CODER}budgets:\n  - {{action: file_delete, max: 100, per: 1m}}\n\
+             revoke_after: {{denials: 20, within: 10s}}\n"
+        );
+        let (plan, _) = plan(&[&limited, WATCHER], 1, &mut LabelIndexes::default());
+        let slots: Vec<(u8, u32)> = plan.rulesets[0]
+            .limits
+            .iter()
+            .map(|(k, l)| (k.slot, l.max))
+            .collect();
+        assert_eq!(
+            slots,
+            [(Action::FileDelete as u8, 100), (BREAKER_SLOT as u8, 20)]
+        );
+        let bits = 1 << Action::FileDelete as u16 | 1 << BREAKER_SLOT;
+        for label in &plan.labels {
+            let want = if label.info.ruleset == plan.labels[0].info.ruleset {
+                bits
+            } else {
+                0
+            };
+            assert_eq!(label.info.limits, want, "{}", label.name);
+        }
+        assert!(plan.rulesets[1].limits.is_empty());
+    }
+
+    #[test]
+    fn a_label_without_processes_is_released_and_forgotten() {
+        let mut indexes = LabelIndexes::default();
+        let (first, _) = plan(&[CODER, WATCHER], 1, &mut indexes);
+        let compiled = compile_set(&set(&[WATCHER]), 0..100).unwrap();
+        let mut host = FakeHost::default();
+        let next = resolve(compiled, 0, &mut indexes, &first.states, &mut host).unwrap();
+        // `coding-agent` and `helper` went with no process left.
+        assert_eq!(next.released, [0, 1]);
+        assert!(next.orphans.is_empty());
     }
 
     #[test]

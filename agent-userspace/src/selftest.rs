@@ -147,6 +147,10 @@ impl SelfTest {
                 &self.new_probe,
             ]),
             file_read: deny(&[&self.file_probe]),
+            // Removing the probes is refused as a write already.
+            file_delete: Rules::default(),
+            budgets: Vec::new(),
+            breaker: None,
             connect: Rules {
                 deny: vec![NetPattern {
                     net: ipnet::IpNet::from(addr.ip()),

@@ -104,13 +104,14 @@ impl State {
             .cloned()
     }
 
-    /// The label named `name`, if a policy in force names it.
-    pub fn label_by_name(&self, name: &str) -> Option<LabelState> {
+    /// The label named `name` and its index, if a policy in force names it (or it is
+    /// orphaned).
+    pub fn label_by_name(&self, name: &str) -> Option<(u32, LabelState)> {
         self.labels
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .find(|l| l.name == name && !crate::selftest::is_internal(name))
-            .cloned()
+            .iter()
+            .find(|(_, l)| l.name == name && !crate::selftest::is_internal(name))
+            .map(|(i, l)| (*i, l.clone()))
     }
 }

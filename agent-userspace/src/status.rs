@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cgroup,
     counters::Counters,
+    revocation::Revoked,
     selftest::{self, Proof},
     state::State,
 };
@@ -24,6 +25,9 @@ pub struct LabelStatus {
     /// denies everything they do.
     #[serde(default)]
     pub orphaned: bool,
+    /// The label is revoked: the kernel denies everything its processes do.
+    #[serde(default)]
+    pub revoked: Option<Revoked>,
     pub cgroup: String,
     pub processes: usize,
     /// action → verdict → count.
@@ -72,6 +76,7 @@ pub fn collect(state: &State, counters: &Counters) -> Status {
                         mode_name(l.mode).to_string()
                     },
                     orphaned: l.orphaned,
+                    revoked: counters.revocations.get(index),
                     decisions: Action::ALL
                         .iter()
                         .map(|a| {
@@ -160,6 +165,8 @@ pub fn render(s: &Status) -> String {
     for l in &s.labels {
         let mode = if l.orphaned {
             ORPHANED.to_uppercase()
+        } else if l.revoked.is_some() {
+            "REVOKED".into()
         } else {
             l.mode.clone()
         };
@@ -174,6 +181,15 @@ pub fn render(s: &Status) -> String {
              {} process(es) do until a policy names it again or they exit\n",
             l.label, l.processes
         );
+    }
+    for l in &s.labels {
+        if let Some(r) = &l.revoked {
+            out += &format!(
+                "\nREVOKED: label {:?} since {} ({}): {}; the kernel denies everything its {} \
+                 process(es) do until `actgate restore {}`\n",
+                l.label, r.since, r.trigger, r.reason, l.processes, l.label
+            );
+        }
     }
     out += &format!(
         "\n{:<20} {:<11} {:>10} {:>10} {:>10}\n",

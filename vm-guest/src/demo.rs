@@ -168,6 +168,7 @@ pub fn run(actgate: &Path, policies: &Path) -> Result<()> {
     }
     thread::sleep(Duration::from_millis(500));
     drain(&daemon.events, pos);
+    cascade(&ctx, actgate)?;
 
     println!("\n{BOLD}Decisions counted in the kernel (GET /metrics):{RESET}");
     let (_, body) = http_get("/metrics")?;
@@ -180,6 +181,108 @@ pub fn run(actgate: &Path, policies: &Path) -> Result<()> {
     let status = Command::new(actgate).arg("status").output()?;
     print!("{}", String::from_utf8_lossy(&status.stdout));
     outlive(&ctx, daemon, policies)
+}
+
+/// The label's lines of `actgate status` that say it is revoked.
+fn show_revoked(actgate: &Path) -> Result<()> {
+    let status = Command::new(actgate).arg("status").output()?;
+    for l in String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .filter(|l| l.starts_with("REVOKED"))
+    {
+        println!("  {RED}{l}{RESET}");
+    }
+    Ok(())
+}
+
+/// The metric lines of the coding agent's label that start with one of `names` and aren't 0.
+fn show_metrics(names: &[&str]) -> Result<()> {
+    let (_, body) = http_get("/metrics")?;
+    for l in body.lines().filter(|l| {
+        names.iter().any(|n| l.starts_with(n))
+            && l.contains("label=\"coding-agent\"")
+            && !l.ends_with(" 0")
+    }) {
+        println!("  {l}");
+    }
+    Ok(())
+}
+
+/// The operator lifts the revocation.
+fn restore(actgate: &Path) -> Result<()> {
+    println!(
+        "{BOLD}The operator looks, and restores the agent: actgate restore coding-agent{RESET}"
+    );
+    let out = Command::new(actgate)
+        .args(["restore", "coding-agent"])
+        .output()?;
+    print!("  {}", String::from_utf8_lossy(&out.stdout));
+    anyhow::ensure!(out.status.success(), "actgate restore failed");
+    Ok(())
+}
+
+/// Cascade control (policies/coding-agent.yaml: a budget of 100 deletions a minute, and a
+/// breaker at 20 denials in 10 s): a runaway `rm -rf` stops at its budget, a burst of probing
+/// trips the breaker, and the operator restores the agent each time.
+fn cascade(ctx: &Ctx, actgate: &Path) -> Result<()> {
+    let build = format!("{WORKSPACE}/build");
+    fs::create_dir_all(&build)?;
+    for i in 0..1000 {
+        fs::write(format!("{build}/obj{i:04}.o"), "x")?;
+    }
+    println!(
+        "\n{BOLD}The agent runs away: rm -rf {build} (1,000 files), with a budget of 100 \
+         deletions a minute{RESET}"
+    );
+    ctx.labelled("coding-agent", &["/bin/rm", "-rf", &build]);
+    let left = fs::read_dir(&build).map(|d| d.count()).unwrap_or(0);
+    println!(
+        "  rm -rf stopped: {GREEN}{} files deleted, {left} still there{RESET}",
+        1000 - left
+    );
+    println!("  Its refusals also tripped the circuit breaker (20 denials in 10 s):");
+    show_revoked(actgate)?;
+    show_metrics(&[
+        "actgate_budget_exceeded_total",
+        "actgate_revocations_total",
+        "actgate_label_revoked",
+    ])?;
+    restore(actgate)?;
+
+    println!(
+        "\n{BOLD}A prompt-injected agent probes its limits: 25 reads of /etc/shadow, then a note \
+         in its workspace{RESET}"
+    );
+    let probe = format!(
+        "i=0; while [ $i -lt 25 ]; do : < /etc/shadow; i=$((i+1)); done 2>/dev/null; \
+         echo note >> {WORKSPACE}/notes.txt"
+    );
+    let out = ctx.labelled("coding-agent", &["/bin/sh", "-c", &probe]);
+    let outcome = if out.status.success() {
+        format!("{GREEN}done{RESET}")
+    } else {
+        format!("{RED}refused{RESET}")
+    };
+    println!(
+        "  the note after the probing: {outcome}: the breaker revoked the agent at its 20th denial"
+    );
+    show_revoked(actgate)?;
+    restore(actgate)?;
+    let out = ctx.labelled(
+        "coding-agent",
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("echo note >> {WORKSPACE}/notes.txt"),
+        ],
+    );
+    let outcome = if out.status.success() {
+        format!("{GREEN}done{RESET}")
+    } else {
+        format!("{RED}refused{RESET}")
+    };
+    println!("  the agent writes its note again: {outcome}");
+    Ok(())
 }
 
 /// The daemon is killed while the agent runs: the policy stays in force, and a new daemon

@@ -6,6 +6,8 @@
 //! daemon: the fixtures are made just before the suite's first selected test and torn down
 //! right after its last, so a filter starts only the daemons its tests need.
 
+mod agent;
+mod cascade;
 mod escapes;
 mod exec;
 mod failclosed;
@@ -307,6 +309,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(users::suite().trials(&run));
     trials.extend(lifetime::suite().trials(&run));
     trials.extend(orphans::suite().trials(&run));
+    trials.extend(cascade::suite().trials(&run));
     trials.extend(escapes::suite().trials(&run));
     trials.extend(mapping::suite().trials(&run));
     trials.extend(files::suite().trials(&run));
