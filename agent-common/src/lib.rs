@@ -595,6 +595,7 @@ pub struct Limit {
 
 /// Most a budget or breaker may count in one window: a window's count has 24 bits.
 pub const LIMIT_MAX: u32 = 1_000_000;
+const _: () = assert!(LIMIT_MAX < 1 << 24);
 /// Bounds of a window, in ms: a second to a day.
 pub const LIMIT_WINDOW_MIN_MS: u32 = 1_000;
 pub const LIMIT_WINDOW_MAX_MS: u32 = 86_400_000;
@@ -604,6 +605,7 @@ pub const fn limit_index(label: u32, slot: u32) -> u32 {
     label * ACTION_SLOTS + slot
 }
 pub const LIMIT_SLOTS: u32 = MAX_LABELS * ACTION_SLOTS;
+const _: () = assert!(limit_index(MAX_LABELS - 1, BREAKER_SLOT) < LIMIT_SLOTS);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -710,9 +712,6 @@ mod tests {
                 assert!(seen.insert(revocation_index(l, t)));
             }
         }
-        assert!(revocation_index(MAX_LABELS - 1, Trigger::Breaker) < MAX_LABELS * TRIGGER_SLOTS);
-        assert!(limit_index(MAX_LABELS - 1, BREAKER_SLOT) < LIMIT_SLOTS);
-        assert!(LIMIT_MAX < 1 << 24);
     }
 
     #[test]
