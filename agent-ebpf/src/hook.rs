@@ -6,7 +6,7 @@ use aya_ebpf::programs::LsmContext;
 
 use crate::{
     kernel::{self, get},
-    label, maps, record,
+    label, limits, maps, record,
 };
 
 const EPERM: i32 = 1;
@@ -62,8 +62,9 @@ pub fn frame_when(
     if !owns() {
         return 0;
     }
-    match judge(&info) {
-        Ok(v) => errno(v),
+    limits::begin();
+    let v = match judge(&info) {
+        Ok(v) => v,
         // An agent that can make the check fail (a path too deep or too long, a name the
         // kernel can't read) must not get through by it.
         Err(e) => {
@@ -77,7 +78,14 @@ pub fn frame_when(
                 info.label,
                 e as u32
             );
-            errno(record::unjudged_action(&info, hook.actions[0], e, |_| {}))
+            record::unjudged_action(&info, hook.actions[0], e, |_| {})
         }
-    }
+    };
+    // Budgets and the breaker, once per call (see `limits`).
+    let v = if info.limits != 0 {
+        limits::settle(&info, v)
+    } else {
+        v
+    };
+    errno(v)
 }

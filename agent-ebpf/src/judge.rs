@@ -15,6 +15,7 @@ use aya_ebpf::{
 
 use crate::{
     kernel::{self, Inode, get, read},
+    limits,
     maps::{self, Scratch},
     path::{self, Target},
     process,
@@ -37,7 +38,7 @@ fn inode_flags(inode: &Inode, ruleset: u16, action: Action) -> u8 {
 
 /// The per-CPU scratch buffer.
 #[inline(always)]
-fn scratch() -> Result<&'static mut Scratch, KernelError> {
+pub fn scratch() -> Result<&'static mut Scratch, KernelError> {
     // SAFETY: per-CPU and the program doesn't migrate, so nobody else holds it meanwhile.
     maps::SCRATCH
         .get_ptr_mut(0)
@@ -115,7 +116,8 @@ fn anonymous(info: &LabelInfo, s: &mut Scratch) -> Verdict {
         0
     };
     let v = verdict(flags, RULE_DENY, info.mode);
-    record_path(info, action, v, reason(flags, info.mode), s)
+    record_path(info, action, v, reason(flags, info.mode), s);
+    v
 }
 
 /// Like `path_actions` for a name that is moved, removed or replaced (both names of a rename,
@@ -154,6 +156,7 @@ fn judge_path(
         let a = *action as usize;
         let has_rules = info.has_rules.get(a).copied().unwrap_or(0) != 0;
         let default = info.defaults.get(a).copied().unwrap_or(0);
+        // A budget needs the path too, for the event of an action over it.
         let limited = info.limits & (1 << a) != 0;
         need_path |= has_rules || limited || verdict(0, default, info.mode) != Verdict::Allow;
     }
@@ -219,16 +222,21 @@ fn judge_resolved(
         }
     }
     let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
-    record_path(info, action, v, reason(flags, info.mode), s)
+    record_path(info, action, v, reason(flags, info.mode), s);
+    v
 }
 
-/// Records a decision about the path resolved in `s`; the final verdict (see `record`).
+/// Records a decision about the path resolved in `s`.
 #[inline(always)]
-fn record_path(info: &LabelInfo, action: Action, v: Verdict, why: Reason, s: &Scratch) -> Verdict {
-    record(info, action, v, why, |e| {
-        // SAFETY: reads our own map memory.
-        let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
-    })
+fn record_path(info: &LabelInfo, action: Action, v: Verdict, why: Reason, s: &Scratch) {
+    record(info, action, v, why, |e| fill_path(e, s));
+}
+
+/// Names the path resolved in `s` as an event's target.
+#[inline(always)]
+pub fn fill_path(e: &mut Event, s: &Scratch) {
+    // SAFETY: reads our own map memory.
+    let _ = unsafe { bpf_probe_read_kernel_str_bytes(s.path.as_ptr(), &mut e.path) };
 }
 
 /// The flags of the longest `PATH_RULES` entry under `header` that is a prefix of the path
@@ -275,10 +283,18 @@ pub fn net_action(info: &LabelInfo, action: Action, d: &Dest) -> Verdict {
     }
     let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
     record(info, action, v, reason(flags, info.mode), |e| {
-        e.family = d.family;
-        e.port = d.port;
-        e.addr = d.addr;
-    })
+        fill_dest(e, d)
+    });
+    limits::note_dest(d);
+    v
+}
+
+/// Names the destination `d` as an event's target.
+#[inline(always)]
+pub fn fill_dest(e: &mut Event, d: &Dest) {
+    e.family = d.family;
+    e.port = d.port;
+    e.addr = d.addr;
 }
 
 /// A connect or send to the AF_UNIX socket with the abstract address `addr` (a `struct
@@ -327,7 +343,8 @@ pub fn socket_use(info: &LabelInfo, kind: SocketKind) -> Verdict {
     record(info, Action::Socket, v, reason(flags, info.mode), |e| {
         let name = SocketKind::EVENT_NAMES[kind as usize & 3];
         e.path[..SOCKET_KIND_NAME].copy_from_slice(&name);
-    })
+    });
+    v
 }
 
 /// An action judged without rule lookups: `flags` are what the policy says about this very
@@ -346,7 +363,8 @@ pub fn fixed(
     let default = info.defaults.get(action as usize).copied().unwrap_or(0);
     let mode = enforced(info.mode);
     let v = verdict(flags, default, mode);
-    record(info, action, v, reason(flags, mode), fill_target)
+    record(info, action, v, reason(flags, mode), fill_target);
+    v
 }
 
 /// `mode`, with audit made enforce.

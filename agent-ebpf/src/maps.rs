@@ -85,6 +85,32 @@ pub static WINDOWS: Array<u64> = Array::with_max_entries(LIMIT_SLOTS, 0);
 #[map]
 pub static BUDGET_EXCEEDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(LIMIT_SLOTS, 0);
 
+/// What the hook call under way allowed that a budget counts, and the state of its settling
+/// (see `limits.rs`). Kept in map memory rather than on the stack: the settling runs at the
+/// bottom of the deepest call chains, where the 512 bytes of stack are spent.
+#[repr(C)]
+pub struct Pending {
+    /// Bit n: an allowed action with discriminant n.
+    pub actions: u32,
+    /// The last connection's destination, for the event of one over budget.
+    pub family: u8,
+    /// The call's verdict on its way to `limits::settle` (see there).
+    pub verdict: u8,
+    pub port: u16,
+    pub addr: [u8; 16],
+    /// The worst verdict of an action over budget (`Verdict::Allow` while none was) and the
+    /// first such action.
+    pub over: u8,
+    pub over_action: u8,
+    pub _pad: [u8; 6],
+    pub now_ms: u64,
+    /// The label, for each round of the charge.
+    pub info: LabelInfo,
+}
+
+#[map]
+pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 

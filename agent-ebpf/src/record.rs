@@ -41,12 +41,15 @@ pub fn unjudged_action(
 ) -> Verdict {
     bump(&maps::ERRORS, e as u32);
     let v = unjudged(info.mode);
-    let why = match info.mode {
-        MODE_ORPHANED => Reason::Orphaned,
-        MODE_REVOKED => Reason::Revoked,
-        _ => Reason::Unjudged,
+    let why = if info.mode == MODE_ORPHANED {
+        Reason::Orphaned
+    } else if info.mode == MODE_REVOKED {
+        Reason::Revoked
+    } else {
+        Reason::Unjudged
     };
-    record(info, action, v, why, fill_target)
+    record(info, action, v, why, fill_target);
+    v
 }
 
 /// Counts a decision without an event: an allow when allows send none.
@@ -61,9 +64,9 @@ pub fn events_allow() -> bool {
     maps::CONFIG.get(0).map(|c| c.events_allow).unwrap_or(0) != 0
 }
 
-/// Settles a decision against the label's limits (see `limits::settle`), counts it and, for
-/// denials, audits and (if asked) allows, sends an event that says why. A full ring buffer is
-/// counted per action, never silent. Returns the final verdict, which the hook must return.
+/// Counts a decision and, for denials, audits and (if asked) allows, sends an event that says
+/// `why`. A full ring buffer is counted per action, never silent. An allowed action is noted
+/// for the budgets, charged at the hook's end (see `limits::settle`).
 #[inline(always)]
 pub fn record(
     info: &LabelInfo,
@@ -71,20 +74,27 @@ pub fn record(
     v: Verdict,
     why: Reason,
     fill_target: impl FnOnce(&mut Event),
-) -> Verdict {
-    let (v, why) = if info.limits == 0 {
-        (v, why)
-    } else {
-        let settled = limits::settle(info, action, v);
-        (settled, if settled == v { why } else { Reason::Budget })
-    };
+) {
     count(info, action, v);
+    limits::note(action, v);
     if v == Verdict::Allow && !events_allow() {
-        return v;
+        return;
     }
+    emit(info, action, v, why, fill_target);
+}
+
+/// Sends the event of a decision.
+#[inline(always)]
+pub fn emit(
+    info: &LabelInfo,
+    action: Action,
+    v: Verdict,
+    why: Reason,
+    fill_target: impl FnOnce(&mut Event),
+) {
     let Some(mut entry) = maps::EVENTS.reserve::<Event>(0) else {
         bump(&maps::EVENTS_DROPPED, action as u32);
-        return v;
+        return;
     };
     // SAFETY: the entry is ours until submitted; every field is written below.
     let e = unsafe { &mut *entry.as_mut_ptr() };
@@ -110,5 +120,4 @@ pub fn record(
     process::fill_process(e);
     fill_target(e);
     entry.submit(0);
-    v
 }

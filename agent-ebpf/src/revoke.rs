@@ -4,7 +4,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use agent_common::{Action, Revocation, Trigger, revocation_index};
+use agent_common::{Revocation, Trigger, revocation_index};
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 
 use crate::maps;
@@ -16,15 +16,16 @@ pub fn revoked(label: u32) -> bool {
     unsafe { maps::REVOKED.get(label) }.is_some()
 }
 
-/// Revokes `label` because of `trigger` (on `action`). Only the first revocation is written
-/// and counted: concurrent trips of one label leave one entry and one count.
+/// Revokes `label` because of `trigger` (for a budget, on `action`; else `u8::MAX`). Only the
+/// first revocation is written and counted: concurrent trips of one label leave one entry and
+/// one count.
 #[inline(always)]
-pub fn trip(label: u32, trigger: Trigger, action: Action) {
+pub fn trip(label: u32, trigger: Trigger, action: u8) {
     let revocation = Revocation {
         // SAFETY: a helper without arguments.
         time_ns: unsafe { bpf_ktime_get_ns() },
         trigger: trigger as u8,
-        action: action as u8,
+        action,
         _pad: [0; 6],
     };
     if maps::REVOKED

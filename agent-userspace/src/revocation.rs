@@ -137,10 +137,7 @@ impl Revocations {
                 "its {} budget ran out (then: revoke)",
                 Action::from_u8(r.action).map_or("unknown", Action::as_str)
             ),
-            Trigger::Breaker => format!(
-                "the circuit breaker (revoke_after) tripped on a denied {}",
-                Action::from_u8(r.action).map_or("unknown", Action::as_str)
-            ),
+            Trigger::Breaker => "the circuit breaker (revoke_after) tripped".into(),
         };
         Some(Revoked {
             trigger: trigger.as_str().into(),

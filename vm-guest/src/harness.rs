@@ -129,6 +129,21 @@ impl Ctx {
         verdict_line(&out)
     }
 
+    /// `vm-guest try ARGS…` as USER in LABEL; returns its verdict line.
+    pub fn attempt_as(&self, label: &str, user: &str, args: &[&str]) -> String {
+        let out = self
+            .labelled_command_as(label, user)
+            .arg(&self.guest)
+            .arg("try")
+            .args(args)
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(out) => verdict_line(&out),
+            Err(e) => format!("(actgate exec did not start: {e})"),
+        }
+    }
+
     /// `sh -c SCRIPT` as label LABEL; returns the verdict line of the probe it ran.
     pub fn labelled_sh(&self, label: &str, script: &str) -> String {
         verdict_line(&self.labelled(label, &["/bin/sh", "-c", script]))
@@ -170,6 +185,59 @@ pub fn verdict_line(out: &Output) -> String {
             String::from_utf8_lossy(&out.stderr).trim()
         ),
     }
+}
+
+/// `actgate status --json`, parsed.
+pub fn status_json(ctx: &Ctx) -> Result<serde_json::Value> {
+    let out = Command::new(&ctx.actgate)
+        .args(["status", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running actgate status --json")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "actgate status --json said: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The status entry of `label`, if the status lists it.
+pub fn label_status(ctx: &Ctx, label: &str) -> Result<Option<serde_json::Value>> {
+    use serde_json::Value;
+    Ok(status_json(ctx)?
+        .get("labels")
+        .and_then(Value::as_array)
+        .and_then(|ls| {
+            ls.iter()
+                .find(|l| l.get("label").and_then(Value::as_str) == Some(label))
+        })
+        .cloned())
+}
+
+/// The table `actgate status` prints.
+pub fn status_table(ctx: &Ctx) -> Result<String> {
+    let out = Command::new(&ctx.actgate)
+        .arg("status")
+        .stdin(Stdio::null())
+        .output()
+        .context("running actgate status")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Fails unless `actgate status` shows `label` with `mode` (ORPHANED, REVOKED) in its table.
+pub fn expect_status_mode(ctx: &Ctx, label: &str, mode: &str) -> Outcome {
+    let table = status_table(ctx)?;
+    if !table
+        .lines()
+        .any(|l| l.starts_with(label) && l.contains(mode))
+    {
+        return Err(NotPassed::Fail(format!(
+            "actgate status doesn't show {label} as {mode}:\n{table}"
+        )));
+    }
+    Ok(())
 }
 
 /// A GET over plain HTTP/1.0; returns status code and body.
@@ -453,6 +521,28 @@ impl Drop for Daemon {
             eprintln!("after the daemon's end: {e:#}");
         }
     }
+}
+
+/// A child process that is killed and reaped when dropped, so a failing test leaves nothing
+/// running for the next one.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.0);
+    }
+}
+
+/// Writes "x\n" to each path with its mode, so a denial in a test is the policy's, never the
+/// mode bits'.
+pub fn files_with_modes(files: &[(String, u32)]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in files {
+        write(Path::new(path), "x\n")?;
+        fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+            .with_context(|| format!("chmod {mode:o} {path}"))?;
+    }
+    Ok(())
 }
 
 /// Writes `text` to `path`, creating parent directories.

@@ -47,7 +47,7 @@ pub fn bench(kernel: &str, rounds: Option<u32>, secs: Option<f64>) -> Result<()>
         command.push_str(&format!(" --secs {s}"));
     }
     println!("\n=== Benchmark on Linux {release} (QEMU software emulation; ~10 minutes) ===");
-    let status = vm::boot(&vmlinuz, &out, &command)?;
+    let status = vm::boot(&vmlinuz, 2, &out, &command, &vm::Output::Terminal)?;
     if !guest_out.exists() {
         bail!("the benchmark VM ({status}) wrote no results");
     }

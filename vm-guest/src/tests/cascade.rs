@@ -102,14 +102,11 @@ fn start(ctx: &Ctx) -> Result<Cascade> {
         fs::create_dir_all(p(ctx, dir))?;
         fs::set_permissions(p(ctx, dir), fs::Permissions::from_mode(0o777))?;
     }
-    for (file, mode) in [
-        ("ws/ok.txt", 0o666),
-        ("data.txt", 0o644),
-        ("secret.txt", 0o644),
-    ] {
-        harness::write(Path::new(&p(ctx, file)), "x\n")?;
-        fs::set_permissions(p(ctx, file), fs::Permissions::from_mode(mode))?;
-    }
+    harness::files_with_modes(&[
+        (p(ctx, "ws/ok.txt"), 0o666),
+        (p(ctx, "data.txt"), 0o644),
+        (p(ctx, "secret.txt"), 0o644),
+    ])?;
     let listener = TcpListener::bind(LISTEN).context("listening on the agents' address")?;
     let policies = ctx.path("cascade/policies");
     harness::write(&policies.join("policies.yaml"), &policy_text(ctx))?;
@@ -145,38 +142,13 @@ fn actgate_ok(ctx: &Ctx, args: &[&str]) -> Result<String, NotPassed> {
 
 /// `vm-guest try ARGS…` as `USER` in `label`: the probe's verdict line.
 fn attempt(ctx: &Ctx, label: &str, args: &[&str]) -> String {
-    let out = ctx
-        .labelled_command_as(label, USER)
-        .arg(&ctx.guest)
-        .arg("try")
-        .args(args)
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(out) => harness::verdict_line(&out),
-        Err(e) => format!("(actgate exec failed: {e})"),
-    }
-}
-
-/// The status entry of `label`.
-fn label_status(ctx: &Ctx, label: &str) -> Result<Value> {
-    let (_, text) = actgate(ctx, &["status", "--json"])?;
-    let status: Value = serde_json::from_str(&text)
-        .with_context(|| format!("actgate status --json said: {text}"))?;
-    status
-        .get("labels")
-        .and_then(Value::as_array)
-        .and_then(|ls| {
-            ls.iter()
-                .find(|l| l.get("label").and_then(Value::as_str) == Some(label))
-        })
-        .cloned()
-        .with_context(|| format!("actgate status lists no label {label}: {text}"))
+    ctx.attempt_as(label, USER, args)
 }
 
 /// The trigger and reason of the label's revocation in status, or `None`.
 fn revocation(ctx: &Ctx, label: &str) -> Result<Option<(String, String)>> {
-    let l = label_status(ctx, label)?;
+    let l = harness::label_status(ctx, label)?
+        .with_context(|| format!("actgate status lists no label {label}"))?;
     let r = l.get("revoked").filter(|r| !r.is_null());
     Ok(r.map(|r| {
         let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
@@ -231,7 +203,7 @@ fn grows(path: &str, than: u64, what: &str) -> Outcome {
     Ok(())
 }
 
-/// An agent runs as nobody and a labelled shell loop appends to a file, as fast as it can. Once
+/// An agent runs as nobody and a labelled loop appends to a file, a hundred times a second. Once
 /// `actgate revoke` returns, no action of the label succeeds: the loop's file stops growing
 /// (one append whose open was judged before may still land), the agent's exec, write, read and
 /// connect get EPERM, and a new `actgate exec` into the label is refused. Status, metrics and
@@ -240,10 +212,22 @@ fn revoke_stops_a_running_loop_and_restore_brings_it_back(ctx: &Ctx) -> Outcome 
     let mut agent = Agent::start(ctx, REVOKE, USER)?;
     agent.expect_all(&allowed(ctx), "OK", "before the revocation")?;
     let file = p(ctx, "ws/loop.txt");
-    let script = format!("while :; do echo x >> {file}; done 2>/dev/null");
-    let mut looping = ctx
-        .spawn_labelled_sh_as(REVOKE, USER, &script)
-        .context("starting the loop")?;
+    // A hundred appends a second, each its own open: a loop that spins faster, once revoked,
+    // floods the emulated VM's one CPU with denials and events.
+    let script = format!(
+        "import os, time\nwhile True:\n    try:\n        fd = os.open({file:?}, \
+         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)\n        os.write(fd, b'x\\n')\n        \
+         os.close(fd)\n    except OSError:\n        pass\n    time.sleep(0.01)\n"
+    );
+    let looping = harness::Reaped(
+        ctx.labelled_command_as(REVOKE, USER)
+            .args(["/usr/bin/python3", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the loop")?,
+    );
     grows(&file, 0, "the loop runs before the revocation")?;
 
     let out = actgate_ok(ctx, &["revoke", REVOKE, "--reason", "test: runaway loop"])?;
@@ -276,15 +260,7 @@ fn revoke_stops_a_running_loop_and_restore_brings_it_back(ctx: &Ctx) -> Outcome 
         Some(("manual".to_string(), "test: runaway loop".to_string())),
         "the revocation in actgate status --json"
     );
-    let (_, table) = actgate(ctx, &["status"])?;
-    if !table
-        .lines()
-        .any(|l| l.starts_with(REVOKE) && l.contains("REVOKED"))
-    {
-        return Err(NotPassed::Fail(format!(
-            "actgate status doesn't show {REVOKE} as REVOKED:\n{table}"
-        )));
-    }
+    harness::expect_status_mode(ctx, REVOKE, "REVOKED")?;
     let body = scrape()?;
     expect_eq!(revoked_gauge(&body, REVOKE), 1.0, "actgate_label_revoked");
     expect_eq!(
@@ -306,7 +282,7 @@ fn revoke_stops_a_running_loop_and_restore_brings_it_back(ctx: &Ctx) -> Outcome 
         "actgate_label_revoked after restore"
     );
     expect_eq!(revocation(ctx, REVOKE)?, None, "status after restore");
-    harness::kill_and_reap(&mut looping);
+    drop(looping);
     agent.stop()?;
     Ok(())
 }
@@ -402,12 +378,13 @@ fn reload(f: &Cascade) -> Outcome {
 
 /// `actgate revoke --kill` ends the label's processes; an unknown label is an error.
 fn revoke_kill_ends_the_labels_processes(ctx: &Ctx) -> Outcome {
-    let mut sleeper = ctx
-        .spawn_labelled_sh_as(REVOKE, USER, "sleep 600")
-        .context("starting a labelled sleep")?;
+    let mut sleeper = harness::Reaped(
+        ctx.spawn_labelled_sh_as(REVOKE, USER, "sleep 600")
+            .context("starting a labelled sleep")?,
+    );
     let cgroup = format!("/sys/fs/cgroup/actgate/{REVOKE}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while harness_count(&cgroup) == 0 && Instant::now() < deadline {
+    while process_count(&cgroup) == 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
     }
     let out = actgate_ok(ctx, &["revoke", REVOKE, "--kill"])?;
@@ -416,9 +393,9 @@ fn revoke_kill_ends_the_labels_processes(ctx: &Ctx) -> Outcome {
             "actgate revoke --kill said: {out}"
         )));
     }
-    let exited = harness::wait_exit(&mut sleeper, Duration::from_secs(10))?;
+    let exited = harness::wait_exit(&mut sleeper.0, Duration::from_secs(10))?;
     expect_eq!(exited.is_some(), true, "the labelled sleep ended");
-    expect_eq!(harness_count(&cgroup), 0, "processes left in {cgroup}");
+    expect_eq!(process_count(&cgroup), 0, "processes left in {cgroup}");
     actgate_ok(ctx, &["restore", REVOKE])?;
     let (code, text) = actgate(ctx, &["revoke", "no-such-label"])?;
     expect_eq!(
@@ -427,23 +404,6 @@ fn revoke_kill_ends_the_labels_processes(ctx: &Ctx) -> Outcome {
         "exit code of revoking an unknown label ({text})"
     );
     Ok(())
-}
-
-/// Processes in a cgroup tree.
-fn harness_count(dir: &str) -> usize {
-    let mut n = 0;
-    let mut dirs = vec![PathBuf::from(dir)];
-    while let Some(d) = dirs.pop() {
-        n += fs::read_to_string(d.join("cgroup.procs"))
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                dirs.push(e.path());
-            }
-        }
-    }
-    n
 }
 
 /// Makes `n` files under `dir`, writable by all.
@@ -456,19 +416,40 @@ fn make_files(dir: &str, n: usize) -> Result<()> {
     Ok(())
 }
 
-fn count_files(dir: &str) -> usize {
-    let mut n = 0;
+/// Every directory of the tree at `dir`, `dir` included.
+fn tree(dir: &str) -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from(dir)];
-    while let Some(d) = dirs.pop() {
+    let mut i = 0;
+    while let Some(d) = dirs.get(i).cloned() {
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 dirs.push(e.path());
-            } else {
-                n += 1;
             }
         }
+        i += 1;
     }
-    n
+    dirs
+}
+
+/// Files (not directories) in the tree at `dir`.
+fn count_files(dir: &str) -> usize {
+    tree(dir)
+        .iter()
+        .flat_map(|d| fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+        .count()
+}
+
+/// Processes in the cgroup tree at `dir`.
+fn process_count(dir: &str) -> usize {
+    tree(dir)
+        .iter()
+        .map(|d| {
+            fs::read_to_string(d.join("cgroup.procs"))
+                .map(|s| s.lines().count())
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// `files.delete` denies removing names under `ws/keep/**`: unlink, rmdir, renaming a file
@@ -554,13 +535,13 @@ fn budget_stops_rm_rf(ctx: &Ctx, label: &str, procs: usize) -> Outcome {
     let (allow0, deny0, over0) = delete_counts(label)?;
     let mut children = Vec::new();
     for i in 0..procs {
-        children.push(
+        children.push(harness::Reaped(
             ctx.spawn_labelled_sh_as(label, USER, &format!("rm -rf {root}/t{i} 2>/dev/null"))
                 .context("starting rm -rf")?,
-        );
+        ));
     }
     for mut child in children {
-        if harness::wait_exit(&mut child, Duration::from_secs(300))?.is_none() {
+        if harness::wait_exit(&mut child.0, Duration::from_secs(300))?.is_none() {
             return Err(NotPassed::Fail("rm -rf did not finish within 300 s".into()));
         }
     }
@@ -613,17 +594,27 @@ fn breaker_trips_exactly_at_its_threshold(ctx: &Ctx) -> Outcome {
     }
     expect_eq!(revocation(ctx, BREAKER)?, None, "status after 4 denials");
     expect_eq!(agent.act("read", &secret)?, "EPERM", "denied read 5");
-    agent.expect_all(&allowed(ctx), "EPERM", "once the breaker tripped")?;
-    let (trigger, _) = revocation(ctx, BREAKER)?.context("status shows no revocation")?;
-    expect_eq!(trigger, "breaker", "the revocation's trigger");
+    revoked_until_restored(ctx, agent, BREAKER, "breaker")
+}
+
+/// The agent of `label` is revoked by `trigger`, as its actions, status and metrics show, until
+/// `actgate restore`.
+fn revoked_until_restored(ctx: &Ctx, mut agent: Agent, label: &str, trigger: &str) -> Outcome {
+    agent.expect_all(
+        &allowed(ctx),
+        "EPERM",
+        &format!("once {trigger} revoked the label"),
+    )?;
+    let (by, _) = revocation(ctx, label)?.context("status shows no revocation")?;
+    expect_eq!(by, trigger, "the revocation's trigger");
     let body = scrape()?;
     expect_eq!(
-        revocations(&body, BREAKER, "breaker"),
+        revocations(&body, label, trigger),
         1.0,
-        "breaker revocations"
+        "{trigger} revocations"
     );
-    expect_eq!(revoked_gauge(&body, BREAKER), 1.0, "actgate_label_revoked");
-    actgate_ok(ctx, &["restore", BREAKER])?;
+    expect_eq!(revoked_gauge(&body, label), 1.0, "actgate_label_revoked");
+    actgate_ok(ctx, &["restore", label])?;
     agent.expect_all(&allowed(ctx), "OK", "after restore")?;
     agent.stop()?;
     Ok(())
@@ -637,19 +628,7 @@ fn budget_then_revoke_revokes_the_label(ctx: &Ctx) -> Outcome {
         expect_eq!(agent.act("connect", LISTEN)?, "OK", "connect {i}");
     }
     expect_eq!(agent.act("connect", LISTEN)?, "EPERM", "connect 4");
-    agent.expect_all(&allowed(ctx), "EPERM", "once the budget revoked the label")?;
-    let (trigger, _) = revocation(ctx, BUDGET_REVOKE)?.context("status shows no revocation")?;
-    expect_eq!(trigger, "budget", "the revocation's trigger");
-    let body = scrape()?;
-    expect_eq!(
-        revocations(&body, BUDGET_REVOKE, "budget"),
-        1.0,
-        "budget revocations"
-    );
-    actgate_ok(ctx, &["restore", BUDGET_REVOKE])?;
-    agent.expect_all(&allowed(ctx), "OK", "after restore")?;
-    agent.stop()?;
-    Ok(())
+    revoked_until_restored(ctx, agent, BUDGET_REVOKE, "budget")
 }
 
 /// `actgate check` reports each kind of bad budget or breaker input at its line and column.

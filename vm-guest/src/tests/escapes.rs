@@ -69,17 +69,7 @@ fn pin_map(path: &Path) -> Result<()> {
 
 /// `vm-guest try ARGS` run by `actgate exec --user USER --label LABEL`; its verdict line.
 fn attempt(ctx: &Ctx, user: &str, label: &str, args: &[&str]) -> String {
-    let out = Command::new(&ctx.actgate)
-        .args(["exec", "--user", user, "--label", label, "--"])
-        .arg(&ctx.guest)
-        .arg("try")
-        .args(args)
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(out) => harness::verdict_line(&out),
-        Err(e) => format!("(actgate exec did not start: {e})"),
-    }
+    ctx.attempt_as(label, user, args)
 }
 
 /// Fails unless ARGS meet `want` for every user in `LABEL`.

@@ -7,7 +7,6 @@ use std::{
     net::TcpListener,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -136,15 +135,12 @@ fn start(ctx: &Ctx) -> Result<Orphans> {
     fs::create_dir_all(p(ctx, "ws"))?;
     fs::set_permissions(p(ctx, "ws"), fs::Permissions::from_mode(0o777))?;
     // Writable and readable by nobody too: a denial is the policy's, never the mode bits'.
-    for (file, mode) in [
-        ("ws/ok.txt", 0o666),
-        ("elsewhere.txt", 0o666),
-        ("data.txt", 0o644),
-        ("secret.txt", 0o644),
-    ] {
-        harness::write(Path::new(&p(ctx, file)), "x\n")?;
-        fs::set_permissions(p(ctx, file), fs::Permissions::from_mode(mode))?;
-    }
+    harness::files_with_modes(&[
+        (p(ctx, "ws/ok.txt"), 0o666),
+        (p(ctx, "elsewhere.txt"), 0o666),
+        (p(ctx, "data.txt"), 0o644),
+        (p(ctx, "secret.txt"), 0o644),
+    ])?;
     let listener = TcpListener::bind(LISTEN).context("listening on the probe's address")?;
     let policies = ctx.path("orphans/policies");
     harness::write(&policies.join("policies.yaml"), &policy_text(ctx, true))?;
@@ -156,40 +152,9 @@ fn start(ctx: &Ctx) -> Result<Orphans> {
     })
 }
 
-fn status_json(ctx: &Ctx) -> Result<Value> {
-    let out = Command::new(&ctx.actgate)
-        .args(["status", "--json"])
-        .stdin(Stdio::null())
-        .output()
-        .context("running actgate status --json")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(&text).with_context(|| {
-        format!(
-            "actgate status --json said: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 /// The status entry of `LABEL`, if the status lists it.
 fn label_status(ctx: &Ctx) -> Result<Option<Value>> {
-    Ok(status_json(ctx)?
-        .get("labels")
-        .and_then(Value::as_array)
-        .and_then(|ls| {
-            ls.iter()
-                .find(|l| l.get("label").and_then(Value::as_str) == Some(LABEL))
-        })
-        .cloned())
-}
-
-fn status_table(ctx: &Ctx) -> Result<String> {
-    let out = Command::new(&ctx.actgate)
-        .arg("status")
-        .stdin(Stdio::null())
-        .output()
-        .context("running actgate status")?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    harness::label_status(ctx, LABEL)
 }
 
 fn orphaned_gauge() -> Result<f64> {
@@ -305,15 +270,7 @@ fn agent_of_a_dropped_label_is_denied_until_named_again(
         (Some(true), Some("orphaned"), Some(1)),
         "orphaned, mode and processes of {LABEL} in actgate status --json"
     );
-    let table = status_table(ctx)?;
-    if !table
-        .lines()
-        .any(|l| l.starts_with(LABEL) && l.contains("ORPHANED"))
-    {
-        return Err(NotPassed::Fail(format!(
-            "actgate status doesn't show {LABEL} as ORPHANED:\n{table}"
-        )));
-    }
+    harness::expect_status_mode(ctx, LABEL, "ORPHANED")?;
     expect_eq!(orphaned_gauge()?, 1.0, "actgate_label_orphaned of {LABEL}");
     let log = fx.daemon.log_text();
     if !log
