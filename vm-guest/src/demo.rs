@@ -253,8 +253,10 @@ fn cascade(ctx: &Ctx, actgate: &Path) -> Result<()> {
         "\n{BOLD}A prompt-injected agent probes its limits: 25 reads of /etc/shadow, then a note \
          in its workspace{RESET}"
     );
+    // `cat`, not a redirection of the shell's own: a failed redirection of a special builtin
+    // ends a POSIX shell at the first refusal.
     let probe = format!(
-        "i=0; while [ $i -lt 25 ]; do : < /etc/shadow; i=$((i+1)); done 2>/dev/null; \
+        "i=0; while [ $i -lt 25 ]; do cat /etc/shadow >/dev/null 2>&1; i=$((i+1)); done; \
          echo note >> {WORKSPACE}/notes.txt"
     );
     let out = ctx.labelled("coding-agent", &["/bin/sh", "-c", &probe]);
