@@ -8,10 +8,10 @@ use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
 
 use crate::{
     hook::{frame, frame_when},
-    judge::{moved_path, path_actions, protected, worst},
+    judge::{moved_path, path_actions, protected},
     kernel::{self, Inode, field, get, read},
-    limits,
     path::Target,
+    steps::Steps,
 };
 
 const FMODE_READ: u32 = 0x1;
@@ -218,12 +218,20 @@ fn entry_write(
     match entry {
         Entry::Create => path_actions(info, target, None, &[Action::FileWrite]),
         Entry::Symlink => moved_path(info, target, None, &[Action::FileWrite]),
-        Entry::Remove => moved_path(info, target, None, DELETE),
+        // Two judgments of one name: as steps, which the verifier checks once (see `steps`).
+        Entry::Remove => {
+            let mut steps = Steps::new(info)?;
+            steps.add(
+                dir,
+                dentry,
+                None,
+                &[Action::FileWrite, Action::FileDelete],
+                true,
+            );
+            steps.judge()
+        }
     }
 }
-
-/// A name removed or replaced: it must pass both `files.write` and `files.delete`.
-const DELETE: &[Action] = &[Action::FileWrite, Action::FileDelete];
 
 /// A hook whose first two arguments are (directory, entry) and that changes that entry.
 macro_rules! entry_write_hook {
@@ -265,21 +273,12 @@ pub fn path_link(ctx: LsmContext) -> i32 {
         }
         // A hard link can't cross mounts (do_linkat returns EXDEV first), so the source sits on
         // new_dir's mount and the walk can rebuild its path too.
-        let source = Target::Walk(new_dir, old);
         let inode = Inode::of(dentry_inode(old), true);
-        let v = limits::opaque(moved_path(
-            info,
-            source,
-            inode,
-            &[Action::FileWrite, Action::FileRead],
-        )?);
-        if v == Verdict::Deny {
-            return Ok(v);
-        }
-        Ok(worst(
-            v,
-            moved_path(info, target, None, &[Action::FileWrite])?,
-        ))
+        let mut steps = Steps::new(info)?;
+        let moved = &[Action::FileWrite, Action::FileRead];
+        steps.add(new_dir, old, inode, moved, true);
+        steps.add(new_dir, ctx.arg(2), None, &[Action::FileWrite], true);
+        steps.judge()
     })
 }
 
@@ -294,44 +293,35 @@ pub fn path_link(ctx: LsmContext) -> i32 {
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
     frame(&ctx, Hook::PATH_RENAME, |info| {
-        let from = Target::Walk(ctx.arg(0), ctx.arg(1));
-        let to = Target::Walk(ctx.arg(2), ctx.arg(3));
-        let flags: u32 = ctx.arg(4);
+        let (from_at, from): (*const path, *const u8) = (ctx.arg(0), ctx.arg(1));
+        let (to_at, to): (*const path, *const u8) = (ctx.arg(2), ctx.arg(3));
+        let exchange = ctx.arg::<u32>(4) & RENAME_EXCHANGE != 0;
         // A rename can't cross mounts, so the target's mount is the source's.
-        if on_protected_fs(ctx.arg(0)) {
-            return Ok(protected(info, Action::FileWrite, from));
+        if on_protected_fs(from_at) {
+            return Ok(protected(
+                info,
+                Action::FileWrite,
+                Target::Walk(from_at, from),
+            ));
         }
         let moved = &[Action::FileWrite, Action::FileRead];
-        let to_actions: &[Action] = if flags & RENAME_EXCHANGE != 0 {
+        let mut steps = Steps::new(info)?;
+        steps.add(from_at, from, None, moved, true);
+        let to_actions: &[Action] = if exchange {
             moved
         } else {
             &[Action::FileWrite]
         };
-        // Each judgment passes through `limits::opaque`, so the verifier checks the next one
-        // once, not once per path of the one before (6.1's gave up on the product).
-        let v = limits::opaque(moved_path(info, from, None, moved)?);
-        if v == Verdict::Deny {
-            return Ok(v);
-        }
-        let v = limits::opaque(worst(v, moved_path(info, to, None, to_actions)?));
-        if v == Verdict::Deny {
-            return Ok(v);
-        }
+        steps.add(to_at, to, None, to_actions, true);
         // The deletes, once both names may be written: the source's name goes, and so does
         // the target's when it exists (replaced) or the rename is an exchange.
-        let v = limits::opaque(worst(
-            v,
-            path_actions(info, from, None, &[Action::FileDelete])?,
-        ));
+        steps.add(from_at, from, None, &[Action::FileDelete], false);
         // Read as a number (`read`, not `field`): LLVM merges the two tests into one OR, which
         // the verifier refuses on a pointer.
-        let replaced = read::<u64>(ctx.arg(3), get(&kernel::DENTRY_D_INODE)) != 0;
-        if v == Verdict::Deny || !(replaced || flags & RENAME_EXCHANGE != 0) {
-            return Ok(v);
+        let replaced = read::<u64>(to, get(&kernel::DENTRY_D_INODE)) != 0;
+        if replaced || exchange {
+            steps.add(to_at, to, None, &[Action::FileDelete], false);
         }
-        Ok(worst(
-            v,
-            path_actions(info, to, None, &[Action::FileDelete])?,
-        ))
+        steps.judge()
     })
 }

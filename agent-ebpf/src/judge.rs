@@ -141,26 +141,7 @@ fn judge_path(
     actions: &[Action],
     guard: bool,
 ) -> Result<Verdict, KernelError> {
-    // A guard protects the targets of every path action's deny rules.
-    let path_actions = [
-        Action::Exec,
-        Action::FileWrite,
-        Action::FileRead,
-        Action::FileDelete,
-    ];
-    let mut need_path = guard
-        && path_actions
-            .iter()
-            .any(|a| info.has_rules[*a as usize] != 0);
-    for action in actions {
-        let a = *action as usize;
-        let has_rules = info.has_rules.get(a).copied().unwrap_or(0) != 0;
-        let default = info.defaults.get(a).copied().unwrap_or(0);
-        // A budget needs the path too, for the event of an action over it.
-        let limited = info.limits & (1 << a) != 0;
-        need_path |= has_rules || limited || verdict(0, default, info.mode) != Verdict::Allow;
-    }
-    if !need_path && !record::events_allow() {
+    if !needs_path(info, actions, guard) {
         // Only allowing defaults can apply: count them without resolving the path.
         for action in actions {
             record::count(info, *action, Verdict::Allow);
@@ -182,6 +163,59 @@ fn judge_path(
         }
     }
     Ok(result)
+}
+
+/// One judgment of `steps.rs`: `action` on `target`, like `judge_path` with that one action.
+/// `resolved` says whether the scratch buffer holds the target's path already (the step
+/// before was about the same name), and is set once it does.
+#[inline(always)]
+pub fn step(
+    info: &LabelInfo,
+    target: Target,
+    inode: Option<Inode>,
+    action: Action,
+    guard: bool,
+    resolved: &mut bool,
+) -> Result<Verdict, KernelError> {
+    if !needs_path(info, &[action], guard) {
+        record::count(info, action, Verdict::Allow);
+        return Ok(Verdict::Allow);
+    }
+    let s = scratch()?;
+    if !*resolved {
+        if let Some(v) = unresolved(info, s, target, action) {
+            return Ok(v);
+        }
+        *resolved = true;
+    }
+    let guarded = guard && action == Action::FileWrite;
+    Ok(judge_resolved(info, action, s, inode, guarded))
+}
+
+/// Whether judging `actions` takes the path: a rule, a budget or a refusing default may apply,
+/// or allowed actions are sent as events too.
+#[inline(always)]
+fn needs_path(info: &LabelInfo, actions: &[Action], guard: bool) -> bool {
+    // A guard protects the targets of every path action's deny rules.
+    let path_actions = [
+        Action::Exec,
+        Action::FileWrite,
+        Action::FileRead,
+        Action::FileDelete,
+    ];
+    let mut need_path = guard
+        && path_actions
+            .iter()
+            .any(|a| info.has_rules[*a as usize] != 0);
+    for action in actions {
+        let a = *action as usize;
+        let has_rules = info.has_rules.get(a).copied().unwrap_or(0) != 0;
+        let default = info.defaults.get(a).copied().unwrap_or(0);
+        // A budget needs the path too, for the event of an action over it.
+        let limited = info.limits & (1 << a) != 0;
+        need_path |= has_rules || limited || verdict(0, default, info.mode) != Verdict::Allow;
+    }
+    need_path || record::events_allow()
 }
 
 /// Resolves `target` into `s`, or refuses the action when its path can't be named (see

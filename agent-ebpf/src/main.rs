@@ -7,7 +7,8 @@
 //!   `process.rs` (the binary each labelled process runs, for its events);
 //! - `limits.rs` (budgets and the breaker), `record.rs` (counters and events) and `hook.rs`
 //!   (the frame every hook runs in);
-//! - `judge.rs` (rule lookups → verdict);
+//! - `judge.rs` (rule lookups → verdict) and `steps.rs` (a call's several judgments, checked by
+//!   the verifier once);
 //! - one file per hook family: `exec.rs`, `file.rs` (and `attr.rs` for attributes), `net.rs`,
 //!   `unix.rs`, `sock.rs` (socket kinds and options), `escape.rs` (bpf(2), capabilities, the
 //!   daemon, cgroups and namespaces).
@@ -36,6 +37,7 @@ mod process;
 mod record;
 mod revoke;
 mod sock;
+mod steps;
 mod unix;
 
 #[cfg(not(test))]

@@ -114,6 +114,48 @@ pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
+/// Most judgments one hook call makes through `steps.rs` (a rename exchange's six).
+pub const MAX_STEPS: usize = 6;
+
+/// One judgment of `steps.rs`: an action on the entry `dentry` on the mount of `at` (kernel
+/// addresses of a `path::Target::Walk`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Step {
+    pub at: u64,
+    pub dentry: u64,
+    /// The file's inode when `has_inode` (hard links' inode rules).
+    pub dev: u64,
+    pub ino: u64,
+    pub action: u8,
+    /// Non-zero: a `judge::moved_path` name, whose write is guarded.
+    pub guard: u8,
+    pub has_inode: u8,
+    pub _pad: [u8; 5],
+}
+
+/// A hook call's judgments, made by the rounds of one `bpf_loop` (see `steps.rs`), and how
+/// far they got.
+#[repr(C)]
+pub struct Steps {
+    /// The label, for each round.
+    pub info: LabelInfo,
+    pub count: u32,
+    pub done: u32,
+    /// The worst verdict so far.
+    pub verdict: u8,
+    /// Non-zero: a step didn't fit, so the call can't be judged.
+    pub overflow: u8,
+    pub _pad: [u8; 6],
+    /// The name whose path `SCRATCH` holds (`Step::at`, `Step::dentry`), 0 for none.
+    pub resolved_at: u64,
+    pub resolved_dentry: u64,
+    pub steps: [Step; MAX_STEPS],
+}
+
+#[map]
+pub static STEPS: PerCpuArray<Steps> = PerCpuArray::with_max_entries(1, 0);
+
 /// A trie lookup key followed by room for the rest of a resolved path. `bpf_d_path` writes the
 /// path into `path`, right behind the key header, so the first `PATH_KEY_DATA` bytes after
 /// `prefix_len` form a complete `PATH_RULES` key without copying. It lives in a per-CPU map

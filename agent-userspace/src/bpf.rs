@@ -218,7 +218,12 @@ pub fn load(
         let path = dir.join("progs").join(hook);
         prog.pin(&path)
             .with_context(|| format!("pinning program {hook} at {}", path.display()))?;
-        info!(hook, "attached");
+        // What the verifier walked: the figure to watch when a hook makes start-up slow.
+        let verified = prog
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count());
+        info!(hook, verified_insns = ?verified, "attached");
     }
     for (hook, _) in Hook::ALL.iter().zip(present).filter(|(_, p)| !*p) {
         info!(

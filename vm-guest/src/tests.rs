@@ -32,6 +32,7 @@ use std::{
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Instant,
 };
 
 use anyhow::Result;
@@ -239,14 +240,28 @@ fn guarded(test: impl FnOnce() -> Outcome) -> Outcome {
 }
 
 /// The results file: each outcome is written as it comes, so a VM that dies midway still
-/// reports what ran.
-struct Report(Mutex<Option<fs::File>>);
+/// reports what ran. Each line says how long its test took (fixtures included), since the
+/// VM tests' time is CI's tightest budget.
+struct Report(Mutex<Option<(fs::File, Instant)>>);
 
 impl Report {
-    fn line(&self, text: &str) {
-        if let Some(f) = lock(&self.0).as_mut() {
+    fn new(file: Option<fs::File>) -> Report {
+        Report(Mutex::new(file.map(|f| (f, Instant::now()))))
+    }
+
+    fn text(&self, text: &str) {
+        if let Some((f, _)) = lock(&self.0).as_mut() {
             let _ = writeln!(f, "{text}");
+        }
+    }
+
+    /// Writes `WORD NAME [SECS s]` and the rest: the seconds since the line before.
+    fn line(&self, word: &str, name: &str, rest: &str) {
+        if let Some((f, since)) = lock(&self.0).as_mut() {
+            let secs = since.elapsed().as_secs_f64();
+            let _ = writeln!(f, "{word} {name} [{secs:.1} s]{rest}");
             let _ = f.flush();
+            *since = Instant::now();
         }
     }
 
@@ -255,15 +270,15 @@ impl Report {
     fn record(&self, name: &str, outcome: Outcome) -> Result<Completion, Failed> {
         match outcome {
             Ok(()) => {
-                self.line(&format!("PASS {name}"));
+                self.line("PASS", name, "");
                 Ok(Completion::Completed)
             }
             Err(NotPassed::Skip(why)) => {
-                self.line(&format!("SKIP {name}: {why}"));
+                self.line("SKIP", name, &format!(": {why}"));
                 Ok(Completion::ignored_with(why))
             }
             Err(NotPassed::Fail(why)) => {
-                self.line(&format!("FAIL {name}: {why}"));
+                self.line("FAIL", name, &format!(": {why}"));
                 Err(why.into())
             }
         }
@@ -296,12 +311,12 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
             guest: std::env::current_exe().unwrap_or_else(|_| "vm-guest".into()),
             dir: "/tmp/actgate-vmtest".into(),
         }),
-        report: Arc::new(Report(Mutex::new(report.flatten()))),
+        report: Arc::new(Report::new(report.flatten())),
         args,
     };
     if !run.args.list {
         let _ = fs::remove_dir_all(&run.ctx.dir);
-        run.report.line(&format!("# kernel {}", kernel_release()));
+        run.report.text(&format!("# kernel {}", kernel_release()));
     }
     let mut trials = Vec::new();
     trials.extend(exec::suite().trials(&run));
@@ -334,7 +349,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
         conclusion.num_ignored
     );
     println!("{closing}");
-    run.report.line(&closing);
+    run.report.text(&closing);
     conclusion.exit_code()
 }
 
@@ -392,7 +407,7 @@ mod runner {
                 guest: "vm-guest".into(),
                 dir: "/nonexistent".into(),
             }),
-            report: Arc::new(Report(Mutex::new(None))),
+            report: Arc::new(Report::new(None)),
             args,
         };
         let conclusion = libtest_mimic::run(&run.args, suite().trials(&run));
