@@ -237,10 +237,9 @@ pub fn settle(info: &LabelInfo, v: Verdict) -> Verdict {
 }
 
 /// `v`, passed through map memory, which the verifier doesn't track: what follows is checked
-/// once for every verdict instead of once per path that produced one. Without it, 6.1's
-/// verifier walked the product of a rename's two judgments and gave up.
+/// once for every verdict instead of once per path that produced one.
 #[inline(always)]
-pub fn opaque(v: Verdict) -> Verdict {
+fn opaque(v: Verdict) -> Verdict {
     let Some(p) = pending() else {
         return v;
     };

@@ -140,13 +140,13 @@ pub struct Step {
 pub struct Steps {
     /// The label, for each round.
     pub info: LabelInfo,
+    /// Steps added, including any that didn't fit (which no round can judge).
     pub count: u32,
+    /// Rounds that judged their step.
     pub done: u32,
     /// The worst verdict so far.
     pub verdict: u8,
-    /// Non-zero: a step didn't fit, so the call can't be judged.
-    pub overflow: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 7],
     /// The name whose path `SCRATCH` holds (`Step::at`, `Step::dentry`), 0 for none.
     pub resolved_at: u64,
     pub resolved_dentry: u64,

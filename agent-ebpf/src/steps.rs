@@ -1,6 +1,6 @@
-//! Hooks that judge more than one name (rename, link) make each judgment, an action on a name,
-//! a step, and judge the steps in the rounds of one `bpf_loop`: the verifier checks one
-//! judgment, however many the call makes. Inlined one after the other, a rename's judgments
+//! Hooks that make several judgments of names (rename, link, unlink, rmdir) make each one, an
+//! action on a name, a step, and judge the steps in the rounds of one `bpf_loop`: the verifier
+//! checks one judgment, however many the call makes. Inlined one after the other, a rename's judgments
 //! cost 6.1's verifier 735,000 instructions, ten seconds of every daemon start.
 
 use agent_common::{Action, KernelError, LabelInfo, Verdict};
@@ -33,7 +33,6 @@ impl Steps {
         s.count = 0;
         s.done = 0;
         s.verdict = Verdict::Allow as u8;
-        s.overflow = 0;
         s.resolved_at = 0;
         s.resolved_dentry = 0;
         Ok(Steps(s))
@@ -52,8 +51,9 @@ impl Steps {
     ) {
         for action in actions {
             let n = self.0.count as usize;
-            // `MAX_STEPS` holds every hook's list; a step that didn't fit would go unjudged, so
-            // `judge` refuses the call then.
+            // `MAX_STEPS` holds every hook's list. A step that didn't fit is still counted: no
+            // round judges it, so `judge` refuses the call.
+            self.0.count += 1;
             if let Some(step) = self.0.steps.get_mut(n) {
                 *step = Step {
                     at: at as u64,
@@ -65,9 +65,6 @@ impl Steps {
                     has_inode: inode.is_some() as u8,
                     _pad: [0; 5],
                 };
-                self.0.count += 1;
-            } else {
-                self.0.overflow = 1;
             }
         }
     }
@@ -76,9 +73,6 @@ impl Steps {
     #[inline(always)]
     pub fn judge(self) -> Result<Verdict, KernelError> {
         let count = self.0.count;
-        if self.0.overflow != 0 {
-            return Err(KernelError::ScratchUnavailable);
-        }
         // SAFETY: a helper call; `judge_one` works on this CPU's `STEPS`.
         unsafe { bpf_loop(count, judge_one as *mut c_void, core::ptr::null_mut(), 0) };
         let s = state().ok_or(KernelError::ScratchUnavailable)?;
@@ -92,13 +86,14 @@ impl Steps {
         match Verdict::from_u8(v) {
             Some(Verdict::Deny) => Ok(Verdict::Deny),
             Some(v) if done == count => Ok(v),
-            // A round that couldn't find its state left steps unjudged.
+            // Steps left unjudged: one didn't fit, or a round couldn't find its state.
             _ => Err(KernelError::ScratchUnavailable),
         }
     }
 }
 
-/// Round `index` of `Steps::judge`. Returns 1 to stop: at a denial, or without its state.
+/// Round `index` of `Steps::judge`. Returns 1 to stop: at a denial, or without its state or
+/// its step.
 #[inline(never)]
 extern "C" fn judge_one(index: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = state() else {
