@@ -43,6 +43,10 @@ map_names! {
     WINDOWS,
     /// Per-CPU counts of actions over budget, indexed by `limit_index`.
     BUDGET_EXCEEDED,
+    /// Label index → `dns::Resolver`: where the daemon answers the label's DNS queries.
+    DNS_RESOLVERS,
+    /// `dns::HostKey` → `dns::HostEntry`: addresses of names the label looked up.
+    HOSTS,
 }
 
 /// Maps that outlive the daemon and are adopted by the next one, whatever its build, when

@@ -113,7 +113,8 @@ pub fn emit(
     e.family = 0;
     e.reason = why as u8;
     e.port = 0;
-    e._pad2 = [0; 6];
+    e.host = 0;
+    e._pad2 = [0; 2];
     e.addr = [0; 16];
     e.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     e.path[0] = 0;
