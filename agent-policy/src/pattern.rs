@@ -1,12 +1,16 @@
 //! Parsing of the path and network patterns that rules are made of.
 
+mod host;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::{ANONYMOUS, MAX_RULE_PATH};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
-use crate::model::{NetPattern, PathPattern, UnixPattern};
+use crate::model::{HostPattern, NetPattern, PathPattern, UnixPattern};
+
+pub use host::{MAX_HOST_LABEL, MAX_HOST_NAME, parse_host};
 
 /// Why a pattern was rejected. The text is shown to policy authors as is.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -56,6 +60,36 @@ pub enum PatternError {
     AfterBracket(String),
     #[error("`{0}`: host bits set; did you mean {1}?")]
     HostBits(String, String),
+    #[error(
+        "`{0}` is not an address: `network.listen` takes addresses only, not host names, \
+         as in `0.0.0.0/0:8080`"
+    )]
+    HostNotListen(String),
+    #[error(
+        "`*` alone is not a host name pattern: a wildcard needs a suffix, as `*.example.com` \
+         (to allow every destination, write `default: allow`)"
+    )]
+    BareWildcard,
+    #[error("`{0}`: a `*` may only start a host name, as `*.example.com`")]
+    HostWildcard(String),
+    #[error("`{0}`: empty label in host name (a leading dot or two dots in a row)")]
+    EmptyLabel(String),
+    #[error(
+        "`{0}`: character {1:?} not allowed in a host name; use letters, digits, `-` and `_` \
+         (write internationalized names in their `xn--` form)"
+    )]
+    HostChar(String, char),
+    #[error("`{0}`: host name label longer than {MAX_HOST_LABEL} characters ({1})")]
+    LabelTooLong(String, usize),
+    #[error("`{0}`: host name is {1} characters long; at most {MAX_HOST_NAME} are allowed")]
+    HostTooLong(String, usize),
+    #[error("`{0}`: host name label `{1}` starts or ends with `-`")]
+    LabelHyphen(String, String),
+    #[error(
+        "`{0}`: a host name cannot end in an all-digit label; if this is an IP address, \
+         it has too many parts"
+    )]
+    NumericTld(String),
     #[error(
         "`{0}`: expected a socket path (`/run/x.sock`, `/run/**`) or an abstract name \
          (`@name`, or `@**` for every abstract name)"
@@ -156,6 +190,52 @@ fn check_components(whole: &str, path: &str) -> Result<(), PatternError> {
         }
     }
     Ok(())
+}
+
+/// An entry of `network.connect`: an address pattern or a host name pattern.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectPattern {
+    Net(NetPattern),
+    Host(HostPattern),
+}
+
+/// Parse an entry of `network.connect`: an address pattern if it is one, otherwise a host
+/// name pattern, unless it looks like a broken address (which keeps the address's error).
+pub fn parse_connect(text: &str) -> Result<ConnectPattern, PatternError> {
+    match parse_net(text) {
+        Ok(net) => Ok(ConnectPattern::Net(net)),
+        Err(e) if looks_like_address(text) => Err(e),
+        Err(_) => parse_host(text).map(ConnectPattern::Host),
+    }
+}
+
+/// Parse an entry of `network.listen`: an address pattern. A host name names no local
+/// address, so it gets its own error.
+pub fn parse_listen(text: &str) -> Result<NetPattern, PatternError> {
+    parse_net(text).map_err(|e| {
+        if looks_like_address(text) {
+            e
+        } else {
+            PatternError::HostNotListen(text.to_owned())
+        }
+    })
+}
+
+/// Whether `text` was meant as an address pattern: it does not start as a host name does, it
+/// has a prefix length, brackets or an IPv6 address's colons, or its labels are all numbers
+/// (`1.2.3`, `300.1.1.1`).
+fn looks_like_address(text: &str) -> bool {
+    let name_start = |c: char| c.is_alphanumeric() || c == '_' || c == '*';
+    if !text.starts_with(name_start)
+        || text.contains(['/', '[', ']'])
+        || text.matches(':').count() > 1
+    {
+        return true;
+    }
+    let host = text.split_once(':').map_or(text, |(host, _)| host);
+    host.split('.')
+        .filter(|label| !label.is_empty())
+        .all(|label| label.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Parse a network pattern: `addr`, `addr/len`, `v4[/len]:port`, `[v6[/len]]:port`.
