@@ -103,3 +103,173 @@ fn is_public(name: &str) -> bool {
     let tld = name.rsplit('.').next().unwrap_or(name);
     psl::suffix(tld.as_bytes()).is_some_and(|s| s.typ() == Some(psl::Type::Icann))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// A policy whose `network.connect` is `connect`, a YAML flow mapping.
+    fn policy(connect: &str) -> Policy {
+        let text = format!("name: p\nlabels: [l]\nnetwork:\n  connect: {connect}\n");
+        let (mut policies, diags) = crate::parse_str(Path::new("t.yaml"), &text);
+        assert!(diags.is_empty(), "{diags:?}");
+        policies.remove(0)
+    }
+
+    fn judge(connect: &str, name: &str) -> NameJudgement {
+        policy(connect).judge_name(name)
+    }
+
+    #[test]
+    fn a_wildcard_matches_names_below_its_suffix_only() {
+        let p = policy(r#"{default: deny, allow: ["*.x.com"]}"#);
+        for name in ["a.x.com", "a.b.x.com", "_srv._tcp.x.com"] {
+            assert_eq!(p.judge_name(name).allow, [None], "{name}");
+        }
+        for name in ["x.com", "ax.com", "a.x.co", "x.com.evil", "com"] {
+            let j = p.judge_name(name);
+            assert!(j.refused && j.allow.is_empty(), "{name}: {j:?}");
+        }
+    }
+
+    #[test]
+    fn names_match_in_any_case_with_or_without_the_trailing_dot() {
+        let p = policy(r#"{default: deny, allow: ["PyPI.org:443", "*.X.com"]}"#);
+        for name in ["pypi.org", "PYPI.ORG", "pypi.org.", "a.x.COM."] {
+            assert!(!p.judge_name(name).refused, "{name}");
+        }
+        assert!(p.judge_name("pypi.org..").refused);
+    }
+
+    #[test]
+    fn a_deny_without_port_beats_any_allow() {
+        let j = judge(
+            r#"{default: allow, allow: ["*.x.com"], deny: [evil.x.com]}"#,
+            "evil.x.com",
+        );
+        assert!(j.refused, "{j:?}");
+        assert_eq!(j.deny, [None]);
+        assert!(!judge(r#"{allow: ["*.x.com"], deny: [evil.x.com]}"#, "good.x.com").refused);
+    }
+
+    #[test]
+    fn a_deny_with_a_port_closes_that_port_only() {
+        let j = judge(
+            r#"{default: deny, allow: [x.com], deny: ["x.com:22"]}"#,
+            "x.com",
+        );
+        assert_eq!(
+            j,
+            NameJudgement {
+                refused: false,
+                allow: vec![None],
+                deny: vec![Some(22)],
+                guarded: true,
+            }
+        );
+    }
+
+    #[test]
+    fn ports_of_matching_rules_are_deduplicated() {
+        let j = judge(
+            r#"{default: deny, allow: ["a.x.com:443", "*.x.com:443", "*.x.com:80", "b.x.com"]}"#,
+            "a.x.com",
+        );
+        assert_eq!(j.allow, [Some(80), Some(443)]);
+        assert!(j.deny.is_empty());
+    }
+
+    #[test]
+    fn unmatched_names_follow_connect_default() {
+        let j = judge(r#"{default: deny, allow: [pypi.org]}"#, "evil.com");
+        assert!(
+            j.refused && j.allow.is_empty() && j.deny.is_empty(),
+            "{j:?}"
+        );
+        let j = judge(r#"{default: allow, allow: [pypi.org]}"#, "evil.com");
+        assert_eq!(
+            j,
+            NameJudgement {
+                refused: false,
+                allow: Vec::new(),
+                deny: Vec::new(),
+                guarded: false,
+            }
+        );
+        // A policy without any name rule judges names by its default too.
+        assert!(judge("{default: deny}", "pypi.org").refused);
+        assert!(!judge("{}", "pypi.org").refused);
+    }
+
+    #[test]
+    fn the_rebinding_guard_spares_only_private_names_allowed_exactly() {
+        let p = policy(
+            r#"{default: deny, allow: [github.com, x.github.io, api.actgate.test, db.internal,
+                intranet, nas.home.arpa, foo.localhost, printer.local, "*.corp.test"]}"#,
+        );
+        for public in ["github.com", "x.github.io"] {
+            assert!(p.judge_name(public).guarded, "{public}");
+        }
+        for private in [
+            "api.actgate.test",
+            "db.internal",
+            "intranet",
+            "nas.home.arpa",
+            "foo.localhost",
+            "printer.local",
+        ] {
+            assert!(!p.judge_name(private).guarded, "{private}");
+        }
+        assert!(
+            p.judge_name("db.corp.test").guarded,
+            "wildcards are guarded"
+        );
+    }
+
+    #[test]
+    fn public_names_are_under_an_icann_top_level_domain() {
+        for public in [
+            "github.com",
+            "pypi.org",
+            "x.co.uk",
+            "a.b.s3.amazonaws.com",
+            "onion.io",
+        ] {
+            assert!(is_public(public), "{public}");
+        }
+        for private in [
+            "test",
+            "x.test",
+            "home.arpa",
+            "a.home.arpa",
+            "x.lan",
+            "x.example",
+        ] {
+            assert!(!is_public(private), "{private}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_trusted_when_an_allow_rule_covers_them_on_some_port() {
+        let p = policy(
+            r#"{default: deny, allow: ["10.20.0.0/16:443", "::1", pypi.org],
+                deny: ["192.168.0.0/16"]}"#,
+        );
+        let trusted = |ip: &str| p.trusts_address(ip.parse().unwrap());
+        assert!(trusted("10.20.3.4"));
+        assert!(trusted("::ffff:10.20.3.4"));
+        assert!(trusted("::1"));
+        assert!(!trusted("10.21.0.1"));
+        assert!(!trusted("127.0.0.1"));
+        assert!(!trusted("192.168.1.1"));
+    }
+
+    #[test]
+    fn uses_names_when_connect_has_a_host_rule() {
+        assert!(policy("{allow: [pypi.org]}").uses_names());
+        assert!(policy(r#"{deny: ["*.x.com:22"]}"#).uses_names());
+        assert!(!policy(r#"{allow: ["10.0.0.0/8"]}"#).uses_names());
+    }
+}

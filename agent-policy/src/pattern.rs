@@ -475,6 +475,68 @@ mod tests {
     }
 
     #[test]
+    fn connect_entries_are_addresses_or_host_names() {
+        let connect = |s: &str| parse_connect(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert!(matches!(connect("10.0.0.0/8:443"), ConnectPattern::Net(_)));
+        assert!(matches!(connect("::1"), ConnectPattern::Net(_)));
+        for name in [
+            "pypi.org",
+            "localhost:8080",
+            "*.x.com:443",
+            "_a.b",
+            "1e100.net",
+        ] {
+            match connect(name) {
+                ConnectPattern::Host(h) => assert_eq!(h.to_string(), name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn broken_addresses_keep_the_address_error() {
+        for (text, error) in [
+            ("300.1.1.1", PatternError::BadAddr("300.1.1.1".into())),
+            ("1.2.3.4.5", PatternError::BadAddr("1.2.3.4.5".into())),
+            ("1.2.3", PatternError::BadAddr("1.2.3".into())),
+            ("1.2.3.:80", PatternError::BadAddr("1.2.3.".into())),
+            ("1.2.3.4:0", PatternError::BadPort("0".into())),
+            ("fe80::1%eth0", PatternError::BadAddr("fe80::1%eth0".into())),
+            (
+                "example.com/24",
+                PatternError::BadAddr("example.com".into()),
+            ),
+            (
+                "[example.com]:443",
+                PatternError::BadAddr("example.com".into()),
+            ),
+            (":443", PatternError::BadAddr(String::new())),
+            ("", PatternError::EmptyNet),
+        ] {
+            assert_eq!(parse_connect(text), Err(error), "{text}");
+        }
+        // Not all of its labels are numbers, so it is a (bad) host name.
+        assert_eq!(
+            parse_connect("foo.123"),
+            Err(PatternError::NumericTld("foo.123".into()))
+        );
+    }
+
+    #[test]
+    fn listen_takes_addresses_only() {
+        assert_eq!(parse_listen("0.0.0.0/0:8080"), parse_net("0.0.0.0/0:8080"));
+        for name in ["localhost:8080", "*.x.com", "a.*.com", "pypi.org"] {
+            let err = parse_listen(name).unwrap_err();
+            assert_eq!(err, PatternError::HostNotListen(name.into()));
+            assert!(err.to_string().contains("takes addresses only"), "{err}");
+        }
+        assert_eq!(
+            parse_listen("300.1.1.1"),
+            Err(PatternError::BadAddr("300.1.1.1".into()))
+        );
+    }
+
+    #[test]
     fn host_bits_suggest_the_network() {
         let err = parse_net("10.1.2.3/8").unwrap_err().to_string();
         assert!(
@@ -501,6 +563,11 @@ mod tests {
         #[test]
         fn net_parser_never_panics(s in "\\PC*") {
             let _ = parse_net(&s);
+        }
+
+        #[test]
+        fn connect_parser_never_panics(s in "\\PC*") {
+            let _ = parse_connect(&s);
         }
 
         #[test]
