@@ -461,6 +461,7 @@ fn the_shipped_examples_are_valid() {
         ["coding-agent", "research-agent", "research-summarizer"]
     );
     assert_eq!(set.policies[1].mode, Mode::Audit);
+    assert!(set.policies[0].uses_names());
     for (i, p) in set.policies.iter().enumerate() {
         let ruleset = i as u16;
         assert!(!agent_policy::compile_paths(p, ruleset).is_empty());
