@@ -387,6 +387,7 @@ mod tests {
             file_read: Rules::default(),
             file_delete: Rules::default(),
             connect: Rules::default(),
+            hosts: Default::default(),
             unix: Rules::default(),
             listen: Rules::default(),
             sockets: Vec::new(),

@@ -298,6 +298,7 @@ network:
             file_read: Rules::default(),
             file_delete: Rules::default(),
             connect: Rules::<NetPattern>::default(),
+            hosts: Default::default(),
             unix: Rules::default(),
             listen: Rules::default(),
             sockets: Vec::new(),

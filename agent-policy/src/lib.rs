@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod compiled;
 pub mod diagnostic;
+pub mod hosts;
 pub mod model;
 pub mod parse;
 pub mod pattern;
@@ -17,9 +18,13 @@ pub use compile::{
 };
 pub use compiled::{CompileError, CompiledLabel, CompiledRuleset, CompiledSet, compile_set};
 pub use diagnostic::Diagnostic;
+pub use hosts::NameJudgement;
 pub use model::{
-    Breaker, Budget, Fallback, Mode, NetPattern, PathPattern, PathSite, Policy, PolicySet,
-    ProcessRules, Rules, UnixPattern,
+    Breaker, Budget, Fallback, HostName, HostPattern, Hosts, Mode, NetPattern, PathPattern,
+    PathSite, Policy, PolicySet, ProcessRules, Rules, UnixPattern,
 };
 pub use parse::{load_path, parse_str};
-pub use pattern::{PatternError, parse_net, parse_path, parse_unix};
+pub use pattern::{
+    ConnectPattern, PatternError, parse_connect, parse_host, parse_listen, parse_net, parse_path,
+    parse_unix,
+};

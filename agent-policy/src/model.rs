@@ -92,6 +92,62 @@ impl fmt::Display for NetPattern {
     }
 }
 
+/// A host name of `network.connect`, lowercase and without a trailing dot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostName {
+    /// Exactly this name.
+    Exact(String),
+    /// `*.suffix`: every name ending in `.suffix`, with any number of labels before it, but
+    /// not `suffix` itself. Holds the suffix without the `*.`.
+    Wildcard(String),
+}
+
+impl fmt::Display for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostName::Exact(name) => f.write_str(name),
+            HostName::Wildcard(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+/// A validated host name pattern of `network.connect` and an optional port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPattern {
+    pub name: HostName,
+    /// `None` matches every port.
+    pub port: Option<u16>,
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            None => write!(f, "{}", self.name),
+            Some(port) => write!(f, "{}:{port}", self.name),
+        }
+    }
+}
+
+/// The host name rules of `network.connect`. The kernel never sees a name: the daemon judges
+/// the label's lookups by them (`Policy::judge_name`), and `connect.default` applies to names
+/// that no rule matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hosts {
+    pub allow: Vec<HostPattern>,
+    pub deny: Vec<HostPattern>,
+}
+
+impl Hosts {
+    /// Number of patterns, allow and deny together.
+    pub fn len(&self) -> usize {
+        self.allow.len() + self.deny.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The rules of one action.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rules<P> {
@@ -188,7 +244,10 @@ pub struct Policy {
     /// `files.delete`: removing or replacing a name. The kernel asks `file_write` too, so a
     /// delete needs both.
     pub file_delete: Rules<PathPattern>,
+    /// The address rules of `network.connect`.
     pub connect: Rules<NetPattern>,
+    /// The host name rules of `network.connect`; `connect.default` is theirs too.
+    pub hosts: Hosts,
     /// `network.unix`: connects and sends to named AF_UNIX sockets.
     pub unix: Rules<UnixPattern>,
     /// `network.listen`: listen(2) on addresses other than loopback.
@@ -213,6 +272,7 @@ impl Policy {
             + self.file_read.len()
             + self.file_delete.len()
             + self.connect.len()
+            + self.hosts.len()
             + self.unix.len()
             + self.listen.len()
     }

@@ -7,8 +7,13 @@ use std::rc::Rc;
 use agent_common::{ANONYMOUS, MAX_LABELS, SocketKind, capability_by_name};
 
 use crate::diagnostic::{Diagnostic, Pos};
-use crate::model::{Fallback, Mode, PathPattern, PathSite, Policy, PolicySet, ProcessRules, Rules};
-use crate::pattern::{PatternError, parse_net, parse_path, parse_unix};
+use crate::model::{
+    Fallback, Hosts, Mode, NetPattern, PathPattern, PathSite, Policy, PolicySet, ProcessRules,
+    Rules,
+};
+use crate::pattern::{
+    ConnectPattern, PatternError, parse_connect, parse_listen, parse_path, parse_unix,
+};
 use crate::yaml::{Node, Value, parse_documents};
 
 mod limits;
@@ -302,6 +307,7 @@ impl Checker<'_> {
         let mut file_read = Rules::default();
         let mut file_delete = Rules::default();
         let mut connect = Rules::default();
+        let mut hosts = Hosts::default();
         let mut unix = Rules::default();
         let mut listen = Rules::default();
         let mut sockets = Vec::new();
@@ -338,14 +344,7 @@ impl Checker<'_> {
                     if let Some(network) = self.fields(value, "`network`", NETWORK_KEYS) {
                         for (key, _, value) in &network {
                             match *key {
-                                "connect" => {
-                                    connect = without_sites(self.rules(
-                                        value,
-                                        "network.connect",
-                                        "network patterns",
-                                        parse_net,
-                                    ))
-                                }
+                                "connect" => (connect, hosts) = self.connect_rules(value),
                                 "unix" => {
                                     unix = without_sites(self.rules(
                                         value,
@@ -359,7 +358,7 @@ impl Checker<'_> {
                                         value,
                                         "network.listen",
                                         "network patterns",
-                                        parse_net,
+                                        parse_listen,
                                     ))
                                 }
                                 kind => sockets.extend(self.socket_kind(value, kind)),
@@ -390,6 +389,7 @@ impl Checker<'_> {
                 file_read,
                 file_delete,
                 connect,
+                hosts,
                 unix,
                 listen,
                 sockets,
@@ -650,6 +650,40 @@ impl Checker<'_> {
             protect: Vec::new(),
         };
         (self.keep_sites(exec), anonymous)
+    }
+
+    /// `network.connect`'s rules, whose lists mix address and host name patterns.
+    fn connect_rules(&mut self, node: &Node) -> (Rules<NetPattern>, Hosts) {
+        let rules = without_sites(self.rules(
+            node,
+            "network.connect",
+            "network patterns or host names",
+            parse_connect,
+        ));
+        let split = |list: Vec<ConnectPattern>| {
+            let mut nets = Vec::new();
+            let mut hosts = Vec::new();
+            for pattern in list {
+                match pattern {
+                    ConnectPattern::Net(net) => nets.push(net),
+                    ConnectPattern::Host(host) => hosts.push(host),
+                }
+            }
+            (nets, hosts)
+        };
+        let (allow, allow_hosts) = split(rules.allow);
+        let (deny, deny_hosts) = split(rules.deny);
+        let connect = Rules {
+            default: rules.default,
+            allow,
+            deny,
+            protect: Vec::new(),
+        };
+        let hosts = Hosts {
+            allow: allow_hosts,
+            deny: deny_hosts,
+        };
+        (connect, hosts)
     }
 
     fn rules<P>(

@@ -1,12 +1,16 @@
 //! Parsing of the path and network patterns that rules are made of.
 
+mod host;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::{ANONYMOUS, MAX_RULE_PATH};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
-use crate::model::{NetPattern, PathPattern, UnixPattern};
+use crate::model::{HostPattern, NetPattern, PathPattern, UnixPattern};
+
+pub use host::{MAX_HOST_LABEL, MAX_HOST_NAME, parse_host};
 
 /// Why a pattern was rejected. The text is shown to policy authors as is.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -56,6 +60,36 @@ pub enum PatternError {
     AfterBracket(String),
     #[error("`{0}`: host bits set; did you mean {1}?")]
     HostBits(String, String),
+    #[error(
+        "`{0}` is not an address: `network.listen` takes addresses only, not host names, \
+         as in `0.0.0.0/0:8080`"
+    )]
+    HostNotListen(String),
+    #[error(
+        "`*` alone is not a host name pattern: a wildcard needs a suffix, as `*.example.com` \
+         (to allow every destination, write `default: allow`)"
+    )]
+    BareWildcard,
+    #[error("`{0}`: a `*` may only start a host name, as `*.example.com`")]
+    HostWildcard(String),
+    #[error("`{0}`: empty label in host name (a leading dot or two dots in a row)")]
+    EmptyLabel(String),
+    #[error(
+        "`{0}`: character {1:?} not allowed in a host name; use letters, digits, `-` and `_` \
+         (write internationalized names in their `xn--` form)"
+    )]
+    HostChar(String, char),
+    #[error("`{0}`: host name label longer than {MAX_HOST_LABEL} characters ({1})")]
+    LabelTooLong(String, usize),
+    #[error("`{0}`: host name is {1} characters long; at most {MAX_HOST_NAME} are allowed")]
+    HostTooLong(String, usize),
+    #[error("`{0}`: host name label `{1}` starts or ends with `-`")]
+    LabelHyphen(String, String),
+    #[error(
+        "`{0}`: a host name cannot end in an all-digit label; if this is an IP address, \
+         it has too many parts"
+    )]
+    NumericTld(String),
     #[error(
         "`{0}`: expected a socket path (`/run/x.sock`, `/run/**`) or an abstract name \
          (`@name`, or `@**` for every abstract name)"
@@ -156,6 +190,52 @@ fn check_components(whole: &str, path: &str) -> Result<(), PatternError> {
         }
     }
     Ok(())
+}
+
+/// An entry of `network.connect`: an address pattern or a host name pattern.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectPattern {
+    Net(NetPattern),
+    Host(HostPattern),
+}
+
+/// Parse an entry of `network.connect`: an address pattern if it is one, otherwise a host
+/// name pattern, unless it looks like a broken address (which keeps the address's error).
+pub fn parse_connect(text: &str) -> Result<ConnectPattern, PatternError> {
+    match parse_net(text) {
+        Ok(net) => Ok(ConnectPattern::Net(net)),
+        Err(e) if looks_like_address(text) => Err(e),
+        Err(_) => parse_host(text).map(ConnectPattern::Host),
+    }
+}
+
+/// Parse an entry of `network.listen`: an address pattern. A host name names no local
+/// address, so it gets its own error.
+pub fn parse_listen(text: &str) -> Result<NetPattern, PatternError> {
+    parse_net(text).map_err(|e| {
+        if looks_like_address(text) {
+            e
+        } else {
+            PatternError::HostNotListen(text.to_owned())
+        }
+    })
+}
+
+/// Whether `text` was meant as an address pattern: it does not start as a host name does, it
+/// has a prefix length, brackets or an IPv6 address's colons, or its labels are all numbers
+/// (`1.2.3`, `300.1.1.1`).
+fn looks_like_address(text: &str) -> bool {
+    let name_start = |c: char| c.is_alphanumeric() || c == '_' || c == '*';
+    if !text.starts_with(name_start)
+        || text.contains(['/', '[', ']'])
+        || text.matches(':').count() > 1
+    {
+        return true;
+    }
+    let host = text.split_once(':').map_or(text, |(host, _)| host);
+    host.split('.')
+        .filter(|label| !label.is_empty())
+        .all(|label| label.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Parse a network pattern: `addr`, `addr/len`, `v4[/len]:port`, `[v6[/len]]:port`.
@@ -395,6 +475,68 @@ mod tests {
     }
 
     #[test]
+    fn connect_entries_are_addresses_or_host_names() {
+        let connect = |s: &str| parse_connect(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert!(matches!(connect("10.0.0.0/8:443"), ConnectPattern::Net(_)));
+        assert!(matches!(connect("::1"), ConnectPattern::Net(_)));
+        for name in [
+            "pypi.org",
+            "localhost:8080",
+            "*.x.com:443",
+            "_a.b",
+            "1e100.net",
+        ] {
+            match connect(name) {
+                ConnectPattern::Host(h) => assert_eq!(h.to_string(), name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn broken_addresses_keep_the_address_error() {
+        for (text, error) in [
+            ("300.1.1.1", PatternError::BadAddr("300.1.1.1".into())),
+            ("1.2.3.4.5", PatternError::BadAddr("1.2.3.4.5".into())),
+            ("1.2.3", PatternError::BadAddr("1.2.3".into())),
+            ("1.2.3.:80", PatternError::BadAddr("1.2.3.".into())),
+            ("1.2.3.4:0", PatternError::BadPort("0".into())),
+            ("fe80::1%eth0", PatternError::BadAddr("fe80::1%eth0".into())),
+            (
+                "example.com/24",
+                PatternError::BadAddr("example.com".into()),
+            ),
+            (
+                "[example.com]:443",
+                PatternError::BadAddr("example.com".into()),
+            ),
+            (":443", PatternError::BadAddr(String::new())),
+            ("", PatternError::EmptyNet),
+        ] {
+            assert_eq!(parse_connect(text), Err(error), "{text}");
+        }
+        // Not all of its labels are numbers, so it is a (bad) host name.
+        assert_eq!(
+            parse_connect("foo.123"),
+            Err(PatternError::NumericTld("foo.123".into()))
+        );
+    }
+
+    #[test]
+    fn listen_takes_addresses_only() {
+        assert_eq!(parse_listen("0.0.0.0/0:8080"), parse_net("0.0.0.0/0:8080"));
+        for name in ["localhost:8080", "*.x.com", "a.*.com", "pypi.org"] {
+            let err = parse_listen(name).unwrap_err();
+            assert_eq!(err, PatternError::HostNotListen(name.into()));
+            assert!(err.to_string().contains("takes addresses only"), "{err}");
+        }
+        assert_eq!(
+            parse_listen("300.1.1.1"),
+            Err(PatternError::BadAddr("300.1.1.1".into()))
+        );
+    }
+
+    #[test]
     fn host_bits_suggest_the_network() {
         let err = parse_net("10.1.2.3/8").unwrap_err().to_string();
         assert!(
@@ -421,6 +563,11 @@ mod tests {
         #[test]
         fn net_parser_never_panics(s in "\\PC*") {
             let _ = parse_net(&s);
+        }
+
+        #[test]
+        fn connect_parser_never_panics(s in "\\PC*") {
+            let _ = parse_connect(&s);
         }
 
         #[test]

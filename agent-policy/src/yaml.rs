@@ -69,7 +69,11 @@ pub(crate) fn parse_documents(text: &str) -> Documents {
             Ok((event, span)) => builder.event(event, pos(&span.start)),
             Err(e) => Err(SyntaxError {
                 pos: pos(e.marker()),
-                message: format!("YAML syntax error: {}", e.info()),
+                message: format!(
+                    "YAML syntax error: {}{}",
+                    e.info(),
+                    alias_hint(text, e.marker())
+                ),
             }),
         };
         if let Err(e) = step {
@@ -85,6 +89,17 @@ pub(crate) fn parse_documents(text: &str) -> Documents {
         complete: builder.documents,
         partial: None,
         error: None,
+    }
+}
+
+/// A plain value starting with `*` reads as an alias, which is what an unquoted host name
+/// wildcard becomes; say so where the error points at one.
+fn alias_hint(text: &str, marker: &Marker) -> &'static str {
+    if text.chars().nth(marker.index()) == Some('*') {
+        " (a value starting with `*` is a YAML alias: quote host name wildcards, as in \
+         \"*.example.com:443\")"
+    } else {
+        ""
     }
 }
 

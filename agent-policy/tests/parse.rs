@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agent_policy::{Fallback, Mode, NetPattern, PathPattern, load_path, parse_str};
+use agent_policy::{Fallback, HostPattern, Mode, NetPattern, PathPattern, load_path, parse_str};
 
 fn parse(text: &str) -> (Vec<agent_policy::Policy>, Vec<String>) {
     let (policies, diags) = parse_str(Path::new("p.yaml"), text);
@@ -461,6 +461,7 @@ fn the_shipped_examples_are_valid() {
         ["coding-agent", "research-agent", "research-summarizer"]
     );
     assert_eq!(set.policies[1].mode, Mode::Audit);
+    assert!(set.policies[0].uses_names());
     for (i, p) in set.policies.iter().enumerate() {
         let ruleset = i as u16;
         assert!(!agent_policy::compile_paths(p, ruleset).is_empty());
@@ -574,6 +575,94 @@ fn files_delete_has_the_shape_of_files_write() {
         &[(
             "4:11",
             "expected `files.delete` (a mapping with keys default, allow, deny), found a list",
+        )],
+    );
+}
+
+#[test]
+fn connect_takes_host_names_beside_addresses() {
+    let (policies, diags) = parse(concat!(
+        "name: a\nlabels: [a]\nnetwork:\n  connect:\n    default: deny\n",
+        "    allow: [127.0.0.0/8, api.github.com:443, \"*.githubusercontent.com:443\", pypi.org]\n",
+        "    deny: [\"[::1]:22\", localhost, Evil.Example.COM.]\n",
+    ));
+    assert!(diags.is_empty(), "{diags:#?}");
+    let p = &policies[0];
+    let shown = |list: &[HostPattern]| list.iter().map(HostPattern::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        shown(&p.hosts.allow),
+        [
+            "api.github.com:443",
+            "*.githubusercontent.com:443",
+            "pypi.org"
+        ]
+    );
+    assert_eq!(shown(&p.hosts.deny), ["localhost", "evil.example.com"]);
+    assert_eq!(p.connect.allow.len(), 1);
+    assert_eq!(p.connect.deny.len(), 1);
+    assert_eq!(p.rule_count(), 7);
+    assert!(p.uses_names());
+}
+
+#[test]
+fn bad_host_names_point_at_the_entry() {
+    let long = "a".repeat(64);
+    expect(
+        &format!(
+            concat!(
+                "name: a\nlabels: [a]\nnetwork:\n  connect:\n    allow:\n",
+                "      - a.*.com\n",
+                "      - \"*x.com\"\n",
+                "      - x.*\n",
+                "      - \"**.x.com\"\n",
+                "      - \"*\"\n",
+                "      - {long}.com\n",
+                "      - x.com:0\n",
+                "      - x.com:ssh\n",
+                "      - x-.com\n",
+                "      - a..com\n",
+                "      - foo.123\n",
+                "    deny: [1.2.3.4.5, 300.1.1.1, bad_char!.com]\n",
+                "  listen:\n    allow: [0.0.0.0/0:8080, localhost:8080]\n",
+            ),
+            long = long
+        ),
+        &[
+            (
+                "6:9",
+                "`a.*.com`: a `*` may only start a host name, as `*.example.com`",
+            ),
+            ("7:9", "`*x.com`: a `*` may only start a host name"),
+            ("8:9", "`x.*`: a `*` may only start a host name"),
+            ("9:9", "`**.x.com`: a `*` may only start a host name"),
+            ("10:9", "`*` alone is not a host name pattern"),
+            ("11:9", "host name label longer than 63 characters (64)"),
+            ("12:9", "invalid port `0`: expected 1..=65535"),
+            ("13:9", "invalid port `ssh`"),
+            ("14:9", "label `x-` starts or ends with `-`"),
+            ("15:9", "`a..com`: empty label in host name"),
+            (
+                "16:9",
+                "`foo.123`: a host name cannot end in an all-digit label",
+            ),
+            ("17:12", "invalid IP address `1.2.3.4.5`"),
+            ("17:23", "invalid IP address `300.1.1.1`"),
+            ("17:34", "character '!' not allowed in a host name"),
+            (
+                "19:29",
+                "`localhost:8080` is not an address: `network.listen` takes addresses only",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn an_unquoted_wildcard_is_a_yaml_alias_and_the_error_says_to_quote_it() {
+    expect(
+        "name: a\nlabels: [a]\nnetwork:\n  connect:\n    allow:\n      - *.x.com:443\n",
+        &[(
+            "6:9",
+            "quote host name wildcards, as in \"*.example.com:443\"",
         )],
     );
 }

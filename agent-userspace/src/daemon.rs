@@ -26,6 +26,7 @@ use crate::{
     cgroup::LabelRoot,
     control,
     counters::Counters,
+    dns::{self, Dns},
     events, health, http, inodes,
     maps::RuleMaps,
     metrics::Metrics,
@@ -69,6 +70,8 @@ pub struct Options {
     /// Where the programs, links and maps are pinned in bpffs (mounted if needed).
     #[arg(long, default_value = pin::DEFAULT_ROOT)]
     pub pin_dir: PathBuf,
+    #[command(flatten)]
+    pub dns: dns::Options,
     /// TEST ONLY: make every hook allow everything, so the start-up self-test must fail.
     #[arg(long = "test-fake-allow-all", hide = true)]
     pub fake_allow_all: bool,
@@ -265,6 +268,7 @@ pub async fn run(opts: Options) -> Result<Stopped> {
         Revocations::open(&pins)?,
     )?;
     let counters = Arc::new(Counters::new(&mut ebpf, &pins)?);
+    let mut dns = Dns::new(&opts.dns, &mut ebpf, state.dns.clone(), counters.clone())?;
     let reopen = Arc::new(AtomicBool::new(false));
     let sink = opts
         .events
@@ -283,6 +287,9 @@ pub async fn run(opts: Options) -> Result<Stopped> {
     let first = set.clone();
     let (mut loader, labels) = loader.off_loop(move |l| l.load(&first)).await?;
     let labels = labels.context("putting the policies into the kernel maps")?;
+    // Before the switch: the new set's programs refuse the lookups of a label it has no
+    // resolver for.
+    dns.configure(&labels, &set).await?;
     state.set_policies(labels, set.policies.len());
     // Only now: events that waited in a kept ring buffer name labels the state knows.
     events::spawn(&mut ebpf, state.clone(), sink)?;
@@ -313,10 +320,10 @@ pub async fn run(opts: Options) -> Result<Stopped> {
             _ = hup.recv() => {
                 reopen.store(true, Ordering::SeqCst);
                 watch.note_reload(&mut changed);
-                loader = reload(loader, &opts.policies, &state).await?;
+                loader = reload(loader, &opts.policies, &state, &mut dns).await?;
             }
             Some(()) = changed.recv() => {
-                loader = reload(loader, &opts.policies, &state).await?;
+                loader = reload(loader, &opts.policies, &state, &mut dns).await?;
             }
         }
     };
@@ -406,7 +413,7 @@ fn prove(
 }
 
 /// Validates everything first, then swaps; a bad file changes nothing.
-async fn reload(loader: Loader, dir: &Path, state: &Arc<State>) -> Result<Loader> {
+async fn reload(loader: Loader, dir: &Path, state: &Arc<State>, dns: &mut Dns) -> Result<Loader> {
     let dir = dir.to_path_buf();
     let (loader, result) = loader
         .off_loop(move |l| {
@@ -417,6 +424,9 @@ async fn reload(loader: Loader, dir: &Path, state: &Arc<State>) -> Result<Loader
         .await?;
     match result {
         Ok((set, labels)) => {
+            if let Err(e) = dns.configure(&labels, &set).await {
+                error!("reload: the labels' DNS resolvers: {e:#}");
+            }
             state.set_policies(labels, set.policies.len());
             state.reloads_ok.fetch_add(1, Ordering::Relaxed);
             info!(policies = set.policies.len(), "reloaded");

@@ -37,6 +37,9 @@ pub struct EventLine {
     /// What decided: "rule", "default", "budget", "revoked", "orphaned" or "unjudged".
     pub reason: &'static str,
     pub target: String,
+    /// The host name a connect was judged by, when a name spoke for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub pid: u32,
     pub ppid: u32,
     pub uid: u32,
@@ -116,6 +119,7 @@ fn to_line(
         verdict: Verdict::from_u8(e.verdict).map_or("unknown", Verdict::as_str),
         reason: Reason::from_u8(e.reason).map_or("unknown", Reason::as_str),
         target: target(e),
+        host: state.dns.host(e.host),
         pid: e.tgid,
         ppid: e.ppid,
         uid: e.uid,

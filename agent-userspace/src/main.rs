@@ -11,6 +11,7 @@ mod cgroup;
 mod control;
 mod counters;
 mod daemon;
+mod dns;
 mod events;
 mod health;
 mod http;

@@ -1,7 +1,10 @@
 //! `/metrics`: OpenMetrics text from prometheus-client. Values are read on each scrape from
 //! the kernel's counters and the daemon's state, so there is no second copy to drift.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::Ordering},
+};
 
 use agent_common::{Action, Hook, KernelError, Trigger, Verdict};
 use prometheus_client::{
@@ -14,6 +17,8 @@ use prometheus_client::{
 use crate::{
     cgroup,
     counters::Counters,
+    dns::telemetry::Outcome,
+    plan::LabelState,
     selftest::{self, Proof},
     state::State,
 };
@@ -166,6 +171,8 @@ impl Collector for ActgateCollector {
             }
         }
 
+        self.encode_dns(&labels, &mut enc)?;
+
         let verified = *self
             .state
             .verified
@@ -210,6 +217,66 @@ impl Collector for ActgateCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         ConstGauge::new(1).encode(m.encode_family(&set)?)?;
+        Ok(())
+    }
+}
+
+impl ActgateCollector {
+    /// The labels' name lookups (see `dns`), counted by the daemon's resolver.
+    fn encode_dns(
+        &self,
+        labels: &BTreeMap<u32, LabelState>,
+        enc: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let stats: Vec<_> = labels
+            .iter()
+            .map(|(index, label)| (label.name.clone(), self.state.dns.stats(*index)))
+            .collect();
+        let mut m = enc.encode_descriptor(
+            "actgate_dns_queries",
+            "DNS queries of the label, by verdict: allowed (forwarded and answered), refused (no \
+             rule allows the name, a rule denies it, or the label is revoked), audit (answered in \
+             audit mode, refused in enforce mode) or failed (the upstream failed, or the query \
+             could not be read or recorded)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (name, s) in &stats {
+            for o in Outcome::ALL {
+                let set: Labels = vec![("label", name.clone()), ("verdict", o.as_str().into())];
+                ConstCounter::new(s.queries[o as usize]).encode(m.encode_family(&set)?)?;
+            }
+        }
+        let families = [
+            (
+                "actgate_dns_addresses",
+                "Addresses the label may connect to by name right now",
+                prometheus_client::metrics::MetricType::Gauge,
+            ),
+            (
+                "actgate_dns_dropped_answers",
+                "Answer records the rebinding guard dropped: a wildcard-matched or public name \
+                 that pointed at a loopback, link-local, private or the host's own address",
+                prometheus_client::metrics::MetricType::Counter,
+            ),
+            (
+                "actgate_dns_evictions",
+                "Lookups forgotten early to keep the label within its limits of names and \
+                 addresses",
+                prometheus_client::metrics::MetricType::Counter,
+            ),
+        ];
+        for (i, (metric, help, kind)) in families.into_iter().enumerate() {
+            let mut m = enc.encode_descriptor(metric, help, None, kind)?;
+            for (name, s) in &stats {
+                let set: Labels = vec![("label", name.clone())];
+                match i {
+                    0 => ConstGauge::new(s.addresses as i64).encode(m.encode_family(&set)?)?,
+                    1 => ConstCounter::new(s.dropped).encode(m.encode_family(&set)?)?,
+                    _ => ConstCounter::new(s.evicted).encode(m.encode_family(&set)?)?,
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -158,6 +158,7 @@ impl SelfTest {
                 }],
                 ..Rules::default()
             },
+            hosts: Default::default(),
             unix: Rules {
                 deny: unix
                     .iter()

@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Mutex, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
@@ -12,6 +12,7 @@ use agent_common::HOOK_COUNT;
 
 use crate::{
     cgroup::LabelRoot,
+    dns::telemetry::Telemetry,
     plan::LabelState,
     selftest::{Proof, Verified},
 };
@@ -48,6 +49,8 @@ pub struct State {
     pub listener_problem: Problem,
     /// Failed attempts to bind it.
     pub listener_failures: AtomicU64,
+    /// The labels' name lookups.
+    pub dns: Arc<Telemetry>,
 }
 
 impl State {
@@ -64,6 +67,7 @@ impl State {
             enforcement_problem: Problem::default(),
             listener_problem: Problem::default(),
             listener_failures: AtomicU64::new(0),
+            dns: Arc::default(),
         }
     }
 
