@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod dns_server;
 mod harness;
 mod probe;
 mod tests;

@@ -5,6 +5,8 @@
 //! for the network ones), made through libc, so a test knows which hook judged it and how many
 //! decisions it cost.
 
+mod dns;
+
 use std::{
     ffi::CString,
     io,
@@ -102,6 +104,9 @@ pub enum Action {
     /// open(PATH, O_RDONLY) as fast as possible for SECONDS; prints the number of attempts
     /// (every one of which must meet EPERM).
     FloodOpen { path: PathBuf, seconds: f64 },
+    /// One DNS query for NAME, then TCP connects to the addresses answered; prints the
+    /// rcode, the addresses and what each connect met (see `probe/dns.rs`).
+    DnsQuery(dns::Lookup),
 }
 
 pub fn errno_name(e: &io::Error) -> String {
@@ -545,6 +550,7 @@ pub fn run(action: Action) -> ExitCode {
         Action::CloneIntoCgroup { dir } => std::fs::File::open(dir)
             .and_then(|d| agent_common::sys::clone_into_cgroup(std::os::fd::AsFd::as_fd(&d))),
         Action::FloodOpen { path, seconds } => return flood_open(path, *seconds),
+        Action::DnsQuery(lookup) => return dns::run(lookup),
     };
     report(result)
 }

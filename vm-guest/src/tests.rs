@@ -8,6 +8,7 @@
 
 mod agent;
 mod cascade;
+mod dns;
 mod escapes;
 mod exec;
 mod failclosed;
@@ -334,6 +335,8 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(net::reload::suite().trials(&run));
     trials.extend(net::scale::suite().trials(&run));
     trials.extend(sockets::suite().trials(&run));
+    trials.extend(dns::without_daemon().trials(&run));
+    trials.extend(dns::suite().trials(&run));
     trials.extend(labels::suite().trials(&run));
     trials.extend(telemetry::suite().trials(&run));
     trials.extend(telemetry::selftest::suite().trials(&run));
