@@ -1,6 +1,21 @@
 //! Egress by host name: the label's DNS queries are steered to the daemon's resolver, which
 //! writes the addresses of the names the label may reach into `HOSTS` before it answers.
 
+/// The cgroup sock_addr programs that steer the queries, each named after its attach point:
+/// its ELF section is `cgroup/<name>`, from which the loader takes the attach type. connect
+/// and sendmsg (UDP) send a query to the label's resolver; recvmsg (UDP replies) and
+/// getpeername show the server the task asked instead.
+pub const PROGRAMS: &[&str] = &[
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+];
+
 /// Queries to this port (UDP or TCP, any address) from labelled tasks go to the daemon.
 pub const DNS_PORT: u16 = 53;
 

@@ -511,10 +511,10 @@ pub struct Event {
     pub reason: u8,
     /// Port of a connect target, host byte order.
     pub port: u16,
+    pub _pad2: [u8; 2],
     /// The daemon's id of the host name a connect was judged by (`HostEntry::host`), 0 when
     /// no name spoke for it.
     pub host: u32,
-    pub _pad2: [u8; 2],
     /// IPv4 (first 4 bytes) or IPv6 address of a connect target.
     pub addr: [u8; 16],
     pub comm: [u8; COMM_LEN],

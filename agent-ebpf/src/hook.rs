@@ -23,9 +23,10 @@ fn errno(v: Verdict) -> i32 {
 
 /// Whether this program set is the one that judges. During a daemon's take-over the previous
 /// set stays attached until this one owns, so every call is judged by one set or (for the
-/// instant of the switch) both; a set that doesn't own passes the previous verdict on.
+/// instant of the switch) both; a set that doesn't own passes the previous verdict on. The
+/// DNS programs (`dns.rs`) are attached side by side the same way, and only the owner's steer.
 #[inline(always)]
-fn owns() -> bool {
+pub fn owns() -> bool {
     maps::OWNER.get(0).copied() == Some(get(&kernel::INSTANCE))
 }
 

@@ -1,15 +1,18 @@
 //! Rule lookups: from a labelled task's action to a verdict, recorded. Path actions resolve
 //! the path once and look it up in `PATH_RULES` (and, for hard links, the file in
-//! `INODE_RULES`); connections look the destination up in `NET_RULES`.
+//! `INODE_RULES`); connections look the destination up in `NET_RULES`, and in `HOSTS` for the
+//! names the label looked up.
 
 use agent_common::{
     ANONYMOUS, Action, Event, GUARD_ACTION, InodeKey, KernelError, LabelInfo, MODE_AUDIT,
     MODE_ENFORCE, NET_ANY_PORT_RULES, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES, PATH_KEY_DATA,
     PATH_KEY_HEADER, RULE_ALLOW, RULE_DENY, Reason, SOCKET_KIND_NAME, SocketKind, Verdict,
-    net_key_header, path_key_header, path_key_header_raw, reason, verdict,
+    dns::HostKey, net_key_header, path_key_header, path_key_header_raw, reason, verdict,
 };
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_kernel},
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_kernel,
+    },
     maps::lpm_trie::Key,
 };
 
@@ -296,6 +299,7 @@ pub struct Dest {
 
 /// Judges a connection to `d` (or a listen on it): one trie lookup with the port, one with
 /// port 0 (rules without a port), combined; each only when the policy has rules of its kind.
+/// A connection also takes the rules of the names whose lookups returned `d` (`hosts`).
 #[inline(always)]
 pub fn net_action(info: &LabelInfo, action: Action, d: &Dest) -> Verdict {
     let a = action as usize;
@@ -315,12 +319,47 @@ pub fn net_action(info: &LabelInfo, action: Action, d: &Dest) -> Verdict {
             flags |= maps::NET_RULES.get(&key).copied().unwrap_or(0);
         }
     }
+    let mut host = 0;
+    if action == Action::Connect {
+        (flags, host) = hosts(info, d, flags);
+    }
     let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
     record(info, action, v, reason(flags, info.mode), |e| {
-        fill_dest(e, d)
+        fill_dest(e, d);
+        e.host = host;
     });
     limits::note_dest(d);
     v
+}
+
+/// `flags` with those of the label's `HOSTS` entries for `d` (with its port, then for every
+/// port) that haven't expired, and the host id of the first of them (0 for none). Looked up
+/// for every connect: a label may have name rules only, which set no `has_rules` bit.
+#[inline(always)]
+fn hosts(info: &LabelInfo, d: &Dest, mut flags: u8) -> (u8, u32) {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut key = HostKey {
+        label: info.label,
+        port: d.port,
+        family: d.family,
+        _pad: 0,
+        addr: d.addr,
+    };
+    let mut host = 0;
+    for port in [d.port, 0] {
+        key.port = port;
+        // SAFETY: the value is copied out at once.
+        if let Some(e) = unsafe { maps::HOSTS.get(key) }.copied()
+            && now < e.expires_ns
+        {
+            flags |= e.flags;
+            if host == 0 {
+                host = e.host;
+            }
+        }
+    }
+    (flags, host)
 }
 
 /// Names the destination `d` as an event's target.

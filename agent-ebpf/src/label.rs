@@ -21,9 +21,24 @@ pub fn current_cgroup() -> u64 {
 /// depth → kernfs id.
 #[inline(always)]
 pub fn cgroup_of(task: *const u8) -> u64 {
-    let level = get(&kernel::LABEL_LEVEL);
     let cset = read::<usize>(task, get(&kernel::TASK_STRUCT_CGROUPS)) as *const u8;
-    let cgrp = read::<usize>(cset, get(&kernel::CSS_SET_DFL_CGRP)) as *const u8;
+    label_ancestor(read::<usize>(cset, get(&kernel::CSS_SET_DFL_CGRP)) as *const u8)
+}
+
+/// `current_cgroup` for a socket (a `struct sock *`): its ancestor at the labels' depth of the
+/// cgroup it was created in. That cgroup, not the caller's, picks the cgroup programs that
+/// run for the socket (see `dns.rs`).
+#[inline(always)]
+pub fn cgroup_of_socket(sk: *const u8) -> u64 {
+    let at = get(&kernel::SOCK_SK_CGRP_DATA) + get(&kernel::SOCK_CGROUP_DATA_CGROUP);
+    label_ancestor(read::<usize>(sk, at) as *const u8)
+}
+
+/// The kernfs id of the ancestor of `cgrp` (a `struct cgroup *`) at the labels' depth, 0 when
+/// it has none.
+#[inline(always)]
+fn label_ancestor(cgrp: *const u8) -> u64 {
+    let level = get(&kernel::LABEL_LEVEL);
     if cgrp.is_null() || u64::from(read::<u32>(cgrp, get(&kernel::CGROUP_LEVEL))) < level {
         return 0;
     }

@@ -9,6 +9,8 @@
 //!   (the frame every hook runs in);
 //! - `judge.rs` (rule lookups → verdict) and `steps.rs` (a call's several judgments, checked by
 //!   the verifier once);
+//! - `dns.rs`: cgroup sock_addr programs, not LSM ones, that steer labelled DNS queries to the
+//!   daemon's resolver; it tells `net.rs` which connects and sends it takes over;
 //! - one file per hook family: `exec.rs`, `file.rs` (and `attr.rs` for attributes), `net.rs`,
 //!   `unix.rs`, `sock.rs` (socket kinds and options), `escape.rs` (bpf(2), capabilities, the
 //!   daemon, cgroups and namespaces).
@@ -22,6 +24,7 @@
 #![allow(internal_features)]
 
 mod attr;
+mod dns;
 mod escape;
 mod exec;
 mod file;

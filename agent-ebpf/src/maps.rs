@@ -6,6 +6,7 @@ use agent_common::{
     ACTION_SLOTS, Config, DECISION_SLOTS, EVENT_PATH, InodeKey, KernelError, LIMIT_SLOTS,
     LabelInfo, LabelKey, Limit, LimitKey, MAX_LABELS, MAX_PROCESSES, NET_KEY_DATA, PATH_BUF,
     PATH_KEY_DATA, PATH_KEY_HEADER, ProcessKey, Revocation, TRIGGER_SLOTS,
+    dns::{HostEntry, HostKey, MAX_HOSTS, MAX_STEERED, Resolver, Steered},
 };
 use aya_ebpf::{
     macros::map,
@@ -110,6 +111,20 @@ pub struct Pending {
 
 #[map]
 pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where each label's DNS queries go (label index → the daemon's resolver ports; see `dns.rs`).
+#[map]
+pub static DNS_RESOLVERS: HashMap<u32, Resolver> = HashMap::with_max_entries(MAX_LABELS, 0);
+
+/// Addresses that a label's lookups of names with rules returned, and what the rules say
+/// about connecting to them (see `judge::net_action`).
+#[map]
+pub static HOSTS: HashMap<HostKey, HostEntry> = HashMap::with_max_entries(MAX_HOSTS, 0);
+
+/// The server each steered socket asked (by socket cookie), for its replies and getpeername.
+/// LRU: a socket's entry is never removed when it closes, so the oldest make room.
+#[map]
+pub static STEERED: LruHashMap<u64, Steered> = LruHashMap::with_max_entries(MAX_STEERED, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);

@@ -1,12 +1,14 @@
 //! network.connect: `socket_connect` for connect(2), `socket_sendmsg` for sendto/sendmsg with
 //! an explicit destination (UDP without connect, TCP Fast Open). network.listen:
 //! `socket_listen` on a non-loopback address. Only IPv4 and IPv6 are judged here; AF_UNIX
-//! peers are judged in `unix.rs`, other socket kinds in `sock.rs`.
+//! peers are judged in `unix.rs`, other socket kinds in `sock.rs`. DNS queries that `dns.rs`
+//! sends to the label's resolver pass unjudged: their server is not where they go.
 
 use agent_common::{Action, Hook, NET_FAMILY_V4, NET_FAMILY_V6, Verdict};
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
+    dns,
     hook::frame_when,
     judge::{self, Dest},
     kernel::{self, field, get, read},
@@ -56,6 +58,7 @@ fn destination(addr: *const u8, len: i32, unspec_is_v4: bool) -> Option<Dest> {
 
 #[lsm(hook = "socket_connect")]
 pub fn socket_connect(ctx: LsmContext) -> i32 {
+    let sock: *const u8 = ctx.arg(0);
     let addr: *const u8 = ctx.arg(1);
     let len: i32 = ctx.arg(2);
     // Local families (AF_UNIX above all) leave before the label lookup.
@@ -66,6 +69,7 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     frame_when(&ctx, Hook::SOCKET_CONNECT, concerns, |info| {
         // connect(2) with AF_UNSPEC dissolves an association: no destination to judge.
         Ok(match destination(addr, len, false) {
+            Some(d) if dns::steered(info, sock, &d, true) => Verdict::Allow,
             Some(d) => judge::net_action(info, Action::Connect, &d),
             None => Verdict::Allow,
         })
@@ -134,6 +138,7 @@ pub fn socket_listen(ctx: LsmContext) -> i32 {
 
 #[lsm(hook = "socket_sendmsg")]
 pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
+    let sock: *const u8 = ctx.arg(0);
     let msg: *const u8 = ctx.arg(1);
     // msg_name points at the kernel's copy of the address, NULL on a connected socket (judged
     // at connect time). Every write to a connected socket passes here, so those leave before
@@ -144,7 +149,10 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     let concerns = || !name.is_null() || control_len != 0;
     frame_when(&ctx, Hook::SOCKET_SENDMSG, concerns, |info| {
         let len: i32 = field(msg, get(&kernel::MSGHDR_MSG_NAMELEN));
+        // Only UDP sends are steered: a TCP send with an address (Fast Open) connects without
+        // passing the cgroup connect programs, so its server is judged.
         let to = match destination(name, len, true) {
+            Some(d) if dns::steered(info, sock, &d, false) => Verdict::Allow,
             Some(d) => judge::net_action(info, Action::Connect, &d),
             None => Verdict::Allow,
         };

@@ -136,11 +136,16 @@ mod tests {
 
     #[test]
     fn names_match_in_any_case_with_or_without_the_trailing_dot() {
-        let p = policy(r#"{default: deny, allow: ["PyPI.org:443", "*.X.com"]}"#);
-        for name in ["pypi.org", "PYPI.ORG", "pypi.org.", "a.x.COM."] {
+        let p = policy(r#"{default: deny, allow: ["Pkg.Example.org:443", "*.X.com"]}"#);
+        for name in [
+            "pkg.example.org",
+            "PKG.EXAMPLE.ORG",
+            "pkg.example.org.",
+            "a.x.COM.",
+        ] {
             assert!(!p.judge_name(name).refused, "{name}");
         }
-        assert!(p.judge_name("pypi.org..").refused);
+        assert!(p.judge_name("pkg.example.org..").refused);
     }
 
     #[test]
@@ -183,12 +188,12 @@ mod tests {
 
     #[test]
     fn unmatched_names_follow_connect_default() {
-        let j = judge(r#"{default: deny, allow: [pypi.org]}"#, "evil.com");
+        let j = judge(r#"{default: deny, allow: [pkg.example.org]}"#, "evil.com");
         assert!(
             j.refused && j.allow.is_empty() && j.deny.is_empty(),
             "{j:?}"
         );
-        let j = judge(r#"{default: allow, allow: [pypi.org]}"#, "evil.com");
+        let j = judge(r#"{default: allow, allow: [pkg.example.org]}"#, "evil.com");
         assert_eq!(
             j,
             NameJudgement {
@@ -199,8 +204,8 @@ mod tests {
             }
         );
         // A policy without any name rule judges names by its default too.
-        assert!(judge("{default: deny}", "pypi.org").refused);
-        assert!(!judge("{}", "pypi.org").refused);
+        assert!(judge("{default: deny}", "pkg.example.org").refused);
+        assert!(!judge("{}", "pkg.example.org").refused);
     }
 
     #[test]
@@ -232,7 +237,7 @@ mod tests {
     fn public_names_are_under_an_icann_top_level_domain() {
         for public in [
             "github.com",
-            "pypi.org",
+            "pkg.example.org",
             "x.co.uk",
             "a.b.s3.amazonaws.com",
             "onion.io",
@@ -254,7 +259,7 @@ mod tests {
     #[test]
     fn addresses_are_trusted_when_an_allow_rule_covers_them_on_some_port() {
         let p = policy(
-            r#"{default: deny, allow: ["10.20.0.0/16:443", "::1", pypi.org],
+            r#"{default: deny, allow: ["10.20.0.0/16:443", "::1", pkg.example.org],
                 deny: ["192.168.0.0/16"]}"#,
         );
         let trusted = |ip: &str| p.trusts_address(ip.parse().unwrap());
@@ -268,7 +273,7 @@ mod tests {
 
     #[test]
     fn uses_names_when_connect_has_a_host_rule() {
-        assert!(policy("{allow: [pypi.org]}").uses_names());
+        assert!(policy("{allow: [pkg.example.org]}").uses_names());
         assert!(policy(r#"{deny: ["*.x.com:22"]}"#).uses_names());
         assert!(!policy(r#"{allow: ["10.0.0.0/8"]}"#).uses_names());
     }

@@ -480,7 +480,7 @@ mod tests {
         assert!(matches!(connect("10.0.0.0/8:443"), ConnectPattern::Net(_)));
         assert!(matches!(connect("::1"), ConnectPattern::Net(_)));
         for name in [
-            "pypi.org",
+            "pkg.example.org",
             "localhost:8080",
             "*.x.com:443",
             "_a.b",
@@ -525,7 +525,7 @@ mod tests {
     #[test]
     fn listen_takes_addresses_only() {
         assert_eq!(parse_listen("0.0.0.0/0:8080"), parse_net("0.0.0.0/0:8080"));
-        for name in ["localhost:8080", "*.x.com", "a.*.com", "pypi.org"] {
+        for name in ["localhost:8080", "*.x.com", "a.*.com", "pkg.example.org"] {
             let err = parse_listen(name).unwrap_err();
             assert_eq!(err, PatternError::HostNotListen(name.into()));
             assert!(err.to_string().contains("takes addresses only"), "{err}");

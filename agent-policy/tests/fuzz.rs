@@ -23,7 +23,7 @@ files:
 network:
   connect:
     default: deny
-    allow: ["127.0.0.0/8", "10.20.0.0/16:443", "[2001:db8::/32]:443", ::1/128, pypi.org:443, "*.x.com"]
+    allow: ["127.0.0.0/8", "10.20.0.0/16:443", "[2001:db8::/32]:443", ::1/128, pkg.example.org:443, "*.x.com"]
     deny: &d ["169.254.169.254/32"]
 budgets:
   - {action: file_delete, max: 100, per: 1m, then: revoke}

@@ -583,7 +583,7 @@ fn files_delete_has_the_shape_of_files_write() {
 fn connect_takes_host_names_beside_addresses() {
     let (policies, diags) = parse(concat!(
         "name: a\nlabels: [a]\nnetwork:\n  connect:\n    default: deny\n",
-        "    allow: [127.0.0.0/8, api.github.com:443, \"*.githubusercontent.com:443\", pypi.org]\n",
+        "    allow: [127.0.0.0/8, api.github.com:443, \"*.githubusercontent.com:443\", pkg.example.org]\n",
         "    deny: [\"[::1]:22\", localhost, Evil.Example.COM.]\n",
     ));
     assert!(diags.is_empty(), "{diags:#?}");
@@ -594,7 +594,7 @@ fn connect_takes_host_names_beside_addresses() {
         [
             "api.github.com:443",
             "*.githubusercontent.com:443",
-            "pypi.org"
+            "pkg.example.org"
         ]
     );
     assert_eq!(shown(&p.hosts.deny), ["localhost", "evil.example.com"]);

@@ -6,12 +6,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{HOOK_COUNT, Hook, maps};
+use agent_common::{HOOK_COUNT, Hook, dns, maps};
 use anyhow::{Context, Result, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
-        Lsm,
+        CgroupAttachMode, CgroupSockAddr, Lsm,
         links::{FdLink, PinnedLink},
     },
 };
@@ -63,6 +63,8 @@ const RULE_MAPS: &[&str] = &[
     maps::NET_RULES,
     maps::INODE_RULES,
     maps::LIMITS,
+    maps::DNS_RESOLVERS,
+    maps::HOSTS,
 ];
 
 /// One daemon's program set: loaded, attached and pinned, but judging only once `OWNER`
@@ -210,20 +212,26 @@ pub fn load(
             .attach()
             .with_context(|| format!("attaching LSM program {hook}"))?;
         let link = FdLink::from(prog.take_link(id)?);
-        let path = dir.join("links").join(hook);
-        links.push(
-            link.pin(&path)
-                .with_context(|| format!("pinning the link of {hook} at {}", path.display()))?,
-        );
-        let path = dir.join("progs").join(hook);
-        prog.pin(&path)
-            .with_context(|| format!("pinning program {hook} at {}", path.display()))?;
-        // What the verifier walked: the figure to watch when a hook makes start-up slow.
-        let verified = prog
-            .info()
-            .ok()
-            .and_then(|i| i.verified_instruction_count());
-        info!(hook, verified_insns = ?verified, "attached");
+        links.push(pin_attached(&mut ebpf, hook, link, &dir)?);
+    }
+    let cgroup = fs::File::open(&root.dir)
+        .with_context(|| format!("opening the labels' cgroup {}", root.dir.display()))?;
+    for name in dns::PROGRAMS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} is missing from the eBPF object"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a cgroup sock_addr program"))?;
+        prog.load()
+            .with_context(|| format!("the kernel refused cgroup sock_addr program {name}"))?;
+        // Side by side with the previous set's programs during a take-over; only the set that
+        // owns steers (see agent-ebpf's dns.rs).
+        let id = prog
+            .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+            .with_context(|| format!("attaching {name} to the cgroup {}", root.dir.display()))?;
+        let link = FdLink::try_from(prog.take_link(id)?)
+            .with_context(|| format!("the link of {name} has no fd (kernel older than 5.7)"))?;
+        links.push(pin_attached(&mut ebpf, name, link, &dir)?);
     }
     for (hook, _) in Hook::ALL.iter().zip(present).filter(|(_, p)| !*p) {
         info!(
@@ -239,6 +247,27 @@ pub fn load(
         links,
         present,
     })
+}
+
+/// Pins the link of the attached program `name` and the program in the set's `dir`, and logs
+/// what the verifier walked: the figure to watch when a program makes start-up slow.
+fn pin_attached(ebpf: &mut Ebpf, name: &str, link: FdLink, dir: &Path) -> Result<PinnedLink> {
+    let path = dir.join("links").join(name);
+    let pinned = link
+        .pin(&path)
+        .with_context(|| format!("pinning the link of {name} at {}", path.display()))?;
+    let prog = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} is missing from the eBPF object"))?;
+    let path = dir.join("progs").join(name);
+    prog.pin(&path)
+        .with_context(|| format!("pinning program {name} at {}", path.display()))?;
+    let verified = prog
+        .info()
+        .ok()
+        .and_then(|i| i.verified_instruction_count());
+    info!(program = name, verified_insns = ?verified, "attached");
+    Ok(pinned)
 }
 
 /// Drains the kernel programs' log into the daemon's log for as long as the daemon runs.
@@ -260,15 +289,15 @@ pub fn forward_kernel_log(logger: KernelLog) -> Result<()> {
 mod tests {
     use std::collections::BTreeSet;
 
-    use agent_common::{HOOKS, maps};
-    use aya_obj::{Object, ProgramSection};
+    use agent_common::{HOOKS, dns, maps};
+    use aya_obj::{Object, ProgramSection, generated::bpf_attach_type as Attach};
 
     use super::OBJECT;
 
     /// The built object against the lists in agent-common, which the daemon trusts: a map or
     /// program named on one side only would fail at load time, or never be attached.
     #[test]
-    fn the_object_has_every_shared_map_and_exactly_the_listed_lsm_programs() {
+    fn the_object_has_every_shared_map_and_exactly_the_listed_programs() {
         let obj = Object::parse(OBJECT).expect("parsing the eBPF object");
         for name in maps::ALL {
             assert!(
@@ -277,11 +306,40 @@ mod tests {
             );
         }
         let programs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
-        assert_eq!(programs, HOOKS.iter().copied().collect());
+        let listed = HOOKS.iter().chain(dns::PROGRAMS).copied().collect();
+        assert_eq!(programs, listed);
         for (name, p) in &obj.programs {
+            if HOOKS.contains(&name.as_str()) {
+                assert!(
+                    matches!(p.section, ProgramSection::Lsm { sleepable: false }),
+                    "{name} is not an LSM program"
+                );
+            }
+        }
+    }
+
+    /// Each DNS program is attached where its name says: the loader takes the attach type
+    /// from the program's section, so a program named for one attach point but declared for
+    /// another would steer the wrong calls.
+    #[test]
+    fn each_dns_program_has_the_attach_type_of_its_name() {
+        let obj = Object::parse(OBJECT).expect("parsing the eBPF object");
+        for name in dns::PROGRAMS {
+            let expected = match *name {
+                "connect4" => Attach::BPF_CGROUP_INET4_CONNECT,
+                "connect6" => Attach::BPF_CGROUP_INET6_CONNECT,
+                "sendmsg4" => Attach::BPF_CGROUP_UDP4_SENDMSG,
+                "sendmsg6" => Attach::BPF_CGROUP_UDP6_SENDMSG,
+                "recvmsg4" => Attach::BPF_CGROUP_UDP4_RECVMSG,
+                "recvmsg6" => Attach::BPF_CGROUP_UDP6_RECVMSG,
+                "getpeername4" => Attach::BPF_CGROUP_INET4_GETPEERNAME,
+                "getpeername6" => Attach::BPF_CGROUP_INET6_GETPEERNAME,
+                other => panic!("no attach type known for {other}"),
+            };
+            let section = &obj.programs[*name].section;
             assert!(
-                matches!(p.section, ProgramSection::Lsm { sleepable: false }),
-                "{name} is not an LSM program"
+                matches!(section, ProgramSection::CgroupSockAddr { attach_type } if Attach::from(*attach_type) == expected),
+                "{name} is {section:?}"
             );
         }
     }

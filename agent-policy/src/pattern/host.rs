@@ -15,7 +15,7 @@ pub fn parse_host(text: &str) -> Result<HostPattern, PatternError> {
         Some((host, port)) => (host, Some(parse_port(port)?)),
         None => (text, None),
     };
-    // The root's dot, as in `pypi.org.`, names the same host.
+    // The root's dot, as in `pkg.example.org.`, names the same host.
     let host = host.strip_suffix('.').unwrap_or(host);
     if host == "*" {
         return Err(PatternError::BareWildcard);
@@ -90,7 +90,7 @@ mod tests {
             host("api.github.com:443"),
             exact("api.github.com", Some(443))
         );
-        assert_eq!(host("pypi.org"), exact("pypi.org", None));
+        assert_eq!(host("pkg.example.org"), exact("pkg.example.org", None));
         assert_eq!(host("localhost"), exact("localhost", None));
         assert_eq!(host("_srv.x-y.example"), exact("_srv.x-y.example", None));
         assert_eq!(host("1e100.net:65535"), exact("1e100.net", Some(65535)));
@@ -112,8 +112,11 @@ mod tests {
 
     #[test]
     fn names_are_stored_lowercase_without_the_trailing_dot() {
-        assert_eq!(host("PyPI.Org."), exact("pypi.org", None));
-        assert_eq!(host("pypi.org.:443"), exact("pypi.org", Some(443)));
+        assert_eq!(host("Pkg.Example.Org."), exact("pkg.example.org", None));
+        assert_eq!(
+            host("pkg.example.org.:443"),
+            exact("pkg.example.org", Some(443))
+        );
         assert_eq!(host("*.X.com.").to_string(), "*.x.com");
     }
 
@@ -154,8 +157,8 @@ mod tests {
         assert!(parse_host(&format!("{}.com", "a".repeat(MAX_HOST_LABEL))).is_ok());
         assert_eq!(err("a..com"), PatternError::EmptyLabel("a..com".into()));
         assert_eq!(
-            err("pypi.org.."),
-            PatternError::EmptyLabel("pypi.org..".into())
+            err("pkg.example.org.."),
+            PatternError::EmptyLabel("pkg.example.org..".into())
         );
         assert_eq!(err("*..com"), PatternError::EmptyLabel("*..com".into()));
         assert_eq!(

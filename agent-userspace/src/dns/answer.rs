@@ -143,7 +143,12 @@ mod tests {
         ] {
             assert!(internal(ip.parse().unwrap()), "{ip} is internal");
         }
-        for ip in ["140.82.112.5", "100.128.0.1", "2606:4700::1", "::ffff:8.8.8.8"] {
+        for ip in [
+            "140.82.112.5",
+            "100.128.0.1",
+            "2606:4700::1",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!internal(ip.parse().unwrap()), "{ip} is public");
         }
     }

@@ -7,8 +7,8 @@
 
 mod answer;
 mod server;
-pub mod telemetry;
 mod table;
+pub mod telemetry;
 mod upstream;
 
 use std::{
@@ -40,8 +40,6 @@ use self::{
     upstream::Upstream,
 };
 use crate::{counters::Counters, events::since_boot, plan::LabelState};
-
-pub use self::table::{MAX_ENTRIES, MAX_NAMES};
 
 /// `actgate run`'s DNS options.
 #[derive(Args, Clone, Debug)]
@@ -182,7 +180,10 @@ pub struct Dns {
     servers: HashMap<u32, Server>,
 }
 
-fn take_map<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<BpfHashMap<MapData, K, V>> {
+fn take_map<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<BpfHashMap<MapData, K, V>> {
     let map = ebpf
         .take_map(name)
         .with_context(|| format!("map {name} is missing from the eBPF object"))?;
@@ -248,7 +249,10 @@ impl Dns {
             .collect();
         for index in gone {
             if let Err(e) = self.resolvers.remove(&index) {
-                warn!(label = index, "removing a label's resolver from the kernel: {e}");
+                warn!(
+                    label = index,
+                    "removing a label's resolver from the kernel: {e}"
+                );
             }
             self.servers.remove(&index);
             let telemetry = &self.shared.telemetry;

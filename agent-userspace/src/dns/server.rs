@@ -112,7 +112,12 @@ async fn serve_tcp(listener: TcpListener, label: u32, shared: Arc<Shared>, limit
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(serve_connection(stream, label, shared.clone(), limit.clone()));
+        tokio::spawn(serve_connection(
+            stream,
+            label,
+            shared.clone(),
+            limit.clone(),
+        ));
     }
 }
 

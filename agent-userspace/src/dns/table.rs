@@ -237,7 +237,11 @@ pub fn host_key(label: u32, ip: IpAddr, port: u16) -> HostKey {
 /// The entries the label's lookups call for at `now_ns`: per address and port, the flags of
 /// every name that resolved to it (deny beats allow in the kernel), and the latest expiry
 /// with the name that gave it.
-fn project(label: u32, lookups: &HashMap<String, Lookup>, now_ns: u64) -> HashMap<HostKey, HostEntry> {
+fn project(
+    label: u32,
+    lookups: &HashMap<String, Lookup>,
+    now_ns: u64,
+) -> HashMap<HostKey, HostEntry> {
     let mut out: HashMap<HostKey, HostEntry> = HashMap::new();
     for lookup in lookups.values() {
         let j = &lookup.judgement;
@@ -284,7 +288,11 @@ fn apply(
             held.insert(*key, *entry);
         }
     }
-    let stale: Vec<HostKey> = held.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+    let stale: Vec<HostKey> = held
+        .keys()
+        .filter(|k| !wanted.contains_key(k))
+        .copied()
+        .collect();
     for key in stale {
         match map.remove(&key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
@@ -326,7 +334,10 @@ mod tests {
         Lookup {
             host,
             judgement: j,
-            addrs: addrs.iter().map(|(a, u)| (a.parse().unwrap(), *u)).collect(),
+            addrs: addrs
+                .iter()
+                .map(|(a, u)| (a.parse().unwrap(), *u))
+                .collect(),
         }
     }
 

@@ -43,7 +43,9 @@ impl Upstream {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let sock = UdpSocket::bind(local).await.context("binding a UDP socket")?;
+        let sock = UdpSocket::bind(local)
+            .await
+            .context("binding a UDP socket")?;
         sock.connect(self.0)
             .await
             .with_context(|| format!("connecting to {}", self.0))?;
@@ -109,7 +111,10 @@ mod tests {
     #[test]
     fn upstream_forms() {
         assert_eq!(parse("10.0.0.2").unwrap(), "10.0.0.2:53".parse().unwrap());
-        assert_eq!(parse("127.0.0.53:5353").unwrap(), "127.0.0.53:5353".parse().unwrap());
+        assert_eq!(
+            parse("127.0.0.53:5353").unwrap(),
+            "127.0.0.53:5353".parse().unwrap()
+        );
         assert_eq!(parse("[::1]:5353").unwrap(), "[::1]:5353".parse().unwrap());
         assert_eq!(parse("fd00::53").unwrap(), "[fd00::53]:53".parse().unwrap());
         assert!(parse("dns.example").is_err());
