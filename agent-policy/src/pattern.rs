@@ -50,8 +50,8 @@ pub enum PatternError {
     BadAddr(String),
     #[error("invalid prefix length `{0}`: expected 0..={1}")]
     BadPrefix(String, u8),
-    #[error("invalid port `{0}`: expected 1..=65535")]
-    BadPort(String),
+    #[error("`{0}`: invalid port `{1}`: expected 1..=65535")]
+    BadPort(String, String),
     #[error("`{0}`: brackets are only for IPv6 addresses, as in `[2001:db8::/32]:443`")]
     BracketsNotV6(String),
     #[error("`{0}`: missing `]`")]
@@ -250,7 +250,7 @@ pub fn parse_net(text: &str) -> Result<NetPattern, PatternError> {
         let port = match after {
             "" => None,
             _ => match after.strip_prefix(':') {
-                Some(p) => Some(parse_port(p)?),
+                Some(p) => Some(parse_port(text, p)?),
                 None => return Err(PatternError::AfterBracket(text.to_owned())),
             },
         };
@@ -265,7 +265,7 @@ pub fn parse_net(text: &str) -> Result<NetPattern, PatternError> {
     } else if text.matches(':').count() == 1 {
         // Only IPv4 can carry a port without brackets; one colon in IPv6 is never valid.
         let (cidr, port) = text.split_at(text.find(':').unwrap_or(text.len()));
-        (cidr, Some(parse_port(&port[1..])?))
+        (cidr, Some(parse_port(text, &port[1..])?))
     } else {
         (text, None)
     };
@@ -333,11 +333,12 @@ fn split_prefix(cidr: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn parse_port(text: &str) -> Result<u16, PatternError> {
+/// The port `text` of the pattern `whole`.
+fn parse_port(whole: &str, text: &str) -> Result<u16, PatternError> {
     parse_number(text, 65535)
         .filter(|&p| p != 0)
         .and_then(|p| u16::try_from(p).ok())
-        .ok_or_else(|| PatternError::BadPort(text.to_owned()))
+        .ok_or_else(|| PatternError::BadPort(whole.to_owned(), text.to_owned()))
 }
 
 /// A decimal number of plain ASCII digits (no sign, unlike `str::parse`), at most `max`.
@@ -500,7 +501,7 @@ mod tests {
             ("1.2.3.4.5", PatternError::BadAddr("1.2.3.4.5".into())),
             ("1.2.3", PatternError::BadAddr("1.2.3".into())),
             ("1.2.3.:80", PatternError::BadAddr("1.2.3.".into())),
-            ("1.2.3.4:0", PatternError::BadPort("0".into())),
+            ("1.2.3.4:0", PatternError::BadPort("1.2.3.4:0".into(), "0".into())),
             ("fe80::1%eth0", PatternError::BadAddr("fe80::1%eth0".into())),
             (
                 "example.com/24",

@@ -12,7 +12,7 @@ pub const MAX_HOST_LABEL: usize = 63;
 /// lowercase), with at most one trailing dot, an optional leading `*.` and an optional `:port`.
 pub fn parse_host(text: &str) -> Result<HostPattern, PatternError> {
     let (host, port) = match text.split_once(':') {
-        Some((host, port)) => (host, Some(parse_port(port)?)),
+        Some((host, port)) => (host, Some(parse_port(text, port)?)),
         None => (text, None),
     };
     // The root's dot, as in `pkg.example.org.`, names the same host.
@@ -179,10 +179,10 @@ mod tests {
             PatternError::LabelHyphen("a.b-.com".into(), "b-".into())
         );
         assert_eq!(err("foo.123"), PatternError::NumericTld("foo.123".into()));
-        assert_eq!(err("x.com:0"), PatternError::BadPort("0".into()));
-        assert_eq!(err("x.com:65536"), PatternError::BadPort("65536".into()));
-        assert_eq!(err("x.com:https"), PatternError::BadPort("https".into()));
-        assert_eq!(err("x.com:"), PatternError::BadPort(String::new()));
+        assert_eq!(err("x.com:0"), PatternError::BadPort("x.com:0".into(), "0".into()));
+        assert_eq!(err("x.com:65536"), PatternError::BadPort("x.com:65536".into(), "65536".into()));
+        assert_eq!(err("x.com:https"), PatternError::BadPort("x.com:https".into(), "https".into()));
+        assert_eq!(err("x.com:"), PatternError::BadPort("x.com:".into(), String::new()));
     }
 
     #[test]

@@ -43,6 +43,7 @@ use crate::{counters::Counters, events::since_boot, plan::LabelState};
 
 /// `actgate run`'s DNS options.
 #[derive(Args, Clone, Debug)]
+#[group(id = "dns")]
 pub struct Options {
     /// Where the labels' DNS queries are forwarded: ADDR or ADDR:PORT ([V6]:PORT). Default:
     /// the first nameserver in /etc/resolv.conf.
