@@ -214,6 +214,9 @@ pub fn load(
         let link = FdLink::from(prog.take_link(id)?);
         links.push(pin_attached(&mut ebpf, hook, link, &dir)?);
     }
+    // The labels' parent exists before the first label does: the programs attach to it.
+    fs::create_dir_all(&root.dir)
+        .with_context(|| format!("creating the labels' cgroup {}", root.dir.display()))?;
     let cgroup = fs::File::open(&root.dir)
         .with_context(|| format!("opening the labels' cgroup {}", root.dir.display()))?;
     for name in dns::PROGRAMS {

@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::harness::{Ctx, Daemon, http_get};
+use crate::{
+    dns_server::{Upstream, Zone},
+    harness::{Ctx, Daemon, http_get},
+};
 
 const GREEN: &str = "\x1b[32m";
 const RED: &str = "\x1b[1;31m";
@@ -103,11 +106,27 @@ fn steps(port: u16) -> Vec<(&'static str, String)> {
         ),
         ("calls the local test server", connect("127.0.0.1", port)),
         (
+            "looks up its package mirror and connects to it",
+            connect(MIRROR.0, 443),
+        ),
+        (
+            "looks up a host no rule names",
+            connect("exfil.example.net", 443),
+        ),
+        (
             "asks the cloud metadata service for credentials",
             connect("169.254.169.254", 80),
         ),
     ]
 }
+
+/// A name policies/coding-agent.yaml allows (on port 443), and the address the demo's DNS
+/// server gives it: a loopback one, since the VM reaches no network.
+const MIRROR: (&str, &str) = ("packages.example.com", "127.0.0.80");
+/// The demo's stand-in for the host's resolver, which the daemon forwards the agent's
+/// lookups to. glibc in the agent asks whatever /etc/resolv.conf names; the kernel steers
+/// that query to the daemon wherever it goes.
+const UPSTREAM: &str = "127.0.0.53:53";
 
 /// The coding agent's checkout, as policies/coding-agent.yaml names it.
 const WORKSPACE: &str = "/home/agent/workspace";
@@ -140,6 +159,10 @@ pub fn run(actgate: &Path, policies: &Path) -> Result<()> {
     let server = TcpListener::bind("127.0.0.1:0")?;
     let port = server.local_addr()?.port();
     thread::spawn(move || for _ in server.incoming() {});
+    let mirror = TcpListener::bind((MIRROR.1, 443))?;
+    thread::spawn(move || for _ in mirror.incoming() {});
+    let zone = Zone::default().record(MIRROR.0, MIRROR.1.parse()?, 60);
+    let _upstream = Upstream::start(UPSTREAM.parse()?, zone)?;
 
     let check = Command::new(actgate).arg("check").arg(policies).output()?;
     print!("{}", String::from_utf8_lossy(&check.stdout));
@@ -147,7 +170,7 @@ pub fn run(actgate: &Path, policies: &Path) -> Result<()> {
         "{BOLD}Starting actgate run --policies {}{RESET} (loading and self-test take ~30 s under emulation)",
         policies.display()
     );
-    let daemon = Daemon::start(&ctx, policies, &[])?;
+    let daemon = Daemon::start(&ctx, policies, &["--dns-upstream", UPSTREAM])?;
     println!("actgate is ready: every hook proved it denies.\n");
     println!(
         "{BOLD}The agent starts: actgate exec --user root --label coding-agent -- agent.sh{RESET}"
@@ -170,11 +193,17 @@ pub fn run(actgate: &Path, policies: &Path) -> Result<()> {
     drain(&daemon.events, pos);
     cascade(&ctx, actgate)?;
 
-    println!("\n{BOLD}Decisions counted in the kernel (GET /metrics):{RESET}");
+    println!("\n{BOLD}Decisions counted in the kernel, and lookups (GET /metrics):{RESET}");
     let (_, body) = http_get("/metrics")?;
-    for l in body.lines().filter(|l| {
-        l.starts_with("actgate_decisions_total{label=\"coding-agent\"") && !l.ends_with(" 0")
-    }) {
+    let shown = [
+        "actgate_decisions_total{label=\"coding-agent\"",
+        "actgate_dns_queries_total{label=\"coding-agent\"",
+        "actgate_dns_addresses{label=\"coding-agent\"",
+    ];
+    for l in body
+        .lines()
+        .filter(|l| shown.iter().any(|m| l.starts_with(m)) && !l.ends_with(" 0"))
+    {
         println!("  {l}");
     }
     println!("\n{BOLD}actgate status:{RESET}");
