@@ -501,7 +501,10 @@ mod tests {
             ("1.2.3.4.5", PatternError::BadAddr("1.2.3.4.5".into())),
             ("1.2.3", PatternError::BadAddr("1.2.3".into())),
             ("1.2.3.:80", PatternError::BadAddr("1.2.3.".into())),
-            ("1.2.3.4:0", PatternError::BadPort("1.2.3.4:0".into(), "0".into())),
+            (
+                "1.2.3.4:0",
+                PatternError::BadPort("1.2.3.4:0".into(), "0".into()),
+            ),
             ("fe80::1%eth0", PatternError::BadAddr("fe80::1%eth0".into())),
             (
                 "example.com/24",

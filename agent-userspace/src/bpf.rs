@@ -228,9 +228,10 @@ pub fn load(
         prog.load()
             .with_context(|| format!("the kernel refused cgroup sock_addr program {name}"))?;
         // Side by side with the previous set's programs during a take-over; only the set that
-        // owns steers (see agent-ebpf's dns.rs).
+        // owns steers (see agent-ebpf's dns.rs). A cgroup link takes no attach flags
+        // (bpf_link_create refuses them): links always attach as BPF_F_ALLOW_MULTI does.
         let id = prog
-            .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+            .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to the cgroup {}", root.dir.display()))?;
         let link = FdLink::try_from(prog.take_link(id)?)
             .with_context(|| format!("the link of {name} has no fd (kernel older than 5.7)"))?;

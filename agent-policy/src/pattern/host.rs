@@ -179,10 +179,22 @@ mod tests {
             PatternError::LabelHyphen("a.b-.com".into(), "b-".into())
         );
         assert_eq!(err("foo.123"), PatternError::NumericTld("foo.123".into()));
-        assert_eq!(err("x.com:0"), PatternError::BadPort("x.com:0".into(), "0".into()));
-        assert_eq!(err("x.com:65536"), PatternError::BadPort("x.com:65536".into(), "65536".into()));
-        assert_eq!(err("x.com:https"), PatternError::BadPort("x.com:https".into(), "https".into()));
-        assert_eq!(err("x.com:"), PatternError::BadPort("x.com:".into(), String::new()));
+        assert_eq!(
+            err("x.com:0"),
+            PatternError::BadPort("x.com:0".into(), "0".into())
+        );
+        assert_eq!(
+            err("x.com:65536"),
+            PatternError::BadPort("x.com:65536".into(), "65536".into())
+        );
+        assert_eq!(
+            err("x.com:https"),
+            PatternError::BadPort("x.com:https".into(), "https".into())
+        );
+        assert_eq!(
+            err("x.com:"),
+            PatternError::BadPort("x.com:".into(), String::new())
+        );
     }
 
     #[test]
