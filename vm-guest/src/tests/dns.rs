@@ -67,6 +67,12 @@ const WILD_SUFFIX: &str = "wild.actgate.test";
 /// Matched by the wildcard and by a deny rule without port.
 const WILD_DENIED: &str = "bad.wild.actgate.test";
 const REBIND: &str = "rebind.wild.actgate.test";
+/// A wildcard name whose AAAA record points at ::1.
+const REBIND6: &str = "rebind6.wild.actgate.test";
+/// A public name (under an ICANN suffix) that an exact rule allows: guarded all the same.
+const PUBLIC: (&str, &str) = ("pinned.example.com", "127.0.0.32");
+/// A public name, exactly allowed, that points at the trusted address.
+const PUBLIC_TRUSTED: &str = "trusted.example.com";
 
 /// A long TTL: nothing expires during the suite but `BRIEF`.
 const TTL: u32 = 300;
@@ -84,6 +90,9 @@ fn zone() -> Result<Zone> {
         .record(BRIEF.0, ip(BRIEF.1)?, 1)
         .record(SIX, IpAddr::V6(Ipv6Addr::LOCALHOST), TTL)
         .record(REBIND, ip(UNTRUSTED)?, TTL)
+        .record(REBIND6, IpAddr::V6(Ipv6Addr::LOCALHOST), TTL)
+        .record(PUBLIC.0, ip(PUBLIC.1)?, TTL)
+        .record(PUBLIC_TRUSTED, ip(TRUSTED)?, TTL)
         .silent(SILENT))
 }
 
@@ -94,7 +103,16 @@ fn policy() -> String {
         .chain([METRICS_LABEL])
         .collect();
     let exact: Vec<String> = [
-        UDP.0, TCP.0, SHARED_A.0, SHARED_B.0, BRIEF.0, EVENT.0, SIX, SILENT,
+        UDP.0,
+        TCP.0,
+        SHARED_A.0,
+        SHARED_B.0,
+        BRIEF.0,
+        EVENT.0,
+        SIX,
+        SILENT,
+        PUBLIC.0,
+        PUBLIC_TRUSTED,
     ]
     .iter()
     .map(|n| format!("      - {n}:{PORT}\n"))
@@ -134,7 +152,12 @@ fn start(ctx: &Ctx) -> Result<Fixture> {
     let mut addrs: Vec<IpAddr> = [UDP, TCP, OTHER, SHARED_A, SHARED_B, BRIEF, EVENT]
         .iter()
         .map(|(_, a)| a.parse())
-        .chain([NAMELESS.parse(), TRUSTED.parse(), UNTRUSTED.parse()])
+        .chain([
+            NAMELESS.parse(),
+            TRUSTED.parse(),
+            UNTRUSTED.parse(),
+            PUBLIC.1.parse(),
+        ])
         .collect::<Result<_, _>>()?;
     if ipv6_loopback() {
         addrs.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
@@ -462,18 +485,47 @@ fn rebinding_answer_to_untrusted_loopback_is_dropped_and_counted(
             "lookup of {REBIND} (→ {UNTRUSTED}) as {user} in {label}"
         );
         expect_denied_without_lookup(ctx, f, user, label, UNTRUSTED, "after the dropped answer")?;
+        // ::1 may be open to the label through six.actgate.test: only the answer is checked.
+        expect_eq!(
+            query(ctx, user, label, &[REBIND6, "aaaa"]),
+            "NOERROR",
+            "AAAA lookup of {REBIND6} (→ ::1) as {user} in {label}"
+        );
+        expect_eq!(
+            dropped_answers(label)? - before,
+            2.0,
+            "change of actgate_dns_dropped_answers_total{{label=\"{label}\"}}"
+        );
+    }
+    expect_reached_upstream(f, REBIND)?;
+    expect_reached_upstream(f, REBIND6)
+}
+
+fn exact_rule_for_a_public_name_is_still_guarded(ctx: &Ctx, f: &mut Fixture) -> Outcome {
+    let (name, addr) = PUBLIC;
+    for (user, label) in USERS {
+        let before = dropped_answers(label)?;
+        expect_eq!(
+            query(ctx, user, label, &[name, "a", "--connect", &port()]),
+            "NOERROR",
+            "lookup of the public {name} (→ {addr}) as {user} in {label}"
+        );
+        expect_denied_without_lookup(ctx, f, user, label, addr, "after the dropped answer")?;
         expect_eq!(
             dropped_answers(label)? - before,
             1.0,
             "change of actgate_dns_dropped_answers_total{{label=\"{label}\"}}"
         );
+        // The address rule on port 9 trusts 127.0.0.30 for public names too.
+        expect_lookup_connects(ctx, f, (user, label), (PUBLIC_TRUSTED, "a", "udp"), TRUSTED)?;
     }
-    expect_reached_upstream(f, REBIND)
+    expect_reached_upstream(f, name)
 }
 
 fn address_expires_after_ttl_and_grace(ctx: &Ctx, f: &mut Fixture) -> Outcome {
     let (name, addr) = BRIEF;
     for (user, label) in USERS {
+        let before = addresses(label)?;
         // TTL 1 s and grace 1 s: the second connect, 3.5 s after the answer, comes after both.
         expect_eq!(
             query(
@@ -485,10 +537,42 @@ fn address_expires_after_ttl_and_grace(ctx: &Ctx, f: &mut Fixture) -> Outcome {
             format!("NOERROR {addr}=OK,EPERM"),
             "lookup of {name} (TTL 1 s) as {user} in {label}, connect, and again 3.5 s later"
         );
+        expect_eq!(
+            addresses_settled(label, before)?,
+            before,
+            "actgate_dns_addresses{{label=\"{label}\"}} once {name} expired"
+        );
         expect_denied_without_lookup(ctx, f, user, label, addr, "after the TTL and grace")?;
         expect_lookup_connects(ctx, f, (user, label), (name, "a", "udp"), addr)?;
+        // Scraped well within the 2 s the new answer lasts (a probe takes about 0.2 s here).
+        expect_eq!(
+            addresses(label)?,
+            before + 1.0,
+            "actgate_dns_addresses{{label=\"{label}\"}} right after {name} was looked up again"
+        );
     }
     Ok(())
+}
+
+/// `actgate_dns_addresses` of `label` now.
+fn addresses(label: &str) -> Result<f64> {
+    Ok(metric(
+        &scrape()?,
+        &dns_series("actgate_dns_addresses", label, None),
+    ))
+}
+
+/// `actgate_dns_addresses` of `label` once it is `want`, or after 5 s: the daemon frees
+/// expired addresses once a second.
+fn addresses_settled(label: &str, want: f64) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = addresses(label)?;
+        if got == want || Instant::now() > deadline {
+            return Ok(got);
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn reply_appears_to_come_from_the_server_asked(ctx: &Ctx, _f: &mut Fixture) -> Outcome {
@@ -735,6 +819,7 @@ pub fn suite() -> Suite<Fixture> {
                 rebinding_answer_to_untrusted_loopback_is_dropped_and_counted,
                 fixture
             ),
+            case!(exact_rule_for_a_public_name_is_still_guarded, fixture),
             case!(address_expires_after_ttl_and_grace, fixture),
             case!(reply_appears_to_come_from_the_server_asked, fixture),
             case!(unlabelled_dns_is_not_steered, fixture),
