@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap,
     fs,
-    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -19,7 +19,10 @@ use std::{
 
 use anyhow::{Context, Result, anyhow};
 
-use super::{Case, Suite};
+use super::{
+    Case, Suite,
+    net::connect::{ipv6_loopback, needs_ipv6},
+};
 use crate::{
     case,
     dns_server::{Upstream, Zone},
@@ -186,21 +189,6 @@ fn start(ctx: &Ctx) -> Result<Fixture> {
         upstream,
         listeners,
     })
-}
-
-fn ipv6_loopback() -> bool {
-    UdpSocket::bind("[::1]:0").is_ok()
-}
-
-/// Skips a test that needs IPv6 loopback (`::1`) where there is none.
-fn needs_ipv6() -> Outcome {
-    if ipv6_loopback() {
-        Ok(())
-    } else {
-        Err(NotPassed::Skip(
-            "skipping test – the VM has no IPv6 loopback address (::1)".into(),
-        ))
-    }
 }
 
 fn at(addr: &str) -> String {

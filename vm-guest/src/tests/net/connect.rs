@@ -88,12 +88,12 @@ fn start(ctx: &Ctx) -> Result<Network> {
 
 /// Whether the VM has IPv6 loopback at all; without it the IPv6 tests are skipped, never
 /// passed.
-fn ipv6_loopback() -> bool {
+pub fn ipv6_loopback() -> bool {
     UdpSocket::bind("[::1]:0").is_ok()
 }
 
 /// Skips a test that needs IPv6 loopback (`::1`) where there is none.
-fn needs_ipv6() -> Outcome {
+pub fn needs_ipv6() -> Outcome {
     if ipv6_loopback() {
         Ok(())
     } else {
