@@ -77,6 +77,11 @@ const PUBLIC: (&str, &str) = ("pinned.example.com", "127.0.0.32");
 /// A public name, exactly allowed, that points at the trusted address.
 const PUBLIC_TRUSTED: &str = "trusted.example.com";
 
+/// The suite's policy directory, beneath the context's.
+const POLICIES: &str = "dns/policies";
+/// A label in audit mode that the reload test adds.
+const AUDIT_LABEL: &str = "dnsaudit";
+
 /// A long TTL: nothing expires during the suite but `BRIEF`.
 const TTL: u32 = 300;
 
@@ -171,7 +176,7 @@ fn start(ctx: &Ctx) -> Result<Fixture> {
         l.set_nonblocking(true)?;
         listeners.insert(addr, l);
     }
-    let dir = ctx.path("dns/policies");
+    let dir = ctx.path(POLICIES);
     harness::write(&dir.join("dns.yaml"), &policy())?;
     let daemon = Daemon::start(
         ctx,
@@ -606,6 +611,51 @@ fn unlabelled_dns_is_not_steered(ctx: &Ctx, f: &mut Fixture) -> Outcome {
     Ok(())
 }
 
+/// A reload judges the lookups made before it again: a name it no longer allows stops
+/// opening its address at once, and its next lookup is refused. A label in audit mode is
+/// answered what enforce mode would refuse, and its connect is let through.
+fn reload_rejudges_lookups_and_audit_answers_what_enforce_refuses(
+    ctx: &Ctx,
+    f: &mut Fixture,
+) -> Outcome {
+    let (name, addr) = UDP;
+    let (user, label) = USERS[0];
+    expect_lookup_connects(ctx, f, (user, label), (name, "a", "udp"), addr)?;
+    // The audit label's file first: a reload that sees the narrower rules sees it too,
+    // whether SIGHUP or the directory watcher starts it.
+    let dir = ctx.path(POLICIES);
+    let audit = format!(
+        "name: vmtest-dns-audit\nlabels: [{AUDIT_LABEL}]\nmode: audit\n\
+         network:\n  connect:\n    default: deny\n"
+    );
+    harness::write(&dir.join("audit.yaml"), &audit)?;
+    let narrower = policy().replace(&format!("      - {name}:{PORT}\n"), "");
+    harness::write(&dir.join("dns.yaml"), &narrower)?;
+    f.daemon.signal(libc::SIGHUP);
+    let lookup = || Ok(query(ctx, user, label, &[name, "a"]));
+    expect_eq!(
+        harness::eventually("REFUSED", lookup)?,
+        "REFUSED",
+        "lookup of {name} as {user} in {label} after a reload dropped its rule"
+    );
+    expect_denied_without_lookup(ctx, f, user, label, addr, "after a reload dropped its name")?;
+    let (other, other_addr) = OTHER;
+    f.drain()?;
+    expect_eq!(
+        query(
+            ctx,
+            "root",
+            AUDIT_LABEL,
+            &[other, "a", "--connect", &port()]
+        ),
+        format!("NOERROR {other_addr}=OK"),
+        "lookup of {other} (no rule) in {AUDIT_LABEL}, in audit mode, then connect"
+    );
+    let series = dns_series("actgate_dns_queries_total", AUDIT_LABEL, Some("audit"));
+    expect_eq!(metric(&scrape()?, &series), 1.0, "{series}");
+    Ok(())
+}
+
 fn dns_series(metric: &str, label: &str, verdict: Option<&str>) -> String {
     match verdict {
         Some(v) => format!("{metric}{{label=\"{label}\",verdict=\"{v}\"}}"),
@@ -810,6 +860,11 @@ pub fn suite() -> Suite<Fixture> {
                 fixture
             ),
             case!(connect_judged_through_a_name_reports_its_host, fixture),
+            // Last: it changes the suite's policy.
+            case!(
+                reload_rejudges_lookups_and_audit_answers_what_enforce_refuses,
+                fixture
+            ),
         ],
         stop: |f| {
             let Fixture {
