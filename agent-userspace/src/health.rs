@@ -1,7 +1,7 @@
 //! Watching that what the daemon put in the kernel is still what judges: its set owns, its
-//! links are pinned, and `CONFIG` holds the generation it wrote. Anything else (bpf(2) from
-//! outside every label, an `rm` in bpffs) is logged and makes the daemon unready until it is
-//! put right.
+//! links (the LSM hooks' and DNS steering's) are pinned, and `CONFIG` holds the generation it
+//! wrote. Anything else (bpf(2) from outside every label, an `rm` in bpffs) is logged and
+//! makes the daemon unready until it is put right.
 
 use std::{
     sync::{
@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{Config, HOOKS, maps};
+use agent_common::{Config, HOOKS, dns, maps};
 use aya::maps::{Array, Map, MapData};
 use tracing::{error, info};
 
@@ -32,10 +32,15 @@ fn check(pins: &Pins, instance: u64, in_force: u32, present: &Present) -> Option
         Err(e) => return Some(format!("reading the owner map: {e:#}")),
     }
     let dir = pins.set_dir(instance);
-    let mut attached = HOOKS.iter().zip(present).filter(|(_, p)| **p);
-    if let Some((hook, _)) = attached.find(|(h, _)| !dir.join("links").join(h).exists()) {
+    let hooks = HOOKS
+        .iter()
+        .zip(present)
+        .filter(|(_, p)| **p)
+        .map(|(h, _)| h);
+    let mut attached = hooks.chain(dns::PROGRAMS);
+    if let Some(name) = attached.find(|name| !dir.join("links").join(name).exists()) {
         return Some(format!(
-            "the link of {hook} is no longer pinned in {}",
+            "the link of {name} is no longer pinned in {}",
             dir.display()
         ));
     }
