@@ -191,6 +191,33 @@ fn take_map<K: aya::Pod, V: aya::Pod>(
     BpfHashMap::try_from(map).with_context(|| format!("map {name} is not a hash map"))
 }
 
+/// Descriptors each label's resolver holds: UDP and TCP, on 127.0.0.1 and ::1.
+const FDS_PER_LABEL: u64 = 4;
+
+/// Raises the limit of open files for the resolvers of `MAX_LABELS` labels, beyond the usual
+/// soft limit of 1,024: root may raise the hard limit too; otherwise the soft one goes up to
+/// the hard one. A limit still too low is logged; starting a resolver then fails with the
+/// reason.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted = u64::from(agent_common::MAX_LABELS) * FDS_PER_LABEL + 1024;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let raised = [wanted.max(hard), hard]
+        .into_iter()
+        .filter(|&n| n > soft)
+        .find(|&n| setrlimit(Resource::RLIMIT_NOFILE, n, n.max(hard)).is_ok())
+        .unwrap_or(soft);
+    if raised < wanted {
+        warn!(
+            "the limit of open files ({raised}) is below the {wanted} that the DNS resolvers of \
+             {} labels need",
+            agent_common::MAX_LABELS
+        );
+    }
+}
+
 impl Dns {
     pub fn new(
         opts: &Options,
@@ -198,6 +225,7 @@ impl Dns {
         telemetry: Arc<Telemetry>,
         counters: Arc<Counters>,
     ) -> Result<Self> {
+        raise_fd_limit();
         let upstream = Upstream::choose(opts.dns_upstream.as_deref())?;
         info!(upstream = %upstream.0, "labels' DNS queries are forwarded to {}", upstream.0);
         let hosts: BpfHashMap<MapData, HostKey, HostEntry> = take_map(ebpf, maps::HOSTS)?;

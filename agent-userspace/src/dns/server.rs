@@ -65,7 +65,7 @@ impl Server {
                     let job = serve_udp(Arc::new(sock), label, shared.clone(), limit.clone());
                     tasks.push(tokio::spawn(job));
                 }
-                Err(e) if ip.is_ipv6() => warn!(label, "no IPv6 DNS for labels: {e}"),
+                Err(e) if no_ipv6(ip, &e) => warn!(label, "no IPv6 DNS for labels: {e}"),
                 Err(e) => return Err(e.into()),
             }
             match TcpListener::bind(SocketAddr::new(ip, 0)).await {
@@ -74,12 +74,24 @@ impl Server {
                     let job = serve_tcp(listener, label, shared.clone(), limit.clone());
                     tasks.push(tokio::spawn(job));
                 }
-                Err(e) if ip.is_ipv6() => warn!(label, "no IPv6 DNS over TCP for labels: {e}"),
+                Err(e) if no_ipv6(ip, &e) => {
+                    warn!(label, "no IPv6 DNS over TCP for labels: {e}")
+                }
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(Self { tasks, ports })
     }
+}
+
+/// Whether binding `ip` failed because the host has no IPv6 loopback, the one failure that
+/// leaves a family without a resolver rather than stopping the daemon.
+fn no_ipv6(ip: IpAddr, e: &std::io::Error) -> bool {
+    ip.is_ipv6()
+        && matches!(
+            e.raw_os_error(),
+            Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT)
+        )
 }
 
 async fn serve_udp(sock: Arc<UdpSocket>, label: u32, shared: Arc<Shared>, limit: Arc<Semaphore>) {
