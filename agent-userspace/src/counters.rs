@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 use agent_common::{Action, KernelError, Verdict, decision_index, limit_index, maps};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray},
@@ -22,12 +22,7 @@ pub struct Counters {
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Mutex<PerCpuArray<MapData, u64>>> {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("map {name} is missing from the eBPF object"))?;
-    Ok(Mutex::new(PerCpuArray::try_from(map).with_context(
-        || format!("map {name} has an unexpected type"),
-    )?))
+    crate::maps::take(ebpf, name).map(Mutex::new)
 }
 
 /// Sum of one slot over every CPU; a read error counts as zero rather than failing a scrape.

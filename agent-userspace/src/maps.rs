@@ -85,7 +85,8 @@ pub struct RuleMaps {
     revocations: Revocations,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+/// The map `name` of the object, as the map type `T`.
+pub fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {

@@ -24,12 +24,9 @@ fn address(record: &Record) -> Option<IpAddr> {
 /// Addresses a public name has no business pointing at: loopback, link-local (cloud metadata
 /// at 169.254.169.254 among them), private and shared ranges, unspecified, multicast.
 pub fn internal(ip: IpAddr) -> bool {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => internal_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => internal_v4(v4),
-            None => internal_v6(v6),
-        },
+        IpAddr::V6(v6) => internal_v6(v6),
     }
 }
 

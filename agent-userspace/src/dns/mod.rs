@@ -39,7 +39,7 @@ use self::{
     telemetry::{Outcome, Telemetry},
     upstream::Upstream,
 };
-use crate::{counters::Counters, events::since_boot, plan::LabelState};
+use crate::{counters::Counters, events::since_boot, maps::take, plan::LabelState};
 
 /// `actgate run`'s DNS options.
 #[derive(Args, Clone, Debug)]
@@ -181,16 +181,6 @@ pub struct Dns {
     servers: HashMap<u32, Server>,
 }
 
-fn take_map<K: aya::Pod, V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &str,
-) -> Result<BpfHashMap<MapData, K, V>> {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("map {name} is missing from the eBPF object"))?;
-    BpfHashMap::try_from(map).with_context(|| format!("map {name} is not a hash map"))
-}
-
 /// Descriptors each label's resolver holds: UDP and TCP, on 127.0.0.1 and ::1.
 const FDS_PER_LABEL: u64 = 4;
 
@@ -228,7 +218,7 @@ impl Dns {
         raise_fd_limit();
         let upstream = Upstream::choose(opts.dns_upstream.as_deref())?;
         info!(upstream = %upstream.0, "labels' DNS queries are forwarded to {}", upstream.0);
-        let hosts: BpfHashMap<MapData, HostKey, HostEntry> = take_map(ebpf, maps::HOSTS)?;
+        let hosts: BpfHashMap<MapData, HostKey, HostEntry> = take(ebpf, maps::HOSTS)?;
         let shared = Arc::new(Shared {
             upstream,
             rules: RwLock::new(HashMap::new()),
@@ -247,7 +237,7 @@ impl Dns {
         });
         Ok(Self {
             shared,
-            resolvers: take_map(ebpf, maps::DNS_RESOLVERS)?,
+            resolvers: take(ebpf, maps::DNS_RESOLVERS)?,
             servers: HashMap::new(),
         })
     }

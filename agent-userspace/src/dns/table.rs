@@ -103,7 +103,7 @@ impl Table {
         lookup.judgement = answer.judgement.clone();
         for (ip, ttl) in answer.addrs {
             let until = now_ns + (u64::from(*ttl) + grace) * 1_000_000_000;
-            let at = lookup.addrs.entry(unmapped(*ip)).or_insert(0);
+            let at = lookup.addrs.entry(ip.to_canonical()).or_insert(0);
             *at = (*at).max(until);
         }
         while l.lookups.len() > MAX_NAMES && evict(l, answer.name, telemetry, label) {}
@@ -205,17 +205,10 @@ fn evict(l: &mut Label, current: &str, telemetry: &Telemetry, label: u32) -> boo
     true
 }
 
-/// IPv4-mapped IPv6 addresses as IPv4: the kernel judges such connects as IPv4.
-fn unmapped(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 pub fn host_key(label: u32, ip: IpAddr, port: u16) -> HostKey {
     let mut addr = [0u8; 16];
-    let family = match unmapped(ip) {
+    // IPv4-mapped IPv6 addresses as IPv4: the kernel judges such connects as IPv4.
+    let family = match ip.to_canonical() {
         IpAddr::V4(v4) => {
             addr[..4].copy_from_slice(&v4.octets());
             NET_FAMILY_V4
