@@ -62,6 +62,9 @@ pub enum Action {
     ConnectUdp { addr: SocketAddr },
     /// sendto(ADDR:PORT) of one datagram from an unconnected, unbound UDP socket.
     SendtoUdp { addr: SocketAddr },
+    /// A TCP socket's sendto(ADDR:PORT, MSG_FASTOPEN): a connect carried by its first send
+    /// (TCP Fast Open), which passes no connect(2).
+    SendtoTcpFastopen { addr: SocketAddr },
     /// An IPv4 UDP socket's sendto(ADDR:PORT) of one datagram, the address given with
     /// sin_family AF_UNSPEC, which the kernel sends to as if it were AF_INET.
     SendtoUdpUnspec { addr: std::net::SocketAddrV4 },
@@ -288,8 +291,9 @@ fn connect_udp(addr: &SocketAddr) -> io::Result<()> {
     check(sent as libc::c_int).map(drop)
 }
 
-fn sendto_udp(addr: &SocketAddr) -> io::Result<()> {
-    let s = Socket::for_addr(addr, libc::SOCK_DGRAM)?;
+/// sendto(ADDR:PORT) of one datagram (or TCP segment) from a new, unbound socket of `ty`.
+fn sendto(addr: &SocketAddr, ty: libc::c_int, flags: libc::c_int) -> io::Result<()> {
+    let s = Socket::for_addr(addr, ty)?;
     let (storage, len) = sockaddr(addr);
     // SAFETY: a valid buffer and socket address of the given lengths.
     let sent = unsafe {
@@ -297,7 +301,7 @@ fn sendto_udp(addr: &SocketAddr) -> io::Result<()> {
             s.0,
             DATAGRAM.as_ptr().cast(),
             DATAGRAM.len(),
-            0,
+            flags,
             &storage as *const _ as *const libc::sockaddr,
             len,
         )
@@ -526,7 +530,8 @@ pub fn run(action: Action) -> ExitCode {
         }
         Action::ConnectTcp { addr } => connect_tcp(addr),
         Action::ConnectUdp { addr } => connect_udp(addr),
-        Action::SendtoUdp { addr } => sendto_udp(addr),
+        Action::SendtoUdp { addr } => sendto(addr, libc::SOCK_DGRAM, 0),
+        Action::SendtoTcpFastopen { addr } => sendto(addr, libc::SOCK_STREAM, libc::MSG_FASTOPEN),
         Action::SendtoUdpUnspec { addr } => sendto_udp_unspec(addr),
         Action::ConnectUnix { path } => connect_unix(path),
         // SAFETY: kill(2) takes no pointers.

@@ -589,6 +589,29 @@ fn reply_appears_to_come_from_the_server_asked(ctx: &Ctx, _f: &mut Fixture) -> O
     Ok(())
 }
 
+/// Only what the cgroup programs steer passes the connect rules unjudged: TCP Fast Open to
+/// port 53 (a connect carried by sendto, which no connect program sees) and a connect to
+/// another port of the same server are judged by their address, and refused.
+fn other_routes_to_a_dns_server_are_judged_by_address(ctx: &Ctx, _f: &mut Fixture) -> Outcome {
+    let dns = format!("{SERVER}:53");
+    let other = format!("{SERVER}:54");
+    for (user, label) in USERS {
+        for (args, what) in [
+            (["sendto-tcp-fastopen", &dns], "TCP Fast Open sendto"),
+            (["connect-tcp", &other], "TCP connect to port 54"),
+            (["sendto-udp", &other], "UDP sendto port 54"),
+        ] {
+            expect_eq!(
+                ctx.attempt_as(label, user, &args),
+                "EPERM",
+                "{what} of {} as {user} in {label}",
+                args[1]
+            );
+        }
+    }
+    Ok(())
+}
+
 fn unlabelled_dns_is_not_steered(ctx: &Ctx, f: &mut Fixture) -> Outcome {
     let before = f.upstream.queries(UDP.0);
     expect_eq!(
@@ -854,6 +877,7 @@ pub fn suite() -> Suite<Fixture> {
             case!(exact_rule_for_a_public_name_is_still_guarded, fixture),
             case!(address_expires_after_ttl_and_grace, fixture),
             case!(reply_appears_to_come_from_the_server_asked, fixture),
+            case!(other_routes_to_a_dns_server_are_judged_by_address, fixture),
             case!(unlabelled_dns_is_not_steered, fixture),
             case!(
                 dns_metrics_count_queries_per_verdict_and_addresses_exactly,
