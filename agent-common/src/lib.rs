@@ -439,6 +439,20 @@ pub fn path_key_header_raw(ruleset: u16, action: u8) -> [u8; PATH_KEY_HEADER] {
     [rs[0], rs[1], action, 0]
 }
 
+/// Last header byte of the "below" marks in `PATH_RULES` (rules have 0 there, so the two
+/// kinds never match each other's lookups). For every directory `D/` above the key of one of
+/// an action's rules (strictly shorter than it), there is an entry header + `D/` whose value
+/// is the length of `D/`. A directory without a mark has no rule beneath it, so every entry
+/// in it gets the flags its own prefix gets: the kernel's directory cache (`dircache.rs`)
+/// keeps those per directory and skips resolving the paths of the files in it.
+pub const PATH_KEY_BELOW: u8 = 1;
+
+/// The header of an action's "below" marks (see `PATH_KEY_BELOW`).
+pub fn below_key_header(ruleset: u16, action: Action) -> [u8; PATH_KEY_HEADER] {
+    let rs = ruleset.to_be_bytes();
+    [rs[0], rs[1], action as u8, PATH_KEY_BELOW]
+}
+
 /// Network trie key data: rule set (big-endian u16), port (big-endian u16, 0 = any port),
 /// family (4 or 6), the action (connect or listen), then the address (IPv4 in the first 4
 /// bytes).

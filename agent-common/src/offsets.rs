@@ -68,6 +68,9 @@ macro_rules! kernel_offsets {
             UNIX_ADDRESS_NAME: unix_address.name,
             VM_AREA_STRUCT_VM_FILE: vm_area_struct.vm_file,
             BACKING_FILE_USER_PATH: backing_file.user_path,
+            TASK_STRUCT_FS: task_struct.fs,
+            FS_STRUCT_ROOT: fs_struct.root,
+            QSTR_HASH: qstr.hash,
         }
     };
 }

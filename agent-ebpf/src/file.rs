@@ -7,9 +7,11 @@ use agent_common::{Action, Hook, KernelError, LabelInfo, Verdict};
 use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
 
 use crate::{
+    dircache::Dir,
     hook::{frame, frame_when},
-    judge::{moved_path, path_actions, protected},
+    judge::{cached_path_actions, moved_path, protected},
     kernel::{self, Inode, field, get, read},
+    maps::Scratch,
     path::Target,
     steps::Steps,
 };
@@ -88,7 +90,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         (mode | flags) & FMODE_EXEC == 0 && mode & FMODE_NOACCOUNT == 0 && !internal(at)
     };
     frame_when(&ctx, Hook::FILE_OPEN, concerns, |info| {
-        open_file(info, file, Target::Resolved(at))
+        open_file(info, file, Target::Resolved(at), |s| Dir::of_file(file, s))
     })
 }
 
@@ -101,9 +103,15 @@ fn internal(at: *const path) -> bool {
 }
 
 /// A labelled task that gets the open `file` (a BTF-typed `struct file *`, named by `target`)
-/// may read it if it was opened to read, and write it if it was opened to write.
+/// may read it if it was opened to read, and write it if it was opened to write. `dir` gives
+/// its directory for the directory cache when `target` is the path it was opened by.
 #[inline(always)]
-fn open_file(info: &LabelInfo, file: *const u8, target: Target) -> Result<Verdict, KernelError> {
+fn open_file(
+    info: &LabelInfo,
+    file: *const u8,
+    target: Target,
+    dir: impl FnOnce(&mut Scratch) -> Option<Dir>,
+) -> Result<Verdict, KernelError> {
     let mode: u32 = field(file, get(&kernel::FILE_F_MODE));
     let flags: u32 = field(file, get(&kernel::FILE_F_FLAGS));
     // Access mode 3 gets neither FMODE_READ nor FMODE_WRITE (OPEN_FMODE in fs/open.c), yet
@@ -133,7 +141,7 @@ fn open_file(info: &LabelInfo, file: *const u8, target: Target) -> Result<Verdic
         (false, true) => &[Action::FileRead],
         (false, false) => return Ok(Verdict::Allow),
     };
-    path_actions(info, target, Inode::of(f_inode, false), actions)
+    cached_path_actions(info, dir, target, Inode::of(f_inode, false), actions)
 }
 
 /// A descriptor passed over SCM_RIGHTS or taken with pidfd_getfd is judged as if the task had
@@ -147,7 +155,7 @@ pub fn file_receive(ctx: LsmContext) -> i32 {
         &ctx,
         Hook::FILE_RECEIVE,
         || !internal(at),
-        |info| open_file(info, file, Target::at(at)),
+        |info| open_file(info, file, Target::at(at), |_| None),
     )
 }
 
@@ -171,7 +179,9 @@ fn existing_write(info: &LabelInfo, p: *const path) -> Result<Verdict, KernelErr
         return Ok(protected(info, Action::FileWrite, Target::at(p)));
     }
     let inode = Inode::of(path_inode(p as *const u8), false);
-    path_actions(info, Target::at(p), inode, &[Action::FileWrite])
+    let at = p as *const u8;
+    let dir = |s: &mut Scratch| Dir::of_entry(at, field::<usize>(at, 8) as *const u8, s);
+    cached_path_actions(info, dir, Target::at(p), inode, &[Action::FileWrite])
 }
 
 /// A hook whose first argument is the `struct path` of an existing file that it changes
@@ -216,7 +226,10 @@ fn entry_write(
         return Ok(protected(info, Action::FileWrite, target));
     }
     match entry {
-        Entry::Create => path_actions(info, target, None, &[Action::FileWrite]),
+        Entry::Create => {
+            let in_dir = |s: &mut Scratch| Dir::of_entry(dir as *const u8, dentry, s);
+            cached_path_actions(info, in_dir, target, None, &[Action::FileWrite])
+        }
         Entry::Symlink => moved_path(info, target, None, &[Action::FileWrite]),
         // Two judgments of one name: as steps, which the verifier checks once (see `steps`).
         Entry::Remove => {

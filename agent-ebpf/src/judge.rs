@@ -17,6 +17,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    dircache::{self, Cached, Dir},
     kernel::{self, Inode, get, read},
     limits,
     maps::{self, Scratch},
@@ -59,7 +60,20 @@ pub fn path_actions(
     inode: Option<Inode>,
     actions: &[Action],
 ) -> Result<Verdict, KernelError> {
-    judge_path(info, target, inode, actions, false)
+    judge_path(info, target, inode, actions, false, |_| None)
+}
+
+/// `path_actions` for a target whose directory `dir` gives: the decision may come from the
+/// directory cache (`dircache.rs`), and the resolved path fills it.
+#[inline(always)]
+pub fn cached_path_actions(
+    info: &LabelInfo,
+    dir: impl FnOnce(&mut Scratch) -> Option<Dir>,
+    target: Target,
+    inode: Option<Inode>,
+    actions: &[Action],
+) -> Result<Verdict, KernelError> {
+    judge_path(info, target, inode, actions, false, dir)
 }
 
 /// What an exec or an executable mapping runs.
@@ -93,11 +107,18 @@ pub fn exec_action(info: &LabelInfo, exe: Executable) -> Result<Verdict, KernelE
 
 /// An executable mapping of `exe`: an exec of it, judged like other path actions (the path
 /// is resolved only when a rule or an event needs it, since a process maps every shared
-/// library it loads) and not remembered, since the process keeps running what it ran.
+/// library it loads) and not remembered, since the process keeps running what it ran. `dir`
+/// gives the file's directory for the directory cache, as in `cached_path_actions`.
 #[inline(always)]
-pub fn mapped(info: &LabelInfo, exe: Executable) -> Result<Verdict, KernelError> {
+pub fn mapped(
+    info: &LabelInfo,
+    exe: Executable,
+    dir: impl FnOnce(&mut Scratch) -> Option<Dir>,
+) -> Result<Verdict, KernelError> {
     match exe {
-        Executable::File(target, inode) => path_actions(info, target, inode, &[Action::Exec]),
+        Executable::File(target, inode) => {
+            cached_path_actions(info, dir, target, inode, &[Action::Exec])
+        }
         Executable::Anonymous => Ok(anonymous(info, scratch()?)),
     }
 }
@@ -133,7 +154,7 @@ pub fn moved_path(
     inode: Option<Inode>,
     actions: &[Action],
 ) -> Result<Verdict, KernelError> {
-    judge_path(info, target, inode, actions, true)
+    judge_path(info, target, inode, actions, true, |_| None)
 }
 
 #[inline(always)]
@@ -143,6 +164,7 @@ fn judge_path(
     inode: Option<Inode>,
     actions: &[Action],
     guard: bool,
+    dir: impl FnOnce(&mut Scratch) -> Option<Dir>,
 ) -> Result<Verdict, KernelError> {
     if !needs_path(info, actions, guard) {
         // Only allowing defaults can apply: count them without resolving the path.
@@ -152,6 +174,19 @@ fn judge_path(
         return Ok(Verdict::Allow);
     }
     let s = scratch()?;
+    // Taken before the path is resolved: see `dircache`.
+    let dir = if dircache::usable(info, actions) {
+        dir(s)
+    } else {
+        None
+    };
+    let mut fill = false;
+    if let Some(d) = &dir {
+        match cached(info, d, s, inode, actions) {
+            Ok(v) => return Ok(v),
+            Err(unknown) => fill = unknown,
+        }
+    }
     let first = actions.first().copied().unwrap_or(Action::FileWrite);
     if let Some(v) = unresolved(info, s, target, first) {
         return Ok(v);
@@ -165,7 +200,47 @@ fn judge_path(
             break;
         }
     }
+    if fill && let Some(d) = &dir {
+        for action in actions {
+            d.fill(info, *action, s);
+        }
+    }
     Ok(result)
+}
+
+/// The decision on `actions` from the directory cache, when every one of them is cached and
+/// allowed (then counted as `judge_resolved` would). Otherwise the path decides, and the error
+/// says whether the cache lacked what it could learn from the path.
+#[inline(always)]
+fn cached(
+    info: &LabelInfo,
+    d: &Dir,
+    s: &Scratch,
+    inode: Option<Inode>,
+    actions: &[Action],
+) -> Result<Verdict, bool> {
+    for action in actions {
+        let a = *action as usize;
+        let mut flags = match d.get(info, *action, s) {
+            Cached::Flags(flags) => flags,
+            Cached::Below => return Err(false),
+            Cached::Unknown => return Err(true),
+        };
+        if info.has_rules.get(a).copied().unwrap_or(0) != 0
+            && let Some(i) = inode
+        {
+            flags |= inode_flags(&i, info.ruleset, *action);
+        }
+        let default = info.defaults.get(a).copied().unwrap_or(0);
+        if verdict(flags, default, info.mode) != Verdict::Allow {
+            return Err(false);
+        }
+    }
+    for action in actions {
+        // An allow sends no event here (`dircache::usable`), so the target isn't needed.
+        record(info, *action, Verdict::Allow, Reason::Rule, |_| {});
+    }
+    Ok(Verdict::Allow)
 }
 
 /// One judgment of `steps.rs`: `action` on `target`, like `judge_path` with that one action.
@@ -280,13 +355,9 @@ pub fn fill_path(e: &mut Event, s: &Scratch) {
 /// resolved in `s`.
 #[inline(always)]
 fn path_rule_flags(s: &mut Scratch, header: [u8; PATH_KEY_HEADER]) -> u8 {
-    s.header = header;
     // The key's own length: the trie compares each rule's prefix against it. Bytes
     // bpf_d_path leaves after the NUL never matter, because no rule has a NUL before its end.
-    s.prefix_len = (8 * PATH_KEY_DATA) as u32;
-    // SAFETY: `Scratch` starts with an LPM key: prefix_len, then PATH_KEY_DATA bytes.
-    let key = unsafe { &*(s as *const Scratch as *const Key<[u8; PATH_KEY_DATA]>) };
-    maps::PATH_RULES.get(key).copied().unwrap_or(0)
+    s.lookup(header, (8 * PATH_KEY_DATA) as u32)
 }
 
 /// An IPv4 or IPv6 destination, the address in network order, IPv4 in the first 4 bytes.

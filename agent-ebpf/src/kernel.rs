@@ -25,6 +25,14 @@ pub static LABEL_LEVEL: u64 = 0;
 #[unsafe(no_mangle)]
 pub static INSTANCE: u64 = 0;
 
+/// Addresses of the kernel's `rename_lock` and `mount_lock` seqlocks (from /proc/kallsyms; 0
+/// when the daemon couldn't find them, which turns the directory cache off). Their sequence
+/// numbers change with every `d_move` and every change to the mount tree: see `dircache.rs`.
+#[unsafe(no_mangle)]
+pub static RENAME_LOCK: u64 = 0;
+#[unsafe(no_mangle)]
+pub static MOUNT_LOCK: u64 = 0;
+
 /// Test-only switch for the start-up self-test: when set, the hooks allow everything, so the
 /// daemon's proof of enforcement must fail.
 #[unsafe(no_mangle)]

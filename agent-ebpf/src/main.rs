@@ -5,8 +5,9 @@
 //! - `kernel.rs` (offsets and reads of kernel memory) and `maps.rs`;
 //! - `path.rs` (a hook's target → absolute path), `label.rs` (the calling task's label) and
 //!   `process.rs` (the binary each labelled process runs, for its events);
-//! - `limits.rs` (budgets and the breaker), `record.rs` (counters and events) and `hook.rs`
-//!   (the frame every hook runs in);
+//! - `limits.rs` (budgets and the breaker), `record.rs` (counters and events), `hook.rs`
+//!   (the frame every hook runs in) and `dircache.rs` (directories whose entries' path flags
+//!   are known, so an open there needs no path);
 //! - `judge.rs` (rule lookups → verdict) and `steps.rs` (a call's several judgments, checked by
 //!   the verifier once);
 //! - `dns.rs`: cgroup sock_addr programs, not LSM ones, that steer labelled DNS queries to the
@@ -24,6 +25,7 @@
 #![allow(internal_features)]
 
 mod attr;
+mod dircache;
 mod dns;
 mod escape;
 mod exec;

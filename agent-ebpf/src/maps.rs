@@ -10,7 +10,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 
 #[map]
@@ -180,10 +180,73 @@ pub struct Scratch {
     pub prefix_len: u32,
     pub header: [u8; PATH_KEY_HEADER],
     pub path: [u8; PATH_BUF],
+    /// The length of `path` without its NUL, once resolved.
+    pub len: u64,
+    /// The directory cache's entry for the directory of the file being judged (see
+    /// `dircache::Dir`).
+    pub dir: DirEntry,
+}
+
+impl Scratch {
+    /// The value of the longest `PATH_RULES` entry under `header` that is a prefix of the
+    /// first `bits` bits of the header and the path.
+    #[inline(always)]
+    pub fn lookup(&mut self, header: [u8; PATH_KEY_HEADER], bits: u32) -> u8 {
+        self.header = header;
+        self.prefix_len = bits;
+        // SAFETY: `Scratch` starts with an LPM key: prefix_len, then PATH_KEY_DATA bytes.
+        let key = unsafe { &*(self as *const Scratch as *const Key<[u8; PATH_KEY_DATA]>) };
+        PATH_RULES.get(key).copied().unwrap_or(0)
+    }
 }
 
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a `DIRS` entry is kept (see `dircache.rs`): `D`'s dentry, the mount, the rule set and the action.
+#[repr(C)]
+pub struct DirKey {
+    pub dentry: u64,
+    pub mnt: u64,
+    pub ruleset: u16,
+    pub action: u8,
+    pub _pad: [u8; 5],
+}
+
+/// What must be unchanged for a `DIRS` entry to hold (see `dircache.rs`).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DirState {
+    pub rename_seq: u32,
+    pub mount_seq: u32,
+    pub generation: u32,
+    pub _pad: u32,
+    pub root_mnt: u64,
+    pub root_dentry: u64,
+    pub inode: u64,
+    pub ino: u64,
+    pub parent: u64,
+    pub hash_len: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DirEntry {
+    pub state: DirState,
+    /// The path flags of every entry of `D`, when not `below`.
+    pub flags: u8,
+    /// `D` has a rule beneath it: its entries' paths must be resolved.
+    pub below: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Directories whose entries' path flags are known (see `dircache.rs`). Least recently used
+/// entries make room; a lost entry only costs a path resolution.
+#[map]
+pub static DIRS: LruHashMap<DirKey, DirEntry> = LruHashMap::with_max_entries(MAX_DIRS, 0);
+
+/// Directories the cache keeps, over all labels, rule sets and actions.
+const MAX_DIRS: u32 = 16384;
 
 /// Where `path::walk` assembles a path right to left before copying it into `Scratch`, and
 /// the state its `bpf_loop` steps share: where the walk is (a dentry on a mount, kernel

@@ -62,7 +62,7 @@ pub fn name_into(target: Target, out: &mut [u8]) {
     }
 }
 
-/// Resolves a target into `s.path` (NUL-terminated).
+/// Resolves a target into `s.path` (NUL-terminated), and its length into `s.len`.
 #[inline(always)]
 pub fn resolve(s: &mut Scratch, target: Target) -> Result<(), KernelError> {
     match target {
@@ -79,6 +79,8 @@ pub fn resolve(s: &mut Scratch, target: Target) -> Result<(), KernelError> {
             if len <= 0 {
                 Err(KernelError::DPathFailed)
             } else {
+                // bpf_d_path counts the NUL.
+                s.len = len as u64 - 1;
                 Ok(())
             }
         }
@@ -147,6 +149,7 @@ fn walk(s: &mut Scratch, at: *const path, dentry: *const u8) -> Result<(), Kerne
     if start == PATH_BUF {
         s.path[0] = b'/';
         s.path[1] = 0;
+        s.len = 1;
         return Ok(());
     }
     let len = (PATH_BUF - start) & (PATH_BUF - 1);
@@ -162,6 +165,7 @@ fn walk(s: &mut Scratch, at: *const path, dentry: *const u8) -> Result<(), Kerne
         return Err(KernelError::NameUnreadable);
     }
     s.path[len] = 0;
+    s.len = len as u64;
     Ok(())
 }
 

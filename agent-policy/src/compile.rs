@@ -11,7 +11,7 @@ use agent_common::{
     ANONYMOUS, Action, BREAKER_SLOT, DENIED_CAPABILITIES, GUARD_ACTION, Limit, LimitKey,
     NET_ANY_PORT_RULES, NET_FAMILY_V4, NET_FAMILY_V6, NET_KEY_DATA, NET_KEY_HEADER, NET_PORT_RULES,
     NetKey, PATH_KEY_DATA, PATH_KEY_HEADER, PathKey, RULE_ALLOW, RULE_DENY, RULE_PROTECT,
-    net_key_header, path_key_header, path_key_header_raw,
+    below_key_header, net_key_header, path_key_header, path_key_header_raw,
 };
 use ipnet::IpNet;
 
@@ -127,6 +127,43 @@ pub fn compile_guards(policy: &Policy, ruleset: u16) -> Vec<(PathKey, u8)> {
         .map(|p| path_bytes(&PathPattern::Exact(p.to_owned())))
         .filter(|bytes| fits(bytes))
         .map(|bytes| (path_key(header, &bytes), RULE_DENY))
+        .collect()
+}
+
+/// The "below" marks of path trie `entries` (see `agent_common::PATH_KEY_BELOW`): for each
+/// rule of exec, files.write, files.read and files.delete, every directory `D/` strictly
+/// above its key, valued with the length of `D/`. The kernel's directory cache may only
+/// cache a directory that has no mark: then no rule can tell its entries apart.
+pub fn compile_below_marks(entries: &[(PathKey, u8)]) -> Vec<(PathKey, u8)> {
+    let cached = [
+        Action::Exec,
+        Action::FileWrite,
+        Action::FileRead,
+        Action::FileDelete,
+    ];
+    let mut marks: BTreeSet<([u8; PATH_KEY_HEADER], &[u8])> = BTreeSet::new();
+    for (key, _) in entries {
+        let (header, rest) = key.data.split_at(PATH_KEY_HEADER);
+        let len = (key.prefix_len as usize / 8).saturating_sub(PATH_KEY_HEADER);
+        let bytes = &rest[..len.min(rest.len())];
+        let Some(action) = cached.iter().find(|a| **a as u8 == header[2]) else {
+            continue;
+        };
+        if header[3] != 0 {
+            continue;
+        }
+        let ruleset = u16::from_be_bytes([header[0], header[1]]);
+        let header = below_key_header(ruleset, *action);
+        // "/a/b/c\0" marks "/", "/a/" and "/a/b/"; the tree "/a/b/" marks "/" and "/a/".
+        for (i, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'/') {
+            if i + 1 < bytes.len() {
+                marks.insert((header, &bytes[..=i]));
+            }
+        }
+    }
+    marks
+        .into_iter()
+        .map(|(header, dir)| (path_key(header, dir), dir.len() as u8))
         .collect()
 }
 
@@ -667,6 +704,44 @@ mod tests {
             for action in [Action::Exec, Action::FileWrite, Action::FileRead, Action::FileDelete] {
                 for q in &queries {
                     prop_assert_eq!(kernel(&entries, &p, ruleset, action, q), decide(&p, action, q), "{:?} {}", action, q);
+                }
+            }
+        }
+
+        /// The kernel's directory cache (agent-ebpf's `dircache.rs`): a directory without a
+        /// "below" mark gives each of its entries the flags of the directory's own prefix,
+        /// and those must decide like the reference. The marks must not change what the rule
+        /// lookups find either.
+        #[test]
+        fn unmarked_directories_decide_their_entries_like_the_reference(
+            file_write in path_rules_strategy(),
+            file_read in path_rules_strategy(),
+            ruleset in any::<u16>(),
+            queries in proptest::collection::vec(small_path(), 1..20),
+        ) {
+            let mut p = policy();
+            p.file_write = file_write;
+            p.file_read = file_read;
+            let mut entries = compile_paths(&p, ruleset);
+            let marks = compile_below_marks(&entries);
+            entries.extend(marks);
+            let trie = || entries.iter().map(|(k, f)| (k.prefix_len, &k.data[..], *f));
+            for action in [Action::FileWrite, Action::FileRead] {
+                for q in queries.iter().filter(|q| q.as_str() != "/") {
+                    prop_assert_eq!(kernel(&entries, &p, ruleset, action, q), decide(&p, action, q));
+                    let dir = &q[..=q.rfind('/').unwrap()];
+                    let key = |header: [u8; PATH_KEY_HEADER]| [&header[..], dir.as_bytes()].concat();
+                    let bits = 8 * (PATH_KEY_HEADER + dir.len());
+                    let mark = lpm(trie(), &key(below_key_header(ruleset, action)), bits);
+                    if usize::from(mark) == dir.len() {
+                        continue;
+                    }
+                    let flags = if has_rules(&p)[action as usize] == 0 {
+                        0
+                    } else {
+                        lpm(trie(), &key(path_key_header(ruleset, action)), bits)
+                    };
+                    prop_assert_eq!(kernel_verdict(&p, flags, action), decide(&p, action, q), "{:?} {}", action, q);
                 }
             }
         }

@@ -11,8 +11,8 @@ use thiserror::Error;
 
 use crate::{
     compile::{
-        compile_guards, compile_limits, compile_net, compile_paths, defaults, denied_capabilities,
-        has_rules, limit_bits,
+        compile_below_marks, compile_guards, compile_limits, compile_net, compile_paths, defaults,
+        denied_capabilities, has_rules, limit_bits,
     },
     model::{Mode, PathPattern, PolicySet},
 };
@@ -32,8 +32,8 @@ pub struct CompiledRuleset {
     pub policy: String,
     /// The first bytes of every trie and inode key of this rule set.
     pub number: u16,
-    /// Path trie entries: the exec, file-write, file-read and file-delete rules, then the move
-    /// guards.
+    /// Path trie entries: the exec, file-write, file-read, file-delete and unix rules, their
+    /// "below" marks (`agent_common::PATH_KEY_BELOW`), then the move guards.
     pub paths: Vec<(PathKey, u8)>,
     /// Network trie entries of the connect rules.
     pub nets: Vec<(NetKey, u8)>,
@@ -94,6 +94,8 @@ pub fn compile_set(set: &PolicySet, numbers: Range<u16>) -> Result<CompiledSet, 
     let mut compiled = CompiledSet::default();
     for (index, (policy, number)) in set.policies.iter().zip(numbers).enumerate() {
         let mut paths = compile_paths(policy, number);
+        let marks = compile_below_marks(&paths);
+        paths.extend(marks);
         paths.extend(compile_guards(policy, number));
         // Not `file_delete`: inode rules catch another hard link reaching a denied file's
         // data, but a delete removes a name, and removing another link of a denied file leaves
@@ -205,6 +207,9 @@ network:
         let c = compile_set(&s, 7..9).unwrap();
         let (coder, watcher) = (&s.policies[0], &s.policies[1]);
         let mut paths = compile_paths(coder, 7);
+        let marks = compile_below_marks(&paths);
+        assert!(!marks.is_empty());
+        paths.extend(marks);
         paths.extend(compile_guards(coder, 7));
         assert_eq!(c.rulesets[0].paths, paths);
         assert_eq!(c.rulesets[1].nets, compile_net(watcher, 8));
@@ -244,7 +249,8 @@ network:
         let entry = |action: u8, bytes: &[u8]| {
             r.paths.iter().find_map(|(k, flags)| {
                 let len = k.prefix_len as usize / 8;
-                (k.data[2] == action && &k.data[PATH_KEY_HEADER..len] == bytes).then_some(*flags)
+                let rule = k.data[2] == action && k.data[3] == 0;
+                (rule && &k.data[PATH_KEY_HEADER..len] == bytes).then_some(*flags)
             })
         };
         let delete = Action::FileDelete as u8;

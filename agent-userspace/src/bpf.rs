@@ -18,7 +18,7 @@ use aya::{
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{info, warn};
 
-use crate::{btf, cgroup::LabelRoot, pin::Pins};
+use crate::{btf, cgroup::LabelRoot, kallsyms, pin::Pins};
 
 /// The object built by build.rs from agent-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -139,12 +139,14 @@ fn build_id(another: bool) -> u64 {
 }
 
 /// Loads the object with this kernel's offsets as the set `instance` (see `Pins::new_set`),
-/// adopting the kept maps pinned there, and attaches and pins every hook.
+/// adopting the kept maps pinned there, and attaches and pins every hook. `dir_cache: false`
+/// turns the programs' directory cache off.
 pub fn load(
     root: &LabelRoot,
     sizes: &Sizes,
     pins: &Pins,
     instance: u64,
+    dir_cache: bool,
     test: TestSwitches,
 ) -> Result<Set> {
     let vmlinux = Path::new("/sys/kernel/btf/vmlinux");
@@ -167,6 +169,21 @@ pub fn load(
     let mut loader = EbpfLoader::new();
     for (name, value) in &offsets {
         loader.override_global(name, value, true);
+    }
+    // Without the addresses the programs never use the directory cache.
+    let seqlocks = match kallsyms::seqlocks() {
+        Some(addresses) if dir_cache => addresses,
+        Some(_) => [0, 0],
+        None => {
+            warn!(
+                "/proc/kallsyms shows no address for rename_lock and mount_lock: the \
+                 directory cache is off, and every labelled open resolves its path"
+            );
+            [0, 0]
+        }
+    };
+    for ((global, _), address) in kallsyms::SEQLOCKS.iter().zip(&seqlocks) {
+        loader.override_global(global, address, true);
     }
     for (name, path) in &kept {
         loader.map_pin_path(name, path.as_path());

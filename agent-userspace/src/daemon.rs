@@ -70,6 +70,10 @@ pub struct Options {
     /// Where the programs, links and maps are pinned in bpffs (mounted if needed).
     #[arg(long, default_value = pin::DEFAULT_ROOT)]
     pub pin_dir: PathBuf,
+    /// Turn the kernel's directory cache off: every judged open and executable mapping
+    /// resolves its path (what `cargo xtask bench` compares the cache against).
+    #[arg(long)]
+    pub no_dir_cache: bool,
     #[command(flatten)]
     pub dns: dns::Options,
     /// TEST ONLY: make every hook allow everything, so the start-up self-test must fail.
@@ -252,6 +256,7 @@ pub async fn run(opts: Options) -> Result<Stopped> {
         &sizes,
         &pins,
         instance,
+        !opts.no_dir_cache,
         bpf::TestSwitches {
             fake_allow_all: opts.fake_allow_all,
             another_build: opts.another_build,

@@ -16,6 +16,7 @@ mod events;
 mod health;
 mod http;
 mod inodes;
+mod kallsyms;
 mod launch;
 mod maps;
 mod metrics;

@@ -220,6 +220,8 @@ pub fn suite() -> Suite<Enforcing> {
             case!(labelled_rename_or_link_of_read_denied_file_is_eperm),
             case!(labelled_renaming_read_denied_tree_does_not_expose_it),
             case!(labelled_renaming_write_denied_tree_does_not_unlock_it),
+            case!(labelled_read_after_its_directory_moved_into_a_denied_tree_is_eperm),
+            case!(labelled_create_after_its_directory_moved_into_a_locked_tree_is_eperm),
             case!(unlabelled_file_actions_are_unaffected),
             case!(labelled_write_open_on_overlayfs_is_judged_on_the_visible_path),
             case!(labelled_access_through_hard_link_on_overlayfs_made_before_start_is_eperm),

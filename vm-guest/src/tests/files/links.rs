@@ -1,13 +1,13 @@
 //! Hard links and renames: a file keeps its rules under another name or in a moved tree.
 
-use std::{fs, os::unix::fs::MetadataExt};
+use std::{fs, os::unix::fs::MetadataExt, path::Path};
 
 use anyhow::Context;
 
 use super::{GUEST_TMP, exists, f, gone, labelled, read, unlabelled};
 use crate::{
     expect_eq,
-    harness::{Ctx, Outcome},
+    harness::{self, Ctx, Outcome},
 };
 
 pub(super) fn labelled_access_through_hard_link_made_before_start_is_eperm(ctx: &Ctx) -> Outcome {
@@ -104,6 +104,89 @@ pub(super) fn labelled_renaming_read_denied_tree_does_not_expose_it(ctx: &Ctx) -
 
 pub(super) fn labelled_renaming_write_denied_tree_does_not_unlock_it(ctx: &Ctx) -> Outcome {
     renamed_tree_stays_protected(ctx, "ws/locked", "file.txt", "open-write")
+}
+
+/// The kernel caches, per directory, what its entries' paths are judged to (`dircache.rs` in
+/// agent-ebpf): the directory's dentry stays the same when it, or a directory above it, is
+/// renamed, so the cache must notice the rename. The label reads a file twice (filling the
+/// cache, then from it), a rename moves the file's directory, or the one above it, into the
+/// read-denied tree, and the read under the new path must be refused.
+pub(super) fn labelled_read_after_its_directory_moved_into_a_denied_tree_is_eperm(
+    ctx: &Ctx,
+) -> Outcome {
+    // (directory renamed, file below it, who renames)
+    for (dir, file, by_label) in [
+        ("ws/cached", "f.txt", true),
+        ("ws/outer", "inner/f.txt", true),
+        ("ws/outer2", "inner/f.txt", false),
+    ] {
+        let from = f(ctx, dir);
+        let name = dir.rsplit('/').next().unwrap_or(dir);
+        let to = f(ctx, &format!("ws/private/{name}"));
+        harness::write(Path::new(&format!("{from}/{file}")), "cached\n")?;
+        for round in ["filling the cache", "from the cache"] {
+            expect_eq!(
+                labelled(ctx, &["open-read", &format!("{from}/{file}")]),
+                "OK",
+                "read of {dir}/{file}, {round}"
+            );
+        }
+        if by_label {
+            expect_eq!(
+                labelled(ctx, &["rename", &from, &to]),
+                "OK",
+                "the label's rename of {dir} into ws/private"
+            );
+        } else {
+            fs::rename(&from, &to).context("the unlabelled rename")?;
+        }
+        let after = labelled(ctx, &["open-read", &format!("{to}/{file}")]);
+        fs::remove_dir_all(&to).context("removing the moved directory")?;
+        expect_eq!(
+            after,
+            "EPERM",
+            "read of {file} once {dir} moved into the denied ws/private (renamed by {})",
+            if by_label {
+                "the label"
+            } else {
+                "an unlabelled process"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The same for the hooks whose paths are rebuilt by a dentry walk (create, chmod): the label
+/// creates files in a directory and changes their mode (filling the cache and using it), an
+/// unlabelled process moves the directory into the write-locked tree, and neither a create
+/// nor a chmod there may pass.
+pub(super) fn labelled_create_after_its_directory_moved_into_a_locked_tree_is_eperm(
+    ctx: &Ctx,
+) -> Outcome {
+    let (from, to) = (f(ctx, "ws/wcache"), f(ctx, "ws/locked/wcache"));
+    fs::create_dir_all(&from).context("the directory")?;
+    for name in ["a", "b"] {
+        let file = format!("{from}/{name}");
+        expect_eq!(labelled(ctx, &["create", &file]), "OK", "create of {name}");
+        expect_eq!(
+            labelled(ctx, &["chmod", &file, "600"]),
+            "OK",
+            "chmod of {name}"
+        );
+    }
+    fs::rename(&from, &to).context("the unlabelled rename")?;
+    let create = labelled(ctx, &["create", &format!("{to}/c")]);
+    let chmod = labelled(ctx, &["chmod", &format!("{to}/a"), "644"]);
+    let created = exists(&format!("{to}/c"));
+    fs::remove_dir_all(&to).context("removing the moved directory")?;
+    expect_eq!(
+        create,
+        "EPERM",
+        "create in wcache once moved into ws/locked"
+    );
+    expect_eq!(created, false, "a denied create left a file");
+    expect_eq!(chmod, "EPERM", "chmod in wcache once moved into ws/locked");
+    Ok(())
 }
 
 /// A hard link to a read-denied secret made by an unlabelled process while the daemon enforces,
