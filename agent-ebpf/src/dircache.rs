@@ -1,13 +1,13 @@
-//! A per-directory cache of path rule flags: a labelled open (or executable mapping) of a file
-//! in a directory that was judged before skips `bpf_d_path` and the trie lookup, which are
-//! most of its cost.
+//! A per-directory cache of path rule flags: a labelled open, executable mapping, create,
+//! truncate, chmod or chown in a directory that was judged before skips resolving the path
+//! (`bpf_d_path` or the dentry walk) and the trie lookup, which are most of its cost.
 //!
 //! Rules are paths. When no rule of an action lies strictly beneath a directory `D/` (no
 //! "below" mark, see `agent_common::PATH_KEY_BELOW`), the longest rule that is a prefix of
 //! `D/name` is one that is a prefix of `D/`, so every entry of `D` gets the flags of `D/`.
-//! The first judged open in `D` resolves its path as before, then stores those flags (or that
-//! `D` is marked) under `D`'s dentry, the mount the file was opened through, the rule set and
-//! the action; later opens in `D` read them back.
+//! The first judged action in `D` resolves its path as before, then stores those flags (or that
+//! `D` is marked) under `D`'s dentry, the mount it was reached through, the rule set and
+//! the action; later actions in `D` read them back.
 //!
 //! An entry is used only while `D`'s path can't have changed since it was filled:
 //! - every rename anywhere moves a dentry under the kernel's `rename_lock`, and every change
