@@ -57,7 +57,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1.5)]
         secs: f64,
         /// Times each workload runs per run.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 2)]
         reps: u32,
     },
     /// Internal: the benchmark's worker, driven over stdin/stdout.

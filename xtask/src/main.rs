@@ -52,7 +52,7 @@ enum Task {
         /// Seconds each operation is timed per run (default 1.5).
         #[arg(long)]
         secs: Option<f64>,
-        /// Times each workload runs per run (default 3).
+        /// Times each workload runs per run (default 2).
         #[arg(long)]
         reps: Option<u32>,
     },
