@@ -476,20 +476,24 @@ pub fn table(r: &Report) -> String {
         r.method.rounds * r.method.workload_reps
     ));
     line(format!(
-        "{:<12} {:>34} {:>12} {:>34} {:>9} {:>9}",
+        "{:<12} {:>28} {:>9} {:>28} {:>9} {:>9}",
         "workload", "A: daemon stopped", "F: floor", "B: enforcing", "B/A", "B/F"
     ));
-    for (name, w) in &r.workloads {
+    for name in Workload::ALL.map(Workload::name) {
+        let Some(w) = r.workloads.get(name) else {
+            continue;
+        };
         match w {
             WorkloadOutcome::Done(v) => {
-                let ms = |m: f64| human(m * 1e6);
-                let span =
-                    |m: f64, lo: f64, hi: f64| format!("{} [{} .. {}]", ms(m), ms(lo), ms(hi));
+                let secs = |ms: f64| format!("{:.2} s", ms / 1000.0);
+                let span = |m: f64, lo: f64, hi: f64| {
+                    format!("{} [{} .. {}]", secs(m), secs(lo), secs(hi))
+                };
                 line(format!(
-                    "{:<12} {:>34} {:>12} {:>34} {:>9} {:>9}",
+                    "{:<12} {:>28} {:>9} {:>28} {:>9} {:>9}",
                     name,
                     span(v.a_ms, v.a_p25_ms, v.a_p75_ms),
-                    ms(v.f_ms),
+                    secs(v.f_ms),
                     span(v.b_ms, v.b_p25_ms, v.b_p75_ms),
                     signed(v.overhead_pct),
                     signed(v.above_floor_pct)

@@ -30,14 +30,14 @@ pub const PATH: &str = "/usr/bin:/bin";
 // project, and the file-walking workloads far larger than the process-starting ones.
 
 /// Files of the git repository, spread over REPO_DIRS directories.
-const REPO_FILES: usize = 5000;
-const REPO_DIRS: usize = 100;
+const REPO_FILES: usize = 8000;
+const REPO_DIRS: usize = 160;
 /// Tracked files changed after the commit, so that status and diff have work.
-const REPO_CHANGED: usize = 100;
+const REPO_CHANGED: usize = 400;
 /// Files of the tree `grep -r` reads, spread over TREE_DIRS directories, and their lines.
 const TREE_FILES: usize = 5000;
 const TREE_DIRS: usize = 100;
-const TREE_LINES: usize = 100;
+const TREE_LINES: usize = 250;
 /// Files holding the string grep looks for.
 const NEEDLES: usize = 3;
 const NEEDLE: &str = "actgate-bench-needle";
@@ -45,12 +45,12 @@ const NEEDLE: &str = "actgate-bench-needle";
 const C_FILES: usize = 2;
 const C_FUNCTIONS: usize = 6;
 /// Python modules, spread over PY_PACKAGES packages, and the functions in each.
-const PY_FILES: usize = 20;
-const PY_PACKAGES: usize = 4;
+const PY_FILES: usize = 12;
+const PY_PACKAGES: usize = 3;
 const PY_FUNCTIONS: usize = 25;
 /// Files of the archive `tar xf` extracts, spread over TAR_DIRS directories.
-const TAR_FILES: usize = 1200;
-const TAR_DIRS: usize = 30;
+const TAR_FILES: usize = 2400;
+const TAR_DIRS: usize = 60;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Workload {
