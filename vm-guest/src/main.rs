@@ -56,6 +56,9 @@ enum Cmd {
         /// Seconds each operation is timed per run.
         #[arg(long, default_value_t = 1.5)]
         secs: f64,
+        /// Times each workload runs per run.
+        #[arg(long, default_value_t = 2)]
+        reps: u32,
     },
     /// Internal: the benchmark's worker, driven over stdin/stdout.
     #[command(hide = true)]
@@ -90,12 +93,14 @@ fn main() -> ExitCode {
             out,
             rounds,
             secs,
+            reps,
         } => {
             let opts = bench::Options {
                 actgate,
                 out,
                 rounds,
                 secs,
+                reps,
             };
             match bench::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,

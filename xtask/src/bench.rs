@@ -17,7 +17,12 @@ fn release_bin(name: &str) -> PathBuf {
     root().join("target").join("release").join(name)
 }
 
-pub fn bench(kernel: &str, rounds: Option<u32>, secs: Option<f64>) -> Result<()> {
+pub fn bench(
+    kernel: &str,
+    rounds: Option<u32>,
+    secs: Option<f64>,
+    reps: Option<u32>,
+) -> Result<()> {
     let Some((release, vmlinuz)) = matrix_kernels()
         .into_iter()
         .rev()
@@ -45,6 +50,9 @@ pub fn bench(kernel: &str, rounds: Option<u32>, secs: Option<f64>) -> Result<()>
     }
     if let Some(s) = secs {
         command.push_str(&format!(" --secs {s}"));
+    }
+    if let Some(r) = reps {
+        command.push_str(&format!(" --reps {r}"));
     }
     println!("\n=== Benchmark on Linux {release} (QEMU software emulation; ~10 minutes) ===");
     let status = vm::boot(&vmlinuz, 2, &out, &command, &vm::Output::Terminal)?;

@@ -52,6 +52,9 @@ enum Task {
         /// Seconds each operation is timed per run (default 1.5).
         #[arg(long)]
         secs: Option<f64>,
+        /// Times each workload runs per run (default 2).
+        #[arg(long)]
+        reps: Option<u32>,
     },
 }
 
@@ -157,10 +160,11 @@ fn main() -> Result<()> {
             kernel,
             rounds,
             secs,
+            reps,
         } => {
             setup::setup()?;
             build_release()?;
-            bench::bench(&kernel, rounds, secs)
+            bench::bench(&kernel, rounds, secs, reps)
         }
     }
 }

@@ -20,6 +20,36 @@ fn have(program: &str) -> bool {
     quiet_ok(Command::new("sh").args(["-c", &format!("command -v {program}")]))
 }
 
+/// The benchmark's workloads run Debian's own tools, from /usr/bin and /bin only (see
+/// vm-guest's `bench/workloads.rs`): the program each needs, and its package. tar and grep are
+/// essential packages, always there.
+const WORKLOAD_TOOLS: [(&str, &str); 4] = [
+    ("git", "git"),
+    ("make", "make"),
+    ("gcc", "gcc"),
+    ("python3", "python3"),
+];
+
+/// Where a workload's compile finds libc's headers and start files.
+const LIBC_DEV_HEADER: &str = "/usr/include/stdio.h";
+
+/// The packages of the workloads' tools that aren't installed yet.
+fn missing_workload_packages() -> Vec<&'static str> {
+    let mut packages: Vec<&str> = WORKLOAD_TOOLS
+        .iter()
+        .filter(|(program, _)| {
+            !["/usr/bin", "/bin"]
+                .iter()
+                .any(|d| std::path::Path::new(d).join(program).is_file())
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if !std::path::Path::new(LIBC_DEV_HEADER).is_file() {
+        packages.push("libc6-dev");
+    }
+    packages
+}
+
 /// The kernels of the test matrix: Debian bookworm (6.1) and bookworm-backports (6.12).
 pub const KERNEL_SERIES: [&str; 2] = ["6.1.", "6.12."];
 
@@ -106,7 +136,8 @@ pub fn setup() -> Result<()> {
     let need_qemu = !have("qemu-system-x86_64");
     let need_busybox = !have("busybox");
     let need_kernels = matrix_kernels().len() < KERNEL_SERIES.len();
-    if need_qemu || need_busybox || need_kernels {
+    let workload_packages = missing_workload_packages();
+    if need_qemu || need_busybox || need_kernels || !workload_packages.is_empty() {
         let codename = apt::codename()?;
         let backports = format!("{codename}-backports");
         apt::ensure_suite(&codename, &backports)?;
@@ -119,6 +150,9 @@ pub fn setup() -> Result<()> {
         }
         if need_busybox {
             apt::install(None, &["busybox-static"])?;
+        }
+        if !workload_packages.is_empty() {
+            apt::install(None, &workload_packages)?;
         }
         if need_kernels {
             // The matrix: the release's kernel (6.1) and the backported one (6.12).

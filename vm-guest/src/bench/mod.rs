@@ -8,12 +8,14 @@
 //! The runs alternate: A with the daemon stopped, F (the floor, `floor.rs`) with a no-op BPF
 //! LSM program on each of actgate's hooks, B with the daemon running and enforcing a policy of
 //! 1,000 rules per action that never matches the benchmarked targets, so B measures the allow
-//! path. Only ratios within one boot mean anything: the VM runs under software emulation.
-//! Nothing here asserts a timing.
+//! path. Each run ends with the workloads (`workloads.rs`, issue 16): real programs the
+//! labelled worker runs to their end, which the policy must allow. Only ratios within one boot
+//! mean anything: the VM runs under software emulation. Nothing here asserts a timing.
 //!
 //! This file runs the phases. `worker.rs` holds the timed operations, `fixtures.rs` what they
-//! operate on, `stats.rs` turns samples into figures, `programs.rs` reads each BPF program's
-//! run time, and `report.rs` is results.json and its table.
+//! operate on, `workloads.rs` the workloads and theirs, `stats.rs` turns samples into figures,
+//! `programs.rs` reads each BPF program's run time, and `report.rs` is results.json and its
+//! table.
 
 mod fixtures;
 mod floor;
@@ -22,6 +24,7 @@ mod programs;
 mod report;
 mod stats;
 mod worker;
+mod workloads;
 
 use std::{
     collections::BTreeMap,
@@ -46,6 +49,7 @@ use self::{
     report::{Flood, Machine, Method, Outcome, Report, human},
     stats::{Results, r1, r2, summary},
     worker::{Worker, pin, worker_cpu},
+    workloads::Workload,
 };
 use crate::harness::{self, Daemon, metric};
 
@@ -76,6 +80,8 @@ pub struct Options {
     pub rounds: u32,
     /// Seconds each operation is timed per run.
     pub secs: f64,
+    /// Times each workload runs per run.
+    pub reps: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -186,6 +192,20 @@ enum Phase {
     Scale(usize),
 }
 
+/// One timed run of a workload, by the labelled worker.
+struct WorkloadRun {
+    workload: Workload,
+    phase: Phase,
+    ms: f64,
+}
+
+/// What this guest can't measure, and why.
+#[derive(Default)]
+struct LeftOut {
+    ops: BTreeMap<Op, String>,
+    workloads: BTreeMap<Workload, String>,
+}
+
 /// One timed run of one operation by one worker.
 struct Run {
     labelled: bool,
@@ -212,9 +232,11 @@ struct Bench {
     port: u16,
     /// The operations timed in each run: Op::ALL less those this guest can't do.
     ops: Vec<Op>,
-    /// Operations left out, and why.
-    skipped: BTreeMap<Op, String>,
+    /// The workloads each run ends with: Workload::ALL less those this guest can't run.
+    workloads: Vec<Workload>,
+    left_out: LeftOut,
     ms: u64,
+    reps: u32,
     starts: u32,
     results: Results,
 }
@@ -312,6 +334,58 @@ impl Bench {
                 r.op.name(),
                 human(summary(&r.samples).0),
                 r.samples.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs each workload `reps` times in the labelled worker, in turns, the order reversed
+    /// every other turn. A workload that fails fails the benchmark: under B it means the policy
+    /// denied it, and a number would hide that.
+    fn run_workloads(&mut self, phase: Phase, round: u32) -> Result<()> {
+        if self.workloads.is_empty() {
+            return Ok(());
+        }
+        let (waited, busy) = quiesce();
+        progress(&format!(
+            "  workloads: machine settled after {waited:.0} s ({:.0}% busy over the last second)",
+            busy * 100.0
+        ));
+        let first = self.results.workloads.len();
+        for rep in 0..self.reps {
+            let mut order = self.workloads.clone();
+            if rep % 2 == 1 {
+                order.reverse();
+            }
+            for w in order {
+                let failed = || format!("workload {} in {phase:?} round {}", w.name(), round + 1);
+                let steps = w.prepare(&self.paths);
+                for step in steps {
+                    self.worker(true)
+                        .call(&step.line()?)
+                        .with_context(|| format!("preparing the {}", failed()))?;
+                }
+                let timed = w.job(&self.paths).line()?;
+                let ms = self.worker(true).call(&timed).with_context(failed)?;
+                self.results.workloads.push(WorkloadRun {
+                    workload: w,
+                    phase,
+                    ms: ms.first().copied().unwrap_or(f64::NAN),
+                });
+            }
+        }
+        for &w in &self.workloads {
+            let ms: Vec<f64> = self.results.workloads[first..]
+                .iter()
+                .filter(|r| r.workload == w)
+                .map(|r| r.ms)
+                .collect();
+            progress(&format!(
+                "  {phase:?} round {} workload {:<10} median {:.0} ms of {:?}",
+                round + 1,
+                w.name(),
+                summary(&ms).0,
+                ms
             ));
         }
         Ok(())
@@ -423,7 +497,17 @@ pub fn run(opts: &Options) -> Result<()> {
     let paths = Paths {
         root: PathBuf::from(DIR),
     };
-    fixtures::create(&paths, &opts.actgate)?;
+    let mut left_out = LeftOut {
+        workloads: fixtures::create(&paths, &opts.actgate)?,
+        ..LeftOut::default()
+    };
+    for (w, why) in &left_out.workloads {
+        progress(&format!("left out: workload {}: {why}", w.name()));
+    }
+    let workloads: Vec<Workload> = Workload::ALL
+        .into_iter()
+        .filter(|w| !left_out.workloads.contains_key(w))
+        .collect();
     let ms = (opts.secs * 1000.0) as u64;
 
     // The connect target: an unlabelled listener that accepts and closes, with a deep
@@ -448,7 +532,6 @@ pub fn run(opts: &Options) -> Result<()> {
         }
     });
     // User extended attributes need the file system's support (tmpfs has it since 6.6).
-    let mut skipped = BTreeMap::new();
     let target = std::ffi::CString::new(paths.write_target().display().to_string())?;
     if let Err(e) = worker::set_xattr(&target) {
         let why = format!(
@@ -458,11 +541,11 @@ pub fn run(opts: &Options) -> Result<()> {
             fs_type(&paths.root)
         );
         progress(&format!("left out: {why}"));
-        skipped.insert(Op::Setxattr, why);
+        left_out.ops.insert(Op::Setxattr, why);
     }
     let ops: Vec<Op> = Op::ALL
         .into_iter()
-        .filter(|op| !skipped.contains_key(op))
+        .filter(|op| !left_out.ops.contains_key(op))
         .collect();
 
     let guest = std::env::current_exe()?;
@@ -475,8 +558,10 @@ pub fn run(opts: &Options) -> Result<()> {
         unlabelled: Worker::spawn(unlabelled_cmd)?,
         port,
         ops,
-        skipped,
+        workloads,
+        left_out,
         ms,
+        reps: opts.reps,
         starts: 0,
         results: Results::default(),
     };
@@ -511,6 +596,7 @@ pub fn run(opts: &Options) -> Result<()> {
         ));
         let ops = bench.ops.clone();
         bench.measure(Phase::A, round, &ops, &[true, false], ms)?;
+        bench.run_workloads(Phase::A, round)?;
         progress(&format!(
             "round {} of {}: F (floor: a no-op program on each hook)",
             round + 1,
@@ -518,6 +604,7 @@ pub fn run(opts: &Options) -> Result<()> {
         ));
         let floor = Floor::attach()?;
         bench.measure(Phase::Floor, round, &ops, &[true, false], ms)?;
+        bench.run_workloads(Phase::Floor, round)?;
         drop(floor);
         let daemon = bench.start(RULES)?;
         progress(&format!(
@@ -526,6 +613,7 @@ pub fn run(opts: &Options) -> Result<()> {
             opts.rounds
         ));
         bench.measure(Phase::B, round, &ops, &[true, false], ms)?;
+        bench.run_workloads(Phase::B, round)?;
         if round + 1 == opts.rounds {
             progress("flood of denied opens");
             let outcome = Outcome::of(bench.flood(&daemon));
@@ -543,11 +631,16 @@ pub fn run(opts: &Options) -> Result<()> {
     let report = Report::new(
         kernel,
         &bench.results,
-        &bench.skipped,
+        &bench.left_out,
         flood,
         bpf_stats,
         Machine::probe(),
-        Method::new(opts.rounds, opts.secs, &fs_type(&bench.paths.root)),
+        Method::new(
+            opts.rounds,
+            opts.secs,
+            opts.reps,
+            &fs_type(&bench.paths.root),
+        ),
     );
     let text = report::table(&report);
     println!("\n{text}");

@@ -12,8 +12,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{
-    Op, PASSES, RULES, SCALES,
+    LeftOut, Op, PASSES, RULES, SCALES,
     stats::{Results, pct, r1, r2},
+    workloads::{PATH, Workload},
 };
 
 /// The whole of results.json.
@@ -38,6 +39,39 @@ pub struct Report {
     pub exec_by_mapping: ExecByMapping,
     /// Issue 13's other hooks, on the paths every labelled task takes.
     pub other_hooks: OtherHooks,
+    /// Issue 16: real programs run by the labelled worker, by workload name.
+    pub workloads: BTreeMap<&'static str, WorkloadOutcome>,
+}
+
+/// A workload's figures, or why this guest could not run it.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum WorkloadOutcome {
+    Done(WorkloadFigures),
+    Skipped { skipped: String },
+}
+
+/// One workload's wall clock, spawn to exit, in ms rounded to 0.1: A (daemon stopped), F
+/// (floor) and B (enforcing RULES rules), medians and quartiles pooled over rounds and
+/// repetitions; percentages rounded to 0.01.
+#[derive(Serialize)]
+pub struct WorkloadFigures {
+    pub a_ms: f64,
+    pub a_p25_ms: f64,
+    pub a_p75_ms: f64,
+    pub a_samples: usize,
+    pub above_floor_pct: f64,
+    pub b_ms: f64,
+    pub b_p25_ms: f64,
+    pub b_p75_ms: f64,
+    pub b_samples: usize,
+    pub f_ms: f64,
+    pub f_p25_ms: f64,
+    pub f_p75_ms: f64,
+    pub f_samples: usize,
+    pub floor_pct: f64,
+    pub overhead_pct: f64,
+    pub what: String,
 }
 
 /// Labelled operations that pass through the hooks issue 13 added besides `mmap_file` and
@@ -213,13 +247,15 @@ pub struct Method {
     pub seconds_per_run: f64,
     pub slices_per_run: u64,
     pub statistic: &'static str,
+    pub workload_reps: u32,
+    pub workloads: String,
 }
 
 impl Report {
     pub fn new(
         kernel: String,
         res: &Results,
-        skipped: &BTreeMap<Op, String>,
+        left_out: &LeftOut,
         flood: Option<Outcome<Flood>>,
         bpf_stats: Option<Outcome<BpfStats>>,
         machine: Machine,
@@ -230,6 +266,7 @@ impl Report {
         // From the rounded medians, as results.json shows them.
         let base = (read.baseline_ns + write.baseline_ns) / 2.0;
         let enf = (read.enforced_ns + write.enforced_ns) / 2.0;
+        let skipped = &left_out.ops;
         let labelled = |op: Op| match skipped.get(&op) {
             Some(why) => Outcome::Failed { error: why.clone() },
             None => Outcome::Done(res.compare(true, op)),
@@ -277,6 +314,18 @@ impl Report {
                 unix_connect: labelled(Op::UnixConnect),
                 utime: labelled(Op::Utime),
             },
+            workloads: Workload::ALL
+                .into_iter()
+                .map(|w| {
+                    let outcome = match left_out.workloads.get(&w) {
+                        Some(why) => WorkloadOutcome::Skipped {
+                            skipped: why.clone(),
+                        },
+                        None => WorkloadOutcome::Done(res.workload(w)),
+                    };
+                    (w.name(), outcome)
+                })
+                .collect(),
         }
     }
 
@@ -288,7 +337,7 @@ impl Report {
 
 impl Method {
     /// `file_system`: the type of the file system the opened files are on.
-    pub fn new(rounds: u32, seconds_per_run: f64, file_system: &str) -> Method {
+    pub fn new(rounds: u32, seconds_per_run: f64, reps: u32, file_system: &str) -> Method {
         Method {
             caveat: "the VM runs under QEMU software emulation (TCG): absolute times are far slower than native; only ratios measured within one boot mean anything",
             connect: "socket + SO_LINGER 0 + connect to a 127.0.0.1 listener + close",
@@ -301,10 +350,14 @@ impl Method {
             floor: "floor_pct = F/A - 1, the cost of attaching any BPF LSM program; above_floor_pct = B/F - 1, what actgate's own programs add to that",
             order: "S10, then A F B per round, then S10000 (A: daemon stopped, F: daemon stopped and a no-op BPF LSM program on each of its hooks, B: enforcing 1000 rules per action, S: enforcing N rules)",
             rounds,
-            rules: "deny rules per action (exec, files.write, files.read, network.connect, network.unix), defaults allow, none matching a benchmarked target",
+            rules: "rules per action (exec, files.write, files.read, network.connect, network.unix); files.write denies by default and allows the workspace (/tmp/actgate-bench/work/**), the micro-benchmarks' files (/tmp/actgate-bench/files/**) and /dev/null, padded with deny rules; the other actions allow by default and deny a list (files.read: /etc/shadow, /root/.ssh/** and the flood's target among them); no deny rule matches a benchmarked target",
             seconds_per_run,
             slices_per_run: PASSES,
             statistic: "median (p25, p75) of per-iteration means of small batches, pooled over rounds; overhead_pct = enforced/baseline - 1",
+            workload_reps: reps,
+            workloads: format!(
+                "after the operations of each A, F and B run, the labelled worker runs every workload to its end, workload_reps times in turns (order reversed every other turn); each run is timed from spawn to exit, output to /dev/null, PATH={PATH}, HOME and TMPDIR inside the workspace, and must exit 0; untimed steps before it (also labelled) remove what the previous run made; a_ms, f_ms, b_ms are medians pooled over rounds and repetitions; overhead_pct = B/A - 1, above_floor_pct = B/F - 1, floor_pct = F/A - 1"
+            ),
         }
     }
 }
@@ -418,6 +471,38 @@ pub fn table(r: &Report) -> String {
         }
     }
     line(String::new());
+    line(format!(
+        "Workloads (labelled, wall clock spawn to exit, median [p25 .. p75] of {} runs per phase):",
+        r.method.rounds * r.method.workload_reps
+    ));
+    line(format!(
+        "{:<12} {:>28} {:>9} {:>28} {:>9} {:>9}",
+        "workload", "A: daemon stopped", "F: floor", "B: enforcing", "B/A", "B/F"
+    ));
+    for name in Workload::ALL.map(Workload::name) {
+        let Some(w) = r.workloads.get(name) else {
+            continue;
+        };
+        match w {
+            WorkloadOutcome::Done(v) => {
+                let secs = |ms: f64| format!("{:.2} s", ms / 1000.0);
+                let span = |m: f64, lo: f64, hi: f64| {
+                    format!("{} [{} .. {}]", secs(m), secs(lo), secs(hi))
+                };
+                line(format!(
+                    "{:<12} {:>28} {:>9} {:>28} {:>9} {:>9}",
+                    name,
+                    span(v.a_ms, v.a_p25_ms, v.a_p75_ms),
+                    secs(v.f_ms),
+                    span(v.b_ms, v.b_p25_ms, v.b_p75_ms),
+                    signed(v.overhead_pct),
+                    signed(v.above_floor_pct)
+                ));
+            }
+            WorkloadOutcome::Skipped { skipped } => line(format!("{name:<12} left out: {skipped}")),
+        }
+    }
+    line(String::new());
     line("Scaling (labelled, enforcing; overhead against the A median):".into());
     line(format!(
         "{:<37} {:>22} {:>22} {:>22}",
@@ -501,7 +586,7 @@ pub fn table(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{Phase, Run};
+    use crate::bench::{Phase, Run, WorkloadRun};
 
     /// A report over three samples of every run, every part present.
     fn report() -> Report {
@@ -526,6 +611,21 @@ mod tests {
                 }
             }
         }
+        for workload in Workload::ALL {
+            for phase in [Phase::A, Phase::Floor, Phase::B] {
+                for ms in [2000.0, 2100.0, 2300.0] {
+                    results.workloads.push(WorkloadRun {
+                        workload,
+                        phase,
+                        ms,
+                    });
+                }
+            }
+        }
+        let left_out = LeftOut {
+            workloads: BTreeMap::from([(Workload::TarX, "tar is not in /usr/bin:/bin".into())]),
+            ..LeftOut::default()
+        };
         let by_op = || {
             let program = Program {
                 calls: 3,
@@ -562,11 +662,11 @@ mod tests {
         Report::new(
             "6.12".into(),
             &results,
-            &BTreeMap::new(),
+            &left_out,
             Some(Outcome::Done(flood)),
             Some(Outcome::Done(stats)),
             Machine::probe(),
-            Method::new(1, 0.3, "tmpfs"),
+            Method::new(1, 0.3, 2, "tmpfs"),
         )
     }
 
@@ -594,7 +694,8 @@ mod tests {
                 "machine",
                 "method",
                 "exec_by_mapping",
-                "other_hooks"
+                "other_hooks",
+                "workloads"
             ]
         );
         // serde_json's own map sorts keys: rebuilding the document from it, field by field in
@@ -617,6 +718,24 @@ mod tests {
                 .get("vs_unlabelled_enforced_pct")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn every_workload_has_figures_or_says_why_it_was_left_out() {
+        let v = serde_json::to_value(report()).unwrap();
+        for w in Workload::ALL {
+            let fig = &v["workloads"][w.name()];
+            if w == Workload::TarX {
+                assert_eq!(fig["skipped"], "tar is not in /usr/bin:/bin");
+                continue;
+            }
+            for key in ["a_ms", "f_ms", "b_ms", "overhead_pct", "above_floor_pct"] {
+                assert!(fig[key].is_number(), "{} {key}", w.name());
+            }
+            assert_eq!(fig["a_ms"], 2100.0);
+            assert_eq!(fig["b_samples"], 3);
+        }
+        assert!(table(&report()).contains("tar_x        left out: tar is not in"));
     }
 
     #[test]

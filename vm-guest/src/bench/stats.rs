@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Op, Phase, RULES, Run, SCALES,
-    report::{Comparison, Samples, Scaled},
+    Op, Phase, RULES, Run, SCALES, WorkloadRun,
+    report::{Comparison, Samples, Scaled, WorkloadFigures},
+    workloads::Workload,
 };
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -43,6 +44,7 @@ pub fn r2(v: f64) -> f64 {
 #[derive(Default)]
 pub struct Results {
     pub runs: Vec<Run>,
+    pub workloads: Vec<WorkloadRun>,
 }
 
 impl Results {
@@ -118,6 +120,40 @@ impl Results {
             },
             vs_unlabelled_enforced_pct: vs_unlabelled(Phase::B),
             vs_unlabelled_stopped_pct: vs_unlabelled(Phase::A),
+        }
+    }
+
+    /// One workload's A, F and B runs: medians and quartiles of its ms, pooled over rounds and
+    /// repetitions.
+    pub fn workload(&self, w: Workload) -> WorkloadFigures {
+        let ms = |phase: Phase| -> Vec<f64> {
+            self.workloads
+                .iter()
+                .filter(|r| r.workload == w && r.phase == phase)
+                .map(|r| r.ms)
+                .collect()
+        };
+        let (a, f, b) = (ms(Phase::A), ms(Phase::Floor), ms(Phase::B));
+        let (am, a25, a75) = summary(&a);
+        let (fm, f25, f75) = summary(&f);
+        let (bm, b25, b75) = summary(&b);
+        WorkloadFigures {
+            a_ms: r1(am),
+            a_p25_ms: r1(a25),
+            a_p75_ms: r1(a75),
+            a_samples: a.len(),
+            above_floor_pct: r2(pct(fm, bm)),
+            b_ms: r1(bm),
+            b_p25_ms: r1(b25),
+            b_p75_ms: r1(b75),
+            b_samples: b.len(),
+            f_ms: r1(fm),
+            f_p25_ms: r1(f25),
+            f_p75_ms: r1(f75),
+            f_samples: f.len(),
+            floor_pct: r2(pct(am, fm)),
+            overhead_pct: r2(pct(am, bm)),
+            what: w.what(),
         }
     }
 

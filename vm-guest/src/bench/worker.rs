@@ -6,12 +6,14 @@ use std::{
     fs,
     io::{self, BufRead, BufReader, Write},
     os::fd::AsRawFd,
+    path::PathBuf,
     process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 
 fn cstr(s: &str) -> Result<CString> {
     CString::new(s).context("NUL in a path")
@@ -353,7 +355,66 @@ fn flood(path: &CString, procs: u32, ms: u64) -> Result<[u64; 3]> {
     Ok(total)
 }
 
+/// A program to run to its end: the `run` command's argument, as one line of JSON.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Job {
+    pub dir: PathBuf,
+    pub argv: Vec<String>,
+    /// The whole environment: nothing is inherited.
+    pub env: Vec<(String, String)>,
+}
+
+impl Job {
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..])
+            .current_dir(&self.dir)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// The worker's command line that runs this job.
+    pub fn line(&self) -> Result<String> {
+        Ok(format!("run {}", serde_json::to_string(self)?))
+    }
+}
+
+/// Runs `job` with its output to /dev/null; returns its wall-clock ms, spawn to exit. A job
+/// that doesn't exit 0 is an error that carries its stderr.
+fn run_job(job: &Job) -> Result<f64> {
+    if job.argv.is_empty() {
+        bail!("a job without a program");
+    }
+    let t = Instant::now();
+    let out = job
+        .command()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("starting {} in {}", job.argv[0], job.dir.display()))?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        // The end of stderr says what failed; a denial can make a tool print one line per file.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stderr.trim();
+        let tail = &stderr[stderr.floor_char_boundary(stderr.len().saturating_sub(4000))..];
+        bail!(
+            "`{}` in {} ended with {}; stderr: {tail}",
+            job.argv.join(" "),
+            job.dir.display(),
+            out.status,
+        );
+    }
+    Ok(ms)
+}
+
 fn serve(line: &str) -> Result<String> {
+    if let Some(json) = line.strip_prefix("run ") {
+        let job: Job = serde_json::from_str(json).context("a job")?;
+        return Ok(format!("{:.1}", run_job(&job)?));
+    }
     let parts: Vec<&str> = line.split_whitespace().collect();
     let num = |s: &str| -> Result<u64> { s.parse().with_context(|| format!("bad number {s:?}")) };
     let samples = match parts.as_slice() {
