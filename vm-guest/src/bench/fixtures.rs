@@ -25,6 +25,10 @@ impl Paths {
     pub fn exe(&self) -> PathBuf {
         self.root.join("bin/true-static")
     }
+    /// A readable file in a directory no rule of the policies lies beneath.
+    pub fn plain_read_target(&self) -> PathBuf {
+        self.root.join("plain/read-target")
+    }
     pub fn read_target(&self) -> PathBuf {
         self.root.join("files/read-target")
     }
@@ -171,6 +175,7 @@ pub fn create(p: &Paths, actgate: &Path) -> Result<BTreeMap<Workload, String>> {
     write_file(&p.exe(), &true_static())?;
     fs::set_permissions(p.exe(), fs::Permissions::from_mode(0o755))?;
     write_file(&p.read_target(), b"benchmark\n")?;
+    write_file(&p.plain_read_target(), b"benchmark\n")?;
     write_file(&p.write_target(), b"benchmark\n")?;
     write_file(&p.flood_target(), b"denied\n")?;
     if let Some(dir) = p.unix_socket().parent() {

@@ -46,7 +46,7 @@ use self::{
     fixtures::Paths,
     floor::Floor,
     machine::{fs_type, quiesce},
-    report::{Flood, Machine, Method, Outcome, Report, human},
+    report::{Flood, LastRound, Machine, Method, Outcome, Report, human},
     stats::{Results, r1, r2, summary},
     worker::{Worker, pin, worker_cpu},
     workloads::Workload,
@@ -69,6 +69,15 @@ const READY_SECS: u64 = 180;
 const DYNAMIC_EXE: &str = "/usr/bin/true";
 /// Slices each run's time is cut into, operations taking turns.
 const PASSES: u64 = 8;
+/// The labelled operations the directory cache can serve, timed again in the U runs.
+const CACHED_OPS: [Op; 6] = [
+    Op::OpenRead,
+    Op::OpenWrite,
+    Op::OpenReadPlain,
+    Op::MapExec,
+    Op::Ftruncate,
+    Op::Control,
+];
 /// Slices of each operation in the per-program statistics.
 const STATS_SLICES: u64 = 5;
 
@@ -110,10 +119,14 @@ enum Op {
     /// connect to a path-named AF_UNIX listener, then close: `unix_stream_connect`, judged
     /// against `network.unix`.
     UnixConnect,
+    /// open(O_RDONLY) and close of a file in a directory no rule lies beneath: what the
+    /// directory cache (issue 16) serves without resolving the path. `OpenRead`'s directory
+    /// holds a near miss of its rules, so it is always resolved.
+    OpenReadPlain,
 }
 
 impl Op {
-    const ALL: [Op; 12] = [
+    const ALL: [Op; 13] = [
         Op::Exec,
         Op::OpenRead,
         Op::OpenWrite,
@@ -126,6 +139,7 @@ impl Op {
         Op::Setxattr,
         Op::Ftruncate,
         Op::UnixConnect,
+        Op::OpenReadPlain,
     ];
 
     fn name(self) -> &'static str {
@@ -142,6 +156,7 @@ impl Op {
             Op::Setxattr => "setxattr",
             Op::Ftruncate => "ftruncate",
             Op::UnixConnect => "unix_connect",
+            Op::OpenReadPlain => "file_open_read_plain",
         }
     }
 
@@ -159,6 +174,7 @@ impl Op {
             Op::Setxattr => "setxattr user.*",
             Op::Ftruncate => "ftruncate, same size",
             Op::UnixConnect => "connect AF_UNIX path",
+            Op::OpenReadPlain => "file_open read, no rule in its directory",
         }
     }
 
@@ -174,7 +190,8 @@ impl Op {
             | Op::Utime
             | Op::Setxattr
             | Op::Ftruncate
-            | Op::UnixConnect => 5,
+            | Op::UnixConnect
+            | Op::OpenReadPlain => 5,
             Op::Control => 50,
         }
     }
@@ -188,6 +205,9 @@ enum Phase {
     Floor,
     /// Daemon enforcing RULES rules per action.
     B,
+    /// As B, with the directory cache off (`actgate run --no-dir-cache`): what the cache saves,
+    /// within the same boot.
+    Uncached,
     /// Daemon enforcing this many rules per action (scaling runs).
     Scale(usize),
 }
@@ -247,6 +267,7 @@ impl Bench {
             Op::Exec | Op::MapExec => self.paths.exe().display().to_string(),
             Op::ExecDynamic => DYNAMIC_EXE.into(),
             Op::OpenRead => self.paths.read_target().display().to_string(),
+            Op::OpenReadPlain => self.paths.plain_read_target().display().to_string(),
             Op::OpenWrite | Op::Utime | Op::Setxattr | Op::Ftruncate => {
                 self.paths.write_target().display().to_string()
             }
@@ -257,7 +278,7 @@ impl Bench {
         let verb = match op {
             Op::Exec | Op::ExecDynamic => "exec",
             Op::MapExec => "mmap_exec",
-            Op::OpenRead => "open_read",
+            Op::OpenRead | Op::OpenReadPlain => "open_read",
             Op::OpenWrite => "open_write",
             Op::Connect => "connect",
             Op::Control => "getppid",
@@ -392,6 +413,11 @@ impl Bench {
     }
 
     fn start(&mut self, rules: usize) -> Result<Daemon> {
+        self.start_with(rules, &[])
+    }
+
+    /// `start` with more options of `actgate run`.
+    fn start_with(&mut self, rules: usize, args: &[&str]) -> Result<Daemon> {
         self.starts += 1;
         let root = &self.paths.root;
         let policies = self.paths.policies(rules);
@@ -401,7 +427,7 @@ impl Bench {
             &policies,
             &root.join(format!("events-{}.jsonl", self.starts)),
             &root.join(format!("daemon-{}.log", self.starts)),
-            &[],
+            args,
             Duration::from_secs(READY_SECS),
         )?;
         progress(&format!(
@@ -588,6 +614,7 @@ pub fn run(opts: &Options) -> Result<()> {
 
     let mut flood = None;
     let mut bpf_stats = None;
+    let mut uncached_stats = None;
     for round in 0..opts.rounds {
         progress(&format!(
             "round {} of {}: A (daemon stopped)",
@@ -623,6 +650,20 @@ pub fn run(opts: &Options) -> Result<()> {
             bpf_stats = Some(Outcome::of(bench.bpf_stats(&daemon)));
         }
         daemon.stop_cleanly()?;
+        let daemon = bench.start_with(RULES, &["--no-dir-cache"])?;
+        progress(&format!(
+            "round {} of {}: U (enforcing, directory cache off)",
+            round + 1,
+            opts.rounds
+        ));
+        bench.measure(Phase::Uncached, round, &CACHED_OPS, &[true], ms)?;
+        bench.run_workloads(Phase::Uncached, round)?;
+        if round + 1 == opts.rounds {
+            progress("per-program run time, directory cache off");
+            let ops = CACHED_OPS.into_iter().filter(|op| bench.ops.contains(op));
+            uncached_stats = Some(Outcome::of(bench.labelled_stats(&daemon, ops.collect())));
+        }
+        daemon.stop_cleanly()?;
     }
     let daemon = bench.start(10000)?;
     bench.measure(Phase::Scale(10000), 0, &scale_ops, &[true], ms * 2)?;
@@ -632,8 +673,11 @@ pub fn run(opts: &Options) -> Result<()> {
         kernel,
         &bench.results,
         &bench.left_out,
-        flood,
-        bpf_stats,
+        LastRound {
+            flood,
+            bpf_stats,
+            bpf_stats_uncached: uncached_stats,
+        },
         Machine::probe(),
         Method::new(
             opts.rounds,

@@ -134,11 +134,23 @@ impl Bench {
         set_bpf_stats(true)?;
         let names = prog_names();
         let stats = BpfStats {
-            labelled: self.programs_by_op(true, daemon, &names)?,
-            unlabelled: self.programs_by_op(false, daemon, &names)?,
+            labelled: self.programs_by_op(true, daemon, &names, self.ops.clone())?,
+            unlabelled: self.programs_by_op(false, daemon, &names, self.ops.clone())?,
         };
         set_bpf_stats(false)?;
         Ok(stats)
+    }
+
+    /// `bpf_stats` of the labelled worker's `ops` alone.
+    pub(super) fn labelled_stats(
+        &mut self,
+        daemon: &Daemon,
+        ops: Vec<Op>,
+    ) -> Result<BTreeMap<&'static str, OpPrograms>> {
+        set_bpf_stats(true)?;
+        let stats = self.programs_by_op(true, daemon, &prog_names(), ops);
+        set_bpf_stats(false)?;
+        stats
     }
 
     fn programs_by_op(
@@ -146,16 +158,11 @@ impl Bench {
         labelled: bool,
         daemon: &Daemon,
         names: &BTreeMap<String, String>,
+        ops: Vec<Op>,
     ) -> Result<BTreeMap<&'static str, OpPrograms>> {
         let ms = (self.ms / STATS_SLICES).max(200);
         let mut per_op = BTreeMap::new();
-        let ops: Vec<Op> = self
-            .ops
-            .iter()
-            .copied()
-            .filter(|op| *op != Op::Control)
-            .collect();
-        for op in ops {
+        for op in ops.into_iter().filter(|op| *op != Op::Control) {
             // Program name → per-slice (calls, ns).
             let mut seen: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
             let mut iterations = 0;

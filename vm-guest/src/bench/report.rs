@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{
-    LeftOut, Op, PASSES, RULES, SCALES,
+    CACHED_OPS, LeftOut, Op, PASSES, RULES, SCALES,
     stats::{Results, pct, r1, r2},
     workloads::{PATH, Workload},
 };
@@ -41,6 +41,38 @@ pub struct Report {
     pub other_hooks: OtherHooks,
     /// Issue 16: real programs run by the labelled worker, by workload name.
     pub workloads: BTreeMap<&'static str, WorkloadOutcome>,
+    /// Issue 16: the directory cache, on (B) against off (U) in the same boot.
+    pub dir_cache: DirCache,
+}
+
+/// What the last round measured besides the operations' samples; each `None` when no round
+/// ran.
+pub struct LastRound {
+    pub flood: Option<Outcome<Flood>>,
+    pub bpf_stats: Option<Outcome<BpfStats>>,
+    pub bpf_stats_uncached: Option<Outcome<BTreeMap<&'static str, OpPrograms>>>,
+}
+
+/// What the directory cache saves: the labelled operations it can serve, timed in B (cache on)
+/// and in U (`actgate run --no-dir-cache`), and the programs' run time in U.
+#[derive(Serialize)]
+pub struct DirCache {
+    /// null when no round ran.
+    pub bpf_stats_uncached: Option<Outcome<BTreeMap<&'static str, OpPrograms>>>,
+    pub note: &'static str,
+    /// By operation name.
+    pub operations: BTreeMap<&'static str, CacheEffect>,
+}
+
+/// One labelled operation's pooled medians with the cache on and off.
+#[derive(Serialize)]
+pub struct CacheEffect {
+    pub cached_ns: f64,
+    /// B/U - 1: negative when the cache makes the operation cheaper.
+    pub cached_vs_uncached_pct: f64,
+    pub uncached_ns: f64,
+    pub uncached_p25_ns: f64,
+    pub uncached_p75_ns: f64,
 }
 
 /// A workload's figures, or why this guest could not run it.
@@ -65,12 +97,19 @@ pub struct WorkloadFigures {
     pub b_p25_ms: f64,
     pub b_p75_ms: f64,
     pub b_samples: usize,
+    /// B/U - 1: what the directory cache changes, within the same boot.
+    pub cache_pct: f64,
     pub f_ms: f64,
     pub f_p25_ms: f64,
     pub f_p75_ms: f64,
     pub f_samples: usize,
     pub floor_pct: f64,
     pub overhead_pct: f64,
+    /// U: enforcing with the directory cache off.
+    pub u_ms: f64,
+    pub u_p25_ms: f64,
+    pub u_p75_ms: f64,
+    pub u_samples: usize,
     pub what: String,
 }
 
@@ -256,11 +295,15 @@ impl Report {
         kernel: String,
         res: &Results,
         left_out: &LeftOut,
-        flood: Option<Outcome<Flood>>,
-        bpf_stats: Option<Outcome<BpfStats>>,
+        last: LastRound,
         machine: Machine,
         method: Method,
     ) -> Report {
+        let LastRound {
+            flood,
+            bpf_stats,
+            bpf_stats_uncached,
+        } = last;
         let read = res.compare(true, Op::OpenRead);
         let write = res.compare(true, Op::OpenWrite);
         // From the rounded medians, as results.json shows them.
@@ -326,6 +369,15 @@ impl Report {
                     (w.name(), outcome)
                 })
                 .collect(),
+            dir_cache: DirCache {
+                bpf_stats_uncached,
+                note: "B runs with the directory cache on, U runs (actgate run --no-dir-cache, after B in each round) with it off; the labelled worker only; cached_vs_uncached_pct = B/U - 1; file_open_read's directory holds a near miss of the read rules, so the cache never serves it, file_open_read_plain's holds no rule",
+                operations: CACHED_OPS
+                    .into_iter()
+                    .filter(|op| !skipped.contains_key(op))
+                    .map(|op| (op.name(), res.cache_effect(op)))
+                    .collect(),
+            },
         }
     }
 
@@ -348,7 +400,7 @@ impl Method {
                 "open(O_RDONLY or O_WRONLY) + close of an allowed file on {file_system}"
             ),
             floor: "floor_pct = F/A - 1, the cost of attaching any BPF LSM program; above_floor_pct = B/F - 1, what actgate's own programs add to that",
-            order: "S10, then A F B per round, then S10000 (A: daemon stopped, F: daemon stopped and a no-op BPF LSM program on each of its hooks, B: enforcing 1000 rules per action, S: enforcing N rules)",
+            order: "S10, then A F B U per round, then S10000 (A: daemon stopped, F: daemon stopped and a no-op BPF LSM program on each of its hooks, B: enforcing 1000 rules per action, U: as B with the directory cache off, labelled worker and the operations of dir_cache only, S: enforcing N rules)",
             rounds,
             rules: "rules per action (exec, files.write, files.read, network.connect, network.unix); files.write denies by default and allows the workspace (/tmp/actgate-bench/work/**), the micro-benchmarks' files (/tmp/actgate-bench/files/**) and /dev/null, padded with deny rules; the other actions allow by default and deny a list (files.read: /etc/shadow, /root/.ssh/** and the flood's target among them); no deny rule matches a benchmarked target",
             seconds_per_run,
@@ -356,7 +408,7 @@ impl Method {
             statistic: "median (p25, p75) of per-iteration means of small batches, pooled over rounds; overhead_pct = enforced/baseline - 1",
             workload_reps: reps,
             workloads: format!(
-                "after the operations of each A, F and B run, the labelled worker runs every workload to its end, workload_reps times in turns (order reversed every other turn); each run is timed from spawn to exit, output to /dev/null, PATH={PATH}, HOME and TMPDIR inside the workspace, and must exit 0; untimed steps before it (also labelled) remove what the previous run made; a_ms, f_ms, b_ms are medians pooled over rounds and repetitions; overhead_pct = B/A - 1, above_floor_pct = B/F - 1, floor_pct = F/A - 1"
+                "after the operations of each A, F, B and U run, the labelled worker runs every workload to its end, workload_reps times in turns (order reversed every other turn); each run is timed from spawn to exit, output to /dev/null, PATH={PATH}, HOME and TMPDIR inside the workspace, and must exit 0; untimed steps before it (also labelled) remove what the previous run made; a_ms, f_ms, b_ms, u_ms are medians pooled over rounds and repetitions; overhead_pct = B/A - 1, above_floor_pct = B/F - 1, floor_pct = F/A - 1, cache_pct = B/U - 1"
             ),
         }
     }
@@ -476,8 +528,15 @@ pub fn table(r: &Report) -> String {
         r.method.rounds * r.method.workload_reps
     ));
     line(format!(
-        "{:<12} {:>28} {:>9} {:>28} {:>9} {:>9}",
-        "workload", "A: daemon stopped", "F: floor", "B: enforcing", "B/A", "B/F"
+        "{:<12} {:>28} {:>9} {:>28} {:>9} {:>9} {:>9} {:>9}",
+        "workload",
+        "A: daemon stopped",
+        "F: floor",
+        "B: enforcing",
+        "B/A",
+        "B/F",
+        "U: no dc",
+        "B/U"
     ));
     for name in Workload::ALL.map(Workload::name) {
         let Some(w) = r.workloads.get(name) else {
@@ -490,16 +549,35 @@ pub fn table(r: &Report) -> String {
                     format!("{} [{} .. {}]", secs(m), secs(lo), secs(hi))
                 };
                 line(format!(
-                    "{:<12} {:>28} {:>9} {:>28} {:>9} {:>9}",
+                    "{:<12} {:>28} {:>9} {:>28} {:>9} {:>9} {:>9} {:>9}",
                     name,
                     span(v.a_ms, v.a_p25_ms, v.a_p75_ms),
                     secs(v.f_ms),
                     span(v.b_ms, v.b_p25_ms, v.b_p75_ms),
                     signed(v.overhead_pct),
-                    signed(v.above_floor_pct)
+                    signed(v.above_floor_pct),
+                    secs(v.u_ms),
+                    signed(v.cache_pct)
                 ));
             }
             WorkloadOutcome::Skipped { skipped } => line(format!("{name:<12} left out: {skipped}")),
+        }
+    }
+    line(String::new());
+    line("Directory cache (labelled, enforcing): B with it, U without (--no-dir-cache):".into());
+    line(format!(
+        "{:<42} {:>12} {:>12} {:>9}",
+        "operation", "B: cache on", "U: off", "B/U"
+    ));
+    for op in CACHED_OPS {
+        if let Some(c) = r.dir_cache.operations.get(op.name()) {
+            line(format!(
+                "{:<42} {:>12} {:>12} {:>9}",
+                op.what(),
+                human(c.cached_ns),
+                human(c.uncached_ns),
+                signed(c.cached_vs_uncached_pct)
+            ));
         }
     }
     line(String::new());
@@ -595,6 +673,7 @@ mod tests {
             Phase::A,
             Phase::Floor,
             Phase::B,
+            Phase::Uncached,
             Phase::Scale(10),
             Phase::Scale(10000),
         ];
@@ -612,7 +691,7 @@ mod tests {
             }
         }
         for workload in Workload::ALL {
-            for phase in [Phase::A, Phase::Floor, Phase::B] {
+            for phase in [Phase::A, Phase::Floor, Phase::B, Phase::Uncached] {
                 for ms in [2000.0, 2100.0, 2300.0] {
                     results.workloads.push(WorkloadRun {
                         workload,
@@ -663,8 +742,11 @@ mod tests {
             "6.12".into(),
             &results,
             &left_out,
-            Some(Outcome::Done(flood)),
-            Some(Outcome::Done(stats)),
+            LastRound {
+                flood: Some(Outcome::Done(flood)),
+                bpf_stats: Some(Outcome::Done(stats)),
+                bpf_stats_uncached: Some(Outcome::Done(by_op())),
+            },
             Machine::probe(),
             Method::new(1, 0.3, 2, "tmpfs"),
         )
@@ -695,7 +777,8 @@ mod tests {
                 "method",
                 "exec_by_mapping",
                 "other_hooks",
-                "workloads"
+                "workloads",
+                "dir_cache"
             ]
         );
         // serde_json's own map sorts keys: rebuilding the document from it, field by field in

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     Op, Phase, RULES, Run, SCALES, WorkloadRun,
-    report::{Comparison, Samples, Scaled, WorkloadFigures},
+    report::{CacheEffect, Comparison, Samples, Scaled, WorkloadFigures},
     workloads::Workload,
 };
 
@@ -134,9 +134,11 @@ impl Results {
                 .collect()
         };
         let (a, f, b) = (ms(Phase::A), ms(Phase::Floor), ms(Phase::B));
+        let u = ms(Phase::Uncached);
         let (am, a25, a75) = summary(&a);
         let (fm, f25, f75) = summary(&f);
         let (bm, b25, b75) = summary(&b);
+        let (um, u25, u75) = summary(&u);
         WorkloadFigures {
             a_ms: r1(am),
             a_p25_ms: r1(a25),
@@ -147,13 +149,31 @@ impl Results {
             b_p25_ms: r1(b25),
             b_p75_ms: r1(b75),
             b_samples: b.len(),
+            cache_pct: r2(pct(um, bm)),
             f_ms: r1(fm),
             f_p25_ms: r1(f25),
             f_p75_ms: r1(f75),
             f_samples: f.len(),
             floor_pct: r2(pct(am, fm)),
             overhead_pct: r2(pct(am, bm)),
+            u_ms: r1(um),
+            u_p25_ms: r1(u25),
+            u_p75_ms: r1(u75),
+            u_samples: u.len(),
             what: w.what(),
+        }
+    }
+
+    /// The labelled `op` with the directory cache on (B) and off (U).
+    pub fn cache_effect(&self, op: Op) -> CacheEffect {
+        let (b, _, _) = summary(&self.pooled(true, op, Phase::B));
+        let (u, u25, u75) = summary(&self.pooled(true, op, Phase::Uncached));
+        CacheEffect {
+            cached_ns: r1(b),
+            cached_vs_uncached_pct: r2(pct(u, b)),
+            uncached_ns: r1(u),
+            uncached_p25_ns: r1(u25),
+            uncached_p75_ns: r1(u75),
         }
     }
 
