@@ -29,6 +29,7 @@ use agent_common::{
 use aya_ebpf::helpers::generated::bpf_get_current_task_btf;
 
 use crate::{
+    judge,
     kernel::{self, field, get, read},
     maps::{self, DirKey, Scratch},
     record,
@@ -38,14 +39,15 @@ use crate::{
 pub enum Cached {
     /// The path flags of every entry.
     Flags(u8),
-    /// A rule lies beneath: resolve each path.
-    Below,
-    /// Nothing yet, or nothing that still holds.
+    /// Resolve the path and learn nothing from it: a rule lies beneath, or a rename or a
+    /// mount change is under way.
+    Resolve,
+    /// Nothing yet, or nothing that still holds: resolve the path and fill the entry.
     Unknown,
 }
 
 /// The directory of the file being judged. The state its entries must have been filled in is
-/// kept in the per-CPU scratch buffer (`Scratch::dir`), off the program's small stack.
+/// taken into the per-CPU scratch buffer (`Scratch::dir`), off the program's small stack.
 #[derive(Clone, Copy)]
 pub struct Dir {
     dentry: u64,
@@ -63,40 +65,54 @@ const WALKED: u8 = 0x80;
 impl Dir {
     /// The directory of the file a BTF-typed `struct file *` opened, named by `bpf_d_path`.
     #[inline(always)]
-    pub fn of_file(file: *const u8, s: &mut Scratch) -> Option<Dir> {
+    pub fn of_file(file: *const u8) -> Option<Dir> {
         let at = get(&kernel::FILE_F_PATH);
-        Dir::of(field(file, at), field(file, at + 8), false, s)
+        Dir::of(field(file, at), field(file, at + 8), false)
     }
 
     /// The directory of the entry `child` (a BTF-typed `struct dentry *`, which may not exist
     /// yet) on the mount of the BTF-typed `struct path *` `at`, named by a dentry walk.
     #[inline(always)]
-    pub fn of_entry(at: *const u8, child: *const u8, s: &mut Scratch) -> Option<Dir> {
-        Dir::of(field(at, 0), child as usize, true, s)
+    pub fn of_entry(at: *const u8, child: *const u8) -> Option<Dir> {
+        Dir::of(field(at, 0), child as usize, true)
     }
 
     /// The directory of `child` (a `struct dentry *`) on `mnt` (a `struct vfsmount *`), both
-    /// BTF-typed, with the state as it stands now written into `s.dir`; `None` when the cache
-    /// can't be used: the lock addresses are unknown, a rename or mount change is under way,
-    /// or `child` is the root of its mount (its path is the mount point's, not its
-    /// directory's plus its name).
+    /// BTF-typed; `None` when the cache can't be used: the lock addresses are unknown, or
+    /// `child` is the root of its mount (its path is the mount point's, not its directory's
+    /// plus its name).
     #[inline(always)]
-    fn of(mnt: usize, child: usize, walked: bool, s: &mut Scratch) -> Option<Dir> {
-        let (rename_lock, mount_lock) = (get(&kernel::RENAME_LOCK), get(&kernel::MOUNT_LOCK));
-        if rename_lock == 0 || mount_lock == 0 {
-            return None;
-        }
-        // The sequence counts first: a change after these reads makes the entry stale.
-        let rename_seq: u32 = read(rename_lock as *const u8, 0);
-        let mount_seq: u32 = read(mount_lock as *const u8, 0);
-        if (rename_seq | mount_seq) & 1 != 0 {
+    fn of(mnt: usize, child: usize, walked: bool) -> Option<Dir> {
+        if get(&kernel::RENAME_LOCK) == 0 || get(&kernel::MOUNT_LOCK) == 0 {
             return None;
         }
         let (mnt, child) = (mnt as *const u8, child as *const u8);
         if child as u64 == field::<u64>(mnt, get(&kernel::VFSMOUNT_MNT_ROOT)) {
             return None;
         }
-        let dir = field::<usize>(child, get(&kernel::DENTRY_D_PARENT)) as *const u8;
+        let name = get(&kernel::DENTRY_D_NAME);
+        Some(Dir {
+            dentry: field(child, get(&kernel::DENTRY_D_PARENT)),
+            mnt: mnt as u64,
+            name_len: u64::from(field::<u32>(child, name + get(&kernel::QSTR_LEN))),
+            walked,
+        })
+    }
+
+    /// Writes the state as it stands now into `s.dir.state`; false while a rename or a mount
+    /// change is under way, when nothing may be cached or trusted.
+    #[inline(always)]
+    fn now(&self, s: &mut Scratch) -> bool {
+        // The sequence counts first: a change after these reads makes the entry stale.
+        let rename_seq: u32 = read(get(&kernel::RENAME_LOCK) as *const u8, 0);
+        let mount_seq: u32 = read(get(&kernel::MOUNT_LOCK) as *const u8, 0);
+        if (rename_seq | mount_seq) & 1 != 0 {
+            return false;
+        }
+        let Some(config) = maps::CONFIG.get(0) else {
+            return false;
+        };
+        let dir = self.dentry as *const u8;
         let inode = field::<usize>(dir, get(&kernel::DENTRY_D_INODE)) as *const u8;
         let name = get(&kernel::DENTRY_D_NAME);
         // SAFETY: a helper without arguments; it returns the BTF-typed current task.
@@ -106,7 +122,7 @@ impl Dir {
         let state = &mut s.dir.state;
         state.rename_seq = rename_seq;
         state.mount_seq = mount_seq;
-        state.generation = maps::CONFIG.get(0)?.generation;
+        state.generation = config.generation;
         // `struct path` is { vfsmount *mnt; dentry *dentry; }.
         state.root_mnt = field(fs, root);
         state.root_dentry = field(fs, root + 8);
@@ -117,12 +133,7 @@ impl Dir {
         let hash: u32 = field(dir, name + get(&kernel::QSTR_HASH));
         let len: u32 = field(dir, name + get(&kernel::QSTR_LEN));
         state.hash_len = u64::from(len) << 32 | u64::from(hash);
-        Some(Dir {
-            dentry: dir as u64,
-            mnt: mnt as u64,
-            name_len: u64::from(field::<u32>(child, name + get(&kernel::QSTR_LEN))),
-            walked,
-        })
+        true
     }
 
     #[inline(always)]
@@ -136,20 +147,24 @@ impl Dir {
         }
     }
 
-    /// What the cache holds for `action` in this directory, given the state in `s.dir`.
+    /// What the cache holds for `action` in this directory. The state is taken now, before
+    /// the path is resolved, into `s.dir`, where `fill` finds it.
     #[inline(always)]
-    pub fn get(&self, info: &LabelInfo, action: Action, s: &Scratch) -> Cached {
-        let Some(e) = maps::DIRS.get_ptr(self.key(info, action)) else {
-            return Cached::Unknown;
-        };
+    pub fn get(&self, info: &LabelInfo, action: Action, s: &mut Scratch) -> Cached {
+        let entry = maps::DIRS.get_ptr(self.key(info, action));
         // SAFETY: map memory, read at once; compared in place to keep it off the stack.
-        let e = unsafe { &*e };
-        if e.state != s.dir.state {
-            Cached::Unknown
-        } else if e.below != 0 {
-            Cached::Below
-        } else {
-            Cached::Flags(e.flags)
+        let entry = entry.map(|e| unsafe { &*e });
+        // A mark beneath `D` needs no state: a stale one costs a resolution, never an allow.
+        // Most of a lookup's cost is the state, so directories that hold rules skip it.
+        if entry.is_some_and(|e| e.below != 0) {
+            return Cached::Resolve;
+        }
+        if !self.now(s) {
+            return Cached::Resolve;
+        }
+        match entry {
+            Some(e) if e.state == s.dir.state => Cached::Flags(e.flags),
+            _ => Cached::Unknown,
         }
     }
 
@@ -170,8 +185,7 @@ impl Dir {
         let bits = 8 * (PATH_KEY_HEADER as u32 + dir_len as u32);
         let mark = s.lookup(below_key_header(info.ruleset, action), bits);
         let below = u64::from(mark) == dir_len;
-        let has_rules = info.has_rules.get(action as usize).copied().unwrap_or(0) != 0;
-        s.dir.flags = if below || !has_rules {
+        s.dir.flags = if below || !judge::has_rules(info, action) {
             0
         } else {
             s.lookup(path_key_header(info.ruleset, action), bits)

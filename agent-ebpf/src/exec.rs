@@ -76,7 +76,7 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     let concerns = || maps_a_file(prot, ctx.arg(0));
     frame_when(&ctx, Hook::MMAP_FILE, concerns, |info| {
         let file: *const u8 = ctx.arg(0);
-        judge::mapped(info, executable(file, f_path), |s| Dir::of_file(file, s))
+        judge::mapped(info, executable(file, f_path), || Dir::of_file(file))
     })
 }
 
@@ -107,6 +107,6 @@ pub fn file_mprotect(ctx: LsmContext) -> i32 {
     };
     let concerns = || maps_a_file(prot, file());
     frame_when(&ctx, Hook::FILE_MPROTECT, concerns, |info| {
-        judge::mapped(info, executable(file(), user_path), |_| None)
+        judge::mapped(info, executable(file(), user_path), || None)
     })
 }

@@ -11,7 +11,6 @@ use crate::{
     hook::{frame, frame_when},
     judge::{cached_path_actions, moved_path, protected},
     kernel::{self, Inode, field, get, read},
-    maps::Scratch,
     path::Target,
     steps::Steps,
 };
@@ -90,7 +89,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         (mode | flags) & FMODE_EXEC == 0 && mode & FMODE_NOACCOUNT == 0 && !internal(at)
     };
     frame_when(&ctx, Hook::FILE_OPEN, concerns, |info| {
-        open_file(info, file, Target::Resolved(at), |s| Dir::of_file(file, s))
+        open_file(info, file, Target::Resolved(at), || Dir::of_file(file))
     })
 }
 
@@ -110,7 +109,7 @@ fn open_file(
     info: &LabelInfo,
     file: *const u8,
     target: Target,
-    dir: impl FnOnce(&mut Scratch) -> Option<Dir>,
+    dir: impl FnOnce() -> Option<Dir>,
 ) -> Result<Verdict, KernelError> {
     let mode: u32 = field(file, get(&kernel::FILE_F_MODE));
     let flags: u32 = field(file, get(&kernel::FILE_F_FLAGS));
@@ -155,7 +154,7 @@ pub fn file_receive(ctx: LsmContext) -> i32 {
         &ctx,
         Hook::FILE_RECEIVE,
         || !internal(at),
-        |info| open_file(info, file, Target::at(at), |_| None),
+        |info| open_file(info, file, Target::at(at), || None),
     )
 }
 
@@ -180,7 +179,7 @@ fn existing_write(info: &LabelInfo, p: *const path) -> Result<Verdict, KernelErr
     }
     let inode = Inode::of(path_inode(p as *const u8), false);
     let at = p as *const u8;
-    let dir = |s: &mut Scratch| Dir::of_entry(at, field::<usize>(at, 8) as *const u8, s);
+    let dir = || Dir::of_entry(at, field::<usize>(at, 8) as *const u8);
     cached_path_actions(info, dir, Target::at(p), inode, &[Action::FileWrite])
 }
 
@@ -227,7 +226,7 @@ fn entry_write(
     }
     match entry {
         Entry::Create => {
-            let in_dir = |s: &mut Scratch| Dir::of_entry(dir as *const u8, dentry, s);
+            let in_dir = || Dir::of_entry(dir as *const u8, dentry);
             cached_path_actions(info, in_dir, target, None, &[Action::FileWrite])
         }
         Entry::Symlink => moved_path(info, target, None, &[Action::FileWrite]),

@@ -60,7 +60,7 @@ pub fn path_actions(
     inode: Option<Inode>,
     actions: &[Action],
 ) -> Result<Verdict, KernelError> {
-    judge_path(info, target, inode, actions, false, |_| None)
+    judge_path(info, target, inode, actions, false, || None)
 }
 
 /// `path_actions` for a target whose directory `dir` gives: the decision may come from the
@@ -68,7 +68,7 @@ pub fn path_actions(
 #[inline(always)]
 pub fn cached_path_actions(
     info: &LabelInfo,
-    dir: impl FnOnce(&mut Scratch) -> Option<Dir>,
+    dir: impl FnOnce() -> Option<Dir>,
     target: Target,
     inode: Option<Inode>,
     actions: &[Action],
@@ -113,7 +113,7 @@ pub fn exec_action(info: &LabelInfo, exe: Executable) -> Result<Verdict, KernelE
 pub fn mapped(
     info: &LabelInfo,
     exe: Executable,
-    dir: impl FnOnce(&mut Scratch) -> Option<Dir>,
+    dir: impl FnOnce() -> Option<Dir>,
 ) -> Result<Verdict, KernelError> {
     match exe {
         Executable::File(target, inode) => {
@@ -134,7 +134,7 @@ fn anonymous(info: &LabelInfo, s: &mut Scratch) -> Verdict {
     }
     s.path[name.len()] = 0;
     let action = Action::Exec;
-    let flags = if info.has_rules.get(action as usize).copied().unwrap_or(0) != 0 {
+    let flags = if has_rules(info, action) {
         path_rule_flags(s, path_key_header(info.ruleset, action))
     } else {
         0
@@ -154,7 +154,7 @@ pub fn moved_path(
     inode: Option<Inode>,
     actions: &[Action],
 ) -> Result<Verdict, KernelError> {
-    judge_path(info, target, inode, actions, true, |_| None)
+    judge_path(info, target, inode, actions, true, || None)
 }
 
 #[inline(always)]
@@ -164,7 +164,7 @@ fn judge_path(
     inode: Option<Inode>,
     actions: &[Action],
     guard: bool,
-    dir: impl FnOnce(&mut Scratch) -> Option<Dir>,
+    dir: impl FnOnce() -> Option<Dir>,
 ) -> Result<Verdict, KernelError> {
     if !needs_path(info, actions, guard) {
         // Only allowing defaults can apply: count them without resolving the path.
@@ -176,7 +176,7 @@ fn judge_path(
     let s = scratch()?;
     // Taken before the path is resolved: see `dircache`.
     let dir = if dircache::usable(info, actions) {
-        dir(s)
+        dir()
     } else {
         None
     };
@@ -215,24 +215,17 @@ fn judge_path(
 fn cached(
     info: &LabelInfo,
     d: &Dir,
-    s: &Scratch,
+    s: &mut Scratch,
     inode: Option<Inode>,
     actions: &[Action],
 ) -> Result<Verdict, bool> {
     for action in actions {
-        let a = *action as usize;
-        let mut flags = match d.get(info, *action, s) {
-            Cached::Flags(flags) => flags,
-            Cached::Below => return Err(false),
+        let flags = match d.get(info, *action, s) {
+            Cached::Flags(flags) => with_inode(info, *action, flags, inode),
+            Cached::Resolve => return Err(false),
             Cached::Unknown => return Err(true),
         };
-        if info.has_rules.get(a).copied().unwrap_or(0) != 0
-            && let Some(i) = inode
-        {
-            flags |= inode_flags(&i, info.ruleset, *action);
-        }
-        let default = info.defaults.get(a).copied().unwrap_or(0);
-        if verdict(flags, default, info.mode) != Verdict::Allow {
+        if verdict(flags, default(info, *action), info.mode) != Verdict::Allow {
             return Err(false);
         }
     }
@@ -286,12 +279,11 @@ fn needs_path(info: &LabelInfo, actions: &[Action], guard: bool) -> bool {
             .iter()
             .any(|a| info.has_rules[*a as usize] != 0);
     for action in actions {
-        let a = *action as usize;
-        let has_rules = info.has_rules.get(a).copied().unwrap_or(0) != 0;
-        let default = info.defaults.get(a).copied().unwrap_or(0);
         // A budget needs the path too, for the event of an action over it.
-        let limited = info.limits & (1 << a) != 0;
-        need_path |= has_rules || limited || verdict(0, default, info.mode) != Verdict::Allow;
+        let limited = info.limits & (1 << *action as u16) != 0;
+        need_path |= has_rules(info, *action)
+            || limited
+            || verdict(0, default(info, *action), info.mode) != Verdict::Allow;
     }
     need_path || record::events_allow()
 }
@@ -322,20 +314,39 @@ fn judge_resolved(
     inode: Option<Inode>,
     guarded: bool,
 ) -> Verdict {
-    let a = action as usize;
     let mut flags = 0;
     if guarded {
         flags |= path_rule_flags(s, path_key_header_raw(info.ruleset, GUARD_ACTION)) & RULE_DENY;
     }
-    if info.has_rules.get(a).copied().unwrap_or(0) != 0 {
-        flags |= path_rule_flags(s, path_key_header(info.ruleset, action));
-        if let Some(i) = inode {
-            flags |= inode_flags(&i, info.ruleset, action);
-        }
+    if has_rules(info, action) {
+        let path = path_rule_flags(s, path_key_header(info.ruleset, action));
+        flags |= with_inode(info, action, path, inode);
     }
-    let v = verdict(flags, info.defaults.get(a).copied().unwrap_or(0), info.mode);
+    let v = verdict(flags, default(info, action), info.mode);
     record_path(info, action, v, reason(flags, info.mode), s);
     v
+}
+
+/// Whether the label's section has rules of `action`.
+#[inline(always)]
+pub fn has_rules(info: &LabelInfo, action: Action) -> bool {
+    info.has_rules.get(action as usize).copied().unwrap_or(0) != 0
+}
+
+/// The label's default for `action`.
+#[inline(always)]
+fn default(info: &LabelInfo, action: Action) -> u8 {
+    info.defaults.get(action as usize).copied().unwrap_or(0)
+}
+
+/// `path`, the flags of `action`'s rules for a path, with those of the rules for the file's
+/// other names (hard links: see `inode_flags`), when the label has rules of `action`.
+#[inline(always)]
+fn with_inode(info: &LabelInfo, action: Action, path: u8, inode: Option<Inode>) -> u8 {
+    match inode {
+        Some(i) if has_rules(info, action) => path | inode_flags(&i, info.ruleset, action),
+        _ => path,
+    }
 }
 
 /// Records a decision about the path resolved in `s`.

@@ -98,7 +98,7 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// holds a near miss of its target (sharing the longest prefix), then exact paths and trees
 /// beside it, none matching a benchmarked target. files.read also denies the flood's target
 /// and real secrets. network.unix lists paths the same way (the AF_UNIX target's near miss,
-/// then paths beside it).
+/// then paths beside it). CAP_SYS_ADMIN is granted for the judged `capable` operation.
 fn policy(p: &Paths, n: usize) -> String {
     let root = p.root.display();
     let files_dir = p.write_target().parent().map(Path::to_path_buf);
@@ -155,7 +155,8 @@ fn policy(p: &Paths, n: usize) -> String {
          files:\n  write:\n    default: deny\n    allow:\n{}    deny:\n{}  \
          read:\n    default: allow\n    deny:\n{}\n\
          network:\n  connect:\n    default: allow\n    deny:\n{}  \
-         unix:\n    default: allow\n    deny:\n{}",
+         unix:\n    default: allow\n    deny:\n{}\
+         process:\n  capabilities: [CAP_SYS_ADMIN]\n",
         list(&paths("exec", &p.exe(), &[], n), "    "),
         list(&write_allow, "      "),
         list(

@@ -123,10 +123,16 @@ enum Op {
     /// directory cache (issue 16) serves without resolving the path. `OpenRead`'s directory
     /// holds a near miss of its rules, so it is always resolved.
     OpenReadPlain,
+    /// setgroups(2) to the groups the worker has: a `capable` check of CAP_SETGID, which no
+    /// policy denies, so the hook leaves before it looks for a label.
+    Capable,
+    /// sethostname(2) to the name the host has: a `capable` check of CAP_SYS_ADMIN, on the
+    /// denied list and granted by the bench policy, so it is judged and counted.
+    CapableJudged,
 }
 
 impl Op {
-    const ALL: [Op; 13] = [
+    const ALL: [Op; 15] = [
         Op::Exec,
         Op::OpenRead,
         Op::OpenWrite,
@@ -140,6 +146,8 @@ impl Op {
         Op::Ftruncate,
         Op::UnixConnect,
         Op::OpenReadPlain,
+        Op::Capable,
+        Op::CapableJudged,
     ];
 
     fn name(self) -> &'static str {
@@ -157,6 +165,8 @@ impl Op {
             Op::Ftruncate => "ftruncate",
             Op::UnixConnect => "unix_connect",
             Op::OpenReadPlain => "file_open_read_plain",
+            Op::Capable => "capable",
+            Op::CapableJudged => "capable_judged",
         }
     }
 
@@ -175,6 +185,8 @@ impl Op {
             Op::Ftruncate => "ftruncate, same size",
             Op::UnixConnect => "connect AF_UNIX path",
             Op::OpenReadPlain => "file_open read, no rule in its directory",
+            Op::Capable => "setgroups, same groups (capable)",
+            Op::CapableJudged => "sethostname, same name (capable, judged)",
         }
     }
 
@@ -191,7 +203,9 @@ impl Op {
             | Op::Setxattr
             | Op::Ftruncate
             | Op::UnixConnect
-            | Op::OpenReadPlain => 5,
+            | Op::OpenReadPlain
+            | Op::Capable
+            | Op::CapableJudged => 5,
             Op::Control => 50,
         }
     }
@@ -273,7 +287,7 @@ impl Bench {
             }
             Op::Connect => self.port.to_string(),
             Op::UnixConnect => self.paths.unix_socket().display().to_string(),
-            Op::Control | Op::Socket => "-".into(),
+            Op::Control | Op::Socket | Op::Capable | Op::CapableJudged => "-".into(),
         };
         let verb = match op {
             Op::Exec | Op::ExecDynamic => "exec",
@@ -287,6 +301,8 @@ impl Bench {
             Op::Setxattr => "setxattr",
             Op::Ftruncate => "ftruncate",
             Op::UnixConnect => "unix_connect",
+            Op::Capable => "setgroups",
+            Op::CapableJudged => "sethostname",
         };
         format!("{verb} {target} {} {ms}", op.batch())
     }

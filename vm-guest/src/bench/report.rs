@@ -117,6 +117,8 @@ pub struct WorkloadFigures {
 /// `file_mprotect`. An operation this guest can't do says why instead.
 #[derive(Serialize)]
 pub struct OtherHooks {
+    pub capable: Outcome<Comparison>,
+    pub capable_judged: Outcome<Comparison>,
     pub ftruncate: Outcome<Comparison>,
     pub note: &'static str,
     pub setxattr: Outcome<Comparison>,
@@ -350,8 +352,10 @@ impl Report {
                 note: "exec_dynamic spawns /usr/bin/true (the loader maps it, ld.so and libc executable: three mmap_file decisions besides bprm_check_security); mmap_exec maps the static exec target PROT_READ|PROT_EXEC and unmaps it",
             },
             other_hooks: OtherHooks {
+                capable: labelled(Op::Capable),
+                capable_judged: labelled(Op::CapableJudged),
                 ftruncate: labelled(Op::Ftruncate),
-                note: "socket: socket(AF_INET, SOCK_STREAM) + close (socket_create, which judges only raw, packet and SCTP sockets); utime: utimensat(write target, NULL) (inode_setattr, judged as files.write); setxattr: a user.* attribute on the write target (inode_setxattr, files.write); ftruncate: of the open write target to its own size (file_truncate, 6.2+, files.write); unix_connect: socket(AF_UNIX) + connect to a path-named listener + close (unix_stream_connect, judged against network.unix's 1000 rules)",
+                note: "capable: setgroups(2) to the worker's own groups (a capable check of CAP_SETGID, which leaves before the label lookup); capable_judged: sethostname(2) to the host's own name (CAP_SYS_ADMIN, on actgate's denied list, granted by the bench policy: judged and counted); socket: socket(AF_INET, SOCK_STREAM) + close (socket_create, which judges only raw, packet and SCTP sockets); utime: utimensat(write target, NULL) (inode_setattr, judged as files.write); setxattr: a user.* attribute on the write target (inode_setxattr, files.write); ftruncate: of the open write target to its own size (file_truncate, 6.2+, files.write); unix_connect: socket(AF_UNIX) + connect to a path-named listener + close (unix_stream_connect, judged against network.unix's 1000 rules)",
                 setxattr: labelled(Op::Setxattr),
                 socket: labelled(Op::Socket),
                 unix_connect: labelled(Op::UnixConnect),
@@ -505,6 +509,8 @@ pub fn table(r: &Report) -> String {
     ));
     let o = &r.other_hooks;
     for (op, v) in [
+        (Op::Capable, &o.capable),
+        (Op::CapableJudged, &o.capable_judged),
         (Op::Socket, &o.socket),
         (Op::Utime, &o.utime),
         (Op::Setxattr, &o.setxattr),

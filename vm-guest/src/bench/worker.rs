@@ -249,6 +249,36 @@ fn unix_connect_close(addr: &(libc::sockaddr_un, libc::socklen_t)) -> io::Result
     }
 }
 
+/// The supplementary groups of this process.
+fn own_groups() -> Result<Vec<libc::gid_t>> {
+    // SAFETY: a count query writes nothing.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let mut groups = vec![0; n.max(0) as usize];
+    // SAFETY: `groups` holds `n` entries.
+    if unsafe { libc::getgroups(n, groups.as_mut_ptr()) } != n {
+        bail!("getgroups: {}", last_err());
+    }
+    Ok(groups)
+}
+
+/// setgroups(2) as the system call itself: glibc's wrapper would also signal every thread.
+fn set_groups(groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: `groups` is a valid array of its length.
+    let r = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if r != 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
+fn set_hostname(name: &[u8]) -> io::Result<()> {
+    // SAFETY: `name` is valid for its length.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+        return Err(last_err());
+    }
+    Ok(())
+}
+
 /// Runs `op` for a warm-up, then in batches of `batch` until `ms` have passed (at least 5
 /// batches); returns each batch's mean ns per iteration.
 fn sampled(batch: u32, ms: u64, mut op: impl FnMut() -> io::Result<()>) -> io::Result<Vec<f64>> {
@@ -462,6 +492,15 @@ fn serve(line: &str) -> Result<String> {
         ["unix_connect", path, batch, ms] => {
             let addr = unix_addr(path)?;
             sampled(num(batch)? as u32, num(ms)?, || unix_connect_close(&addr))?
+        }
+        ["setgroups", _, batch, ms] => {
+            let groups = own_groups()?;
+            sampled(num(batch)? as u32, num(ms)?, || set_groups(&groups))?
+        }
+        ["sethostname", _, batch, ms] => {
+            let name = fs::read("/proc/sys/kernel/hostname").context("reading the host name")?;
+            let name = name.trim_ascii_end().to_vec();
+            sampled(num(batch)? as u32, num(ms)?, || set_hostname(&name))?
         }
         ["getppid", _, batch, ms] => sampled(num(batch)? as u32, num(ms)?, || {
             // SAFETY: no arguments, no memory.
