@@ -124,13 +124,20 @@ impl<P: std::fmt::Display> Rules<P> {
     }
 }
 
-/// A refusal under `mode`: audit mode only reports it.
-pub fn refused(mode: Mode, by: DecidedBy) -> Decision {
-    let verdict = match mode {
+/// The verdict on what `mode` refuses: audit mode only reports it.
+pub fn refusal(mode: Mode) -> Verdict {
+    match mode {
         Mode::Enforce => Verdict::Deny,
         Mode::Audit => Verdict::Audit,
-    };
-    Decision { verdict, by }
+    }
+}
+
+/// A refusal under `mode` (see `refusal`).
+pub fn refused(mode: Mode, by: DecidedBy) -> Decision {
+    Decision {
+        verdict: refusal(mode),
+        by,
+    }
 }
 
 impl Policy {
