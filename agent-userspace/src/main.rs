@@ -63,11 +63,16 @@ enum Command {
         /// A policy file or a directory of *.yaml files.
         path: PathBuf,
     },
-    /// Replay recorded events against a policy: print each event it would refuse, as
-    /// `events-file:line: verdict action "target" (by exe): section: the rule or default that
-    /// decides`, then a count. Exit status: 0 when it refuses none, 1 when it refuses some
-    /// (in `mode: audit`: would report some), 2 when the events or the policy can't be read
-    /// or no event is of a label the policy names.
+    /// Replay recorded events against a policy; print those it would refuse.
+    ///
+    /// Each refused event is a line `EVENTS:LINE: VERDICT ACTION "TARGET" (by EXE): SECTION:
+    /// WHAT DECIDES` (a deny rule, the section's default, or what actgate refuses to every
+    /// label), and a count ends the output. Each event is judged by the policy naming its label, as
+    /// the kernel would judge it now; budgets are not replayed.
+    ///
+    /// Exit status: 0 when the policy refuses none of the events, 1 when it refuses some (in
+    /// `mode: audit`, would report some), 2 when the events or the policy can't be read, or
+    /// no event is of a label the policy names.
     Diff {
         /// JSON lines written by `actgate run --events` (with `--events-allow`, every action).
         #[arg(long)]

@@ -21,6 +21,8 @@ use std::{
 use agent_common::{ANONYMOUS, Action, SocketKind, capability_by_name};
 use agent_policy::{Fallback, Mode, NetPattern, PathPattern, parse_host, parse_path, parse_unix};
 
+use crate::dns::internal;
+
 use super::{
     fold::{self, Context, Evidence, Folded, SENSITIVE_FILES, SENSITIVE_HOME, SIBLINGS, Scope},
     observe::Observations,
@@ -436,6 +438,8 @@ type Destination = (String, u16);
 struct DestinationUses {
     uses: u64,
     example: Option<String>,
+    /// The name an address rule is there for (see `connect_section`).
+    guard: Option<String>,
 }
 
 /// The pattern text of an address (a single host) and port.
@@ -471,6 +475,7 @@ fn fold_ports(
             .or_insert((DestinationUses::default(), wide));
         rule.uses += u.uses;
         rule.example = rule.example.take().or(u.example);
+        rule.guard = rule.guard.take().or(u.guard);
     }
     rules
         .into_iter()
@@ -486,6 +491,13 @@ fn destination_comment(u: &DestinationUses, ports: Option<usize>) -> String {
     }
     if let Some(example) = &u.example {
         text.push_str(&format!(", e.g. {}", commented(example)));
+    }
+    if let Some(name) = &u.guard {
+        text.push_str(&format!(
+            ", as {}: the rebinding guard keeps an address inside only when an address rule \
+             allows it",
+            commented(name)
+        ));
     }
     text
 }
@@ -510,6 +522,14 @@ fn connect_section(obs: &Observations, review: &mut Vec<String>) -> Section {
             Some(h) => (h.clone(), Some(s.target.clone())),
             None => (addr.ip().to_canonical().to_string(), None),
         };
+        let ip = addr.ip().to_canonical();
+        if s.host.is_some() && internal(ip) {
+            // The rebinding guard drops answers of public names that point inside, unless an
+            // address rule allows the address.
+            let u = seen.entry((ip.to_string(), addr.port())).or_default();
+            u.uses += n;
+            u.guard = s.host.clone();
+        }
         let u = seen.entry((key, addr.port())).or_default();
         u.uses += n;
         u.example = u.example.take().or(example);
@@ -679,6 +699,7 @@ mod tests {
             line("connect", "140.82.112.5:443", Some("github.com")),
             line("connect", "140.82.112.6:443", Some("github.com")),
             line("connect", "192.0.2.10:8080", None),
+            line("connect", "10.1.2.3:443", Some("vpn.example.com")),
             line("connect", "[2001:db8::1]:443", None),
             line("unix_connect", "/run/nscd/socket", None),
             line("unix_connect", "@/tmp/.X11-unix/X0", None),
