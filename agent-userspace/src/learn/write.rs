@@ -776,6 +776,45 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_taken_out_of_the_learnt_policy_refuses_what_it_allowed() {
+        let (text, _, events) = learn(&busy(), run());
+        let edited: String = text
+            .lines()
+            .filter(|l| !l.contains("- /usr/bin/git ") && !l.contains("- github.com:443 "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let (mut policies, problems) = agent_policy::parse_str(Path::new("edited.yaml"), &edited);
+        assert_eq!(problems, vec![], "{edited}");
+        let set = agent_policy::PolicySet {
+            policies: vec![policies.remove(0)],
+            sites: Vec::new(),
+        };
+        let replay = diff::replay(&set, &events).unwrap();
+        let refused: Vec<String> = replay
+            .refused
+            .iter()
+            .map(|(e, j)| {
+                format!(
+                    "{} {}: {}: {}",
+                    e.action.as_str(),
+                    e.target,
+                    j.section,
+                    j.by
+                )
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                "exec /usr/bin/git: exec: default: deny",
+                "exec /usr/bin/git: exec: default: deny",
+                "connect 140.82.112.5:443: network.connect: default: deny",
+                "connect 140.82.112.6:443: network.connect: default: deny",
+            ]
+        );
+    }
+
+    #[test]
     fn rules_say_their_uses_and_trees_their_evidence_and_an_example() {
         let mut r = run();
         r.created_dirs.insert("/home/u/proj/build".into());
