@@ -121,9 +121,11 @@ pub fn judge(policy: &Policy, event: &Event) -> Result<Judged> {
         Action::Connect => {
             let a = address()?;
             let host = event.host.as_deref();
-            let dropped = host.is_some_and(|h| {
+            // Only answers to a lookup the resolver didn't refuse reach the guard.
+            let dropped = host.map(|h| policy.judge_name(h)).is_some_and(|j| {
                 policy.mode == agent_policy::Mode::Enforce
-                    && policy.judge_name(h).guarded
+                    && !j.refused
+                    && j.guarded
                     && internal(a.ip())
                     && !policy.trusts_address(a.ip())
             });

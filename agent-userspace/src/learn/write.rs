@@ -103,21 +103,21 @@ pub fn write_policy(obs: &Observations, opts: &LearnOptions) -> String {
     w.comment(
         0,
         &format!(
-            "Learnt by `actgate learn` from {} events of label `{}` (working directory {}). \
-             Every rule says how often the run used it; a tree (`dir/**`) also why the paths \
-             were folded into it and one of them. `actgate diff` replays a run's events \
-             against this file.",
-            obs.events,
-            run.label,
+            "Learnt by `actgate learn` from {} of label `{}` (working directory {}). Every \
+             rule says how often the run used it; a tree (`dir/**`) also why the paths were \
+             folded into it and one of them. `actgate diff` replays a run's events against \
+             this file.",
+            plural(obs.events, "event", "events"),
+            commented(&run.label),
             commented(&run.workdir)
         ),
     );
     if run.dropped > 0 {
         review.push(format!(
-            "{} events were dropped while learning (the kernel's ring buffer was full). \
+            "{} dropped while learning (the kernel's ring buffer was full). \
              What they recorded is missing below, so this policy may deny part of the same \
              run: learn again, or replay a run's events with `actgate diff`.",
-            run.dropped
+            plural(run.dropped, "event was", "events were")
         ));
     }
 
@@ -890,7 +890,7 @@ mod tests {
         r.dropped = 3;
         let (text, _, _) = learn(&[line("exec", "/usr/bin/git", None)], r);
         assert!(
-            text.starts_with("# Learnt by `actgate learn` from 1 events of label `agent`"),
+            text.starts_with("# Learnt by `actgate learn` from 1 event of label `agent`"),
             "{text}"
         );
         assert!(
