@@ -476,49 +476,13 @@ mod tests {
         );
     }
 
-    fn path_rules(policy: &Policy, action: Action) -> &Rules<PathPattern> {
-        match action {
-            Action::Exec => &policy.exec,
-            Action::FileWrite => &policy.file_write,
-            Action::FileDelete => &policy.file_delete,
-            _ => &policy.file_read,
-        }
-    }
-
-    fn verdict(policy: &Policy, deny: bool, allow: bool, default: Fallback) -> Verdict {
-        let denied = deny || (!allow && default == Fallback::Deny);
-        match (denied, policy.mode) {
-            (false, _) => Verdict::Allow,
-            (true, Mode::Enforce) => Verdict::Deny,
-            (true, Mode::Audit) => Verdict::Audit,
-        }
-    }
-
-    /// The semantics as documented, with no tries involved.
+    /// The semantics as documented, with no tries involved: the library's own model.
     fn decide(policy: &Policy, action: Action, path: &str) -> Verdict {
-        let rules = path_rules(policy, action);
-        let matches = |p: &PathPattern| match p {
-            PathPattern::Exact(e) => path == e,
-            PathPattern::Tree(d) => path.starts_with(&format!("{d}/")),
-        };
-        verdict(
-            policy,
-            rules.deny.iter().any(matches),
-            rules.allow.iter().any(matches),
-            rules.default,
-        )
+        policy.decide_path(action, path).unwrap().verdict
     }
 
     fn decide_net(policy: &Policy, addr: IpAddr, port: u16) -> Verdict {
-        let addr = unmapped(addr);
-        let matches = |p: &NetPattern| p.net.contains(&addr) && p.port.is_none_or(|q| q == port);
-        let rules = &policy.connect;
-        verdict(
-            policy,
-            rules.deny.iter().any(matches),
-            rules.allow.iter().any(matches),
-            rules.default,
-        )
+        policy.decide_connect(addr, port, None).verdict
     }
 
     fn unmapped(addr: IpAddr) -> IpAddr {

@@ -69,7 +69,7 @@ impl Policy {
 
 impl HostName {
     /// Whether this pattern matches `name` (lowercase, without a trailing dot).
-    fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         match self {
             HostName::Exact(exact) => exact == name,
             HostName::Wildcard(suffix) => name

@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod compiled;
+pub mod decide;
 pub mod diagnostic;
 pub mod hosts;
 pub mod model;
@@ -17,6 +18,7 @@ pub use compile::{
     has_rules, limit_bits,
 };
 pub use compiled::{CompileError, CompiledLabel, CompiledRuleset, CompiledSet, compile_set};
+pub use decide::{DecidedBy, Decision};
 pub use diagnostic::Diagnostic;
 pub use hosts::NameJudgement;
 pub use model::{

@@ -134,7 +134,7 @@ struct Protected {
 /// Where writing is reconfiguring the kernel: sysctls (kernel.core_pattern and
 /// kernel.modprobe name programs the kernel runs as root; binfmt_misc registers interpreters),
 /// sysfs (uevent_helper, module parameters, securityfs, tracefs) and the SysRq trigger.
-const KERNEL_SETTINGS: &[&str] = &["/proc/sys/**", "/proc/sysrq-trigger", "/sys/**"];
+pub(crate) const KERNEL_SETTINGS: &[&str] = &["/proc/sys/**", "/proc/sysrq-trigger", "/sys/**"];
 
 impl Protected {
     fn new(policies: &Path, runtime_dir: &Path) -> Result<Self> {

@@ -18,6 +18,7 @@ mod http;
 mod inodes;
 mod kallsyms;
 mod launch;
+mod learn;
 mod maps;
 mod metrics;
 mod pin;
@@ -61,6 +62,25 @@ enum Command {
     Check {
         /// A policy file or a directory of *.yaml files.
         path: PathBuf,
+    },
+    /// Replay recorded events against a policy; print those it would refuse.
+    ///
+    /// Each refused event is a line `EVENTS:LINE: VERDICT ACTION "TARGET" (by EXE): SECTION:
+    /// WHAT DECIDES` (a deny rule, the section's default, or what actgate refuses to every
+    /// label), and a count ends the output. Each event is judged by the policy naming its label, as
+    /// the kernel would judge it now; budgets are not replayed.
+    ///
+    /// Exit status: 0 when the policy refuses none of the events, 1 when it refuses some (in
+    /// `mode: audit`, would report some), 2 when the events or the policy can't be read, or
+    /// no event is of a label the policy names.
+    Diff {
+        /// JSON lines written by `actgate run --events` (with `--events-allow`, every action).
+        #[arg(long)]
+        events: PathBuf,
+        /// A policy file or a directory of *.yaml files; each event is judged by the policy
+        /// naming its label.
+        #[arg(long)]
+        policy: PathBuf,
     },
     /// Run the daemon: load the BPF LSM programs and enforce the policies.
     Run(daemon::Options),
@@ -226,6 +246,7 @@ fn main() -> ExitCode {
     init_logs(cli.log_format);
     match cli.command {
         Command::Check { path } => check(&path),
+        Command::Diff { events, policy } => learn::diff::command(&events, &policy),
         Command::Run(args) => run(args),
         Command::SelftestProbe {
             cgroup,

@@ -32,8 +32,9 @@ use clap::Args;
 use hickory_proto::op::{Message, ResponseCode};
 use tracing::{info, warn};
 
+pub(crate) use self::answer::internal;
 use self::{
-    answer::{OwnAddresses, admit, internal},
+    answer::{OwnAddresses, admit},
     server::{Server, Transport},
     table::{Answer, Table},
     telemetry::{Outcome, Telemetry},
