@@ -303,7 +303,7 @@ pub fn command(events_file: &Path, policy: &Path) -> ExitCode {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::learn::events::tests::{events, line};
 
@@ -315,7 +315,8 @@ mod tests {
         set
     }
 
-    fn why(replay: &Replay) -> Vec<String> {
+    /// Each refused event of `replay` as `ACTION TARGET: SECTION: WHAT DECIDES`.
+    pub fn why(replay: &Replay) -> Vec<String> {
         replay
             .refused
             .iter()

@@ -336,16 +336,7 @@ fn merge_covered(rules: Vec<Rule>) -> Vec<Rule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn run() -> Run {
-        Run {
-            label: "agent".into(),
-            workdir: "/home/u/proj".into(),
-            home: Some("/home/u".into()),
-            temp_dirs: vec!["/tmp".into(), "/var/tmp".into()],
-            ..Run::default()
-        }
-    }
+    use crate::learn::observe::tests::run;
 
     fn fold_with(run: &Run, paths: &[&str], scope: Scope) -> Folded {
         let uses: BTreeMap<&str, u64> = paths.iter().map(|p| (*p, 1)).collect();

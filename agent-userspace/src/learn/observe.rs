@@ -119,9 +119,20 @@ impl Observations {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::learn::events::tests::{events, line};
+
+    /// The run the tests of `fold` and `write` learn from.
+    pub fn run() -> Run {
+        Run {
+            label: "agent".into(),
+            workdir: "/home/u/proj".into(),
+            home: Some("/home/u".into()),
+            temp_dirs: vec!["/tmp".into(), "/var/tmp".into()],
+            ..Run::default()
+        }
+    }
 
     #[test]
     fn uses_are_counted_per_target_and_label() {

@@ -534,13 +534,7 @@ fn connect_section(obs: &Observations, review: &mut Vec<String>) -> Section {
         u.uses += n;
         u.example = u.example.take().or(example);
     }
-    note_unnameable(&unnameable, "network.connect", review);
-    let mut section = Section::deny_by_default();
-    section.allow = fold_ports(seen)
-        .iter()
-        .map(|(text, u, ports)| Item::new(text, destination_comment(u, *ports)))
-        .collect();
-    section
+    destinations_section(seen, &unnameable, "network.connect", review)
 }
 
 /// `network.listen`: `default: deny`, allowing the addresses the run listened on.
@@ -557,7 +551,18 @@ fn listen_section(obs: &Observations, review: &mut Vec<String>) -> Section {
             Err(_) => unnameable.push((s.target.clone(), *n)),
         }
     }
-    note_unnameable(&unnameable, "network.listen", review);
+    destinations_section(seen, &unnameable, "network.listen", review)
+}
+
+/// A `default: deny` section of `key` allowing the destinations `seen` (ports folded), with
+/// the targets no rule can name left to the review.
+fn destinations_section(
+    seen: BTreeMap<Destination, DestinationUses>,
+    unnameable: &[(String, u64)],
+    key: &str,
+    review: &mut Vec<String>,
+) -> Section {
+    note_unnameable(unnameable, key, review);
     let mut section = Section::deny_by_default();
     section.allow = fold_ports(seen)
         .iter()
@@ -664,18 +669,8 @@ mod tests {
             Event,
             tests::{events, line},
         },
-        observe::Run,
+        observe::{Run, tests::run},
     };
-
-    fn run() -> Run {
-        Run {
-            label: "agent".into(),
-            workdir: "/home/u/proj".into(),
-            home: Some("/home/u".into()),
-            temp_dirs: vec!["/tmp".into(), "/var/tmp".into()],
-            ..Run::default()
-        }
-    }
 
     /// A run's events: its own commands, libraries, a build directory, temp files, reads
     /// everywhere, names and addresses, sockets and grants.
@@ -790,21 +785,8 @@ mod tests {
             sites: Vec::new(),
         };
         let replay = diff::replay(&set, &events).unwrap();
-        let refused: Vec<String> = replay
-            .refused
-            .iter()
-            .map(|(e, j)| {
-                format!(
-                    "{} {}: {}: {}",
-                    e.action.as_str(),
-                    e.target,
-                    j.section,
-                    j.by
-                )
-            })
-            .collect();
         assert_eq!(
-            refused,
+            diff::tests::why(&replay),
             [
                 "exec /usr/bin/git: exec: default: deny",
                 "exec /usr/bin/git: exec: default: deny",
