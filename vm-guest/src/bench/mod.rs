@@ -129,10 +129,13 @@ enum Op {
     /// sethostname(2) to the name the host has: a `capable` check of CAP_SYS_ADMIN, on the
     /// denied list and granted by the bench policy, so it is judged and counted.
     CapableJudged,
+    /// sendto(2) of one byte on a UDP socket to a loopback port: `socket_sendmsg` with a
+    /// destination, judged as a connect (and the DNS steering's `sendmsg4` cgroup program).
+    SendTo,
 }
 
 impl Op {
-    const ALL: [Op; 15] = [
+    const ALL: [Op; 16] = [
         Op::Exec,
         Op::OpenRead,
         Op::OpenWrite,
@@ -148,6 +151,7 @@ impl Op {
         Op::OpenReadPlain,
         Op::Capable,
         Op::CapableJudged,
+        Op::SendTo,
     ];
 
     fn name(self) -> &'static str {
@@ -167,6 +171,7 @@ impl Op {
             Op::OpenReadPlain => "file_open_read_plain",
             Op::Capable => "capable",
             Op::CapableJudged => "capable_judged",
+            Op::SendTo => "sendto_udp",
         }
     }
 
@@ -187,6 +192,7 @@ impl Op {
             Op::OpenReadPlain => "file_open read, no rule in its directory",
             Op::Capable => "setgroups, same groups (capable)",
             Op::CapableJudged => "sethostname, same name (capable, judged)",
+            Op::SendTo => "sendto UDP 127.0.0.1",
         }
     }
 
@@ -205,7 +211,8 @@ impl Op {
             | Op::UnixConnect
             | Op::OpenReadPlain
             | Op::Capable
-            | Op::CapableJudged => 5,
+            | Op::CapableJudged
+            | Op::SendTo => 5,
             Op::Control => 50,
         }
     }
@@ -287,7 +294,7 @@ impl Bench {
             }
             Op::Connect => self.port.to_string(),
             Op::UnixConnect => self.paths.unix_socket().display().to_string(),
-            Op::Control | Op::Socket | Op::Capable | Op::CapableJudged => "-".into(),
+            Op::Control | Op::Socket | Op::Capable | Op::CapableJudged | Op::SendTo => "-".into(),
         };
         let verb = match op {
             Op::Exec | Op::ExecDynamic => "exec",
@@ -303,6 +310,7 @@ impl Bench {
             Op::UnixConnect => "unix_connect",
             Op::Capable => "setgroups",
             Op::CapableJudged => "sethostname",
+            Op::SendTo => "sendto",
         };
         format!("{verb} {target} {} {ms}", op.batch())
     }

@@ -5,6 +5,7 @@ use std::{
     ffi::CString,
     fs,
     io::{self, BufRead, BufReader, Write},
+    net::UdpSocket,
     os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio},
@@ -501,6 +502,16 @@ fn serve(line: &str) -> Result<String> {
             let name = fs::read("/proc/sys/kernel/hostname").context("reading the host name")?;
             let name = name.trim_ascii_end().to_vec();
             sampled(num(batch)? as u32, num(ms)?, || set_hostname(&name))?
+        }
+        ["sendto", _, batch, ms] => {
+            // A receiver that never reads: once its buffer is full the kernel drops what
+            // arrives, silently, and every send still succeeds.
+            let receiver = UdpSocket::bind("127.0.0.1:0").context("binding a UDP receiver")?;
+            let to = receiver.local_addr()?;
+            let sender = UdpSocket::bind("127.0.0.1:0").context("binding a UDP sender")?;
+            sampled(num(batch)? as u32, num(ms)?, || {
+                sender.send_to(&[0], to).map(|_| ())
+            })?
         }
         ["getppid", _, batch, ms] => sampled(num(batch)? as u32, num(ms)?, || {
             // SAFETY: no arguments, no memory.
