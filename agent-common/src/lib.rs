@@ -374,7 +374,8 @@ pub struct LabelInfo {
     pub ruleset: u16,
     /// `MODE_ENFORCE`, `MODE_AUDIT` or `MODE_ORPHANED`.
     pub mode: u8,
-    pub _pad: u8,
+    /// `LABEL_*` bits.
+    pub flags: u8,
     /// Per action: `RULE_ALLOW` or `RULE_DENY` when no rule matches.
     pub defaults: [u8; Action::COUNT],
     /// Per action: non-zero when the policy has any rule at all, so the hook can skip
@@ -387,6 +388,10 @@ pub struct LabelInfo {
     /// Bit n set: capability n is denied (`DENIED_CAPABILITIES` less what the policy grants).
     pub denied_caps: u64,
 }
+
+/// `LabelInfo::flags`: send the label's allow decisions to the ring buffer too, as
+/// `Config::events_allow` does for every label (`actgate learn` records a label this way).
+pub const LABEL_EVENTS_ALLOW: u8 = 1;
 
 /// Global switches, in a one-element array map so the daemon can flip them at run time.
 #[repr(C)]

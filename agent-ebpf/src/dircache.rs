@@ -31,6 +31,7 @@ use aya_ebpf::helpers::generated::bpf_get_current_task_btf;
 use crate::{
     judge,
     kernel::{self, field, get, read},
+    limits,
     maps::{self, DirKey, Scratch},
     record,
 };
@@ -202,5 +203,5 @@ impl Dir {
 /// charge no budget that would need the path.
 #[inline(always)]
 pub fn usable(info: &LabelInfo, actions: &[Action]) -> bool {
-    !record::events_allow() && actions.iter().all(|a| info.limits & (1 << *a as u16) == 0)
+    !record::events_allow(info) && !actions.iter().any(|a| limits::limited(info, *a))
 }

@@ -280,12 +280,11 @@ fn needs_path(info: &LabelInfo, actions: &[Action], guard: bool) -> bool {
             .any(|a| info.has_rules[*a as usize] != 0);
     for action in actions {
         // A budget needs the path too, for the event of an action over it.
-        let limited = info.limits & (1 << *action as u16) != 0;
         need_path |= has_rules(info, *action)
-            || limited
+            || limits::limited(info, *action)
             || verdict(0, default(info, *action), info.mode) != Verdict::Allow;
     }
-    need_path || record::events_allow()
+    need_path || record::events_allow(info)
 }
 
 /// Resolves `target` into `s`, or refuses the action when its path can't be named (see

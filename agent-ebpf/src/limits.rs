@@ -106,6 +106,13 @@ fn take(index: u32, limit: &Limit, now_ms: u64) -> Option<u32> {
     None
 }
 
+/// Whether the label's policy has a budget for `action`: an allowed one is then charged, and
+/// the event of one over it needs the target.
+#[inline(always)]
+pub fn limited(info: &LabelInfo, action: Action) -> bool {
+    info.limits & (1 << action as u16) != 0
+}
+
 /// The limit of the label's rule set in `slot`, if its policy sets one.
 #[inline(always)]
 fn limit(info: &LabelInfo, slot: u32) -> Option<Limit> {

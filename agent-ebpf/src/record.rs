@@ -4,8 +4,8 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{
-    Action, COMM_LEN, Event, KernelError, LabelInfo, MODE_ORPHANED, MODE_REVOKED, Reason, Verdict,
-    decision_index, unjudged,
+    Action, COMM_LEN, Event, KernelError, LABEL_EVENTS_ALLOW, LabelInfo, MODE_ORPHANED,
+    MODE_REVOKED, Reason, Verdict, decision_index, unjudged,
 };
 use aya_ebpf::{
     helpers::{
@@ -58,10 +58,12 @@ pub fn count(info: &LabelInfo, action: Action, v: Verdict) {
     bump(&maps::DECISIONS, decision_index(info.label, action, v));
 }
 
-/// Whether allow decisions are sent as events too (`--events-allow`).
+/// Whether the label's allow decisions are sent as events too: `--events-allow` for every
+/// label, or the label's own flag (a label being learnt).
 #[inline(always)]
-pub fn events_allow() -> bool {
-    maps::CONFIG.get(0).map(|c| c.events_allow).unwrap_or(0) != 0
+pub fn events_allow(info: &LabelInfo) -> bool {
+    info.flags & LABEL_EVENTS_ALLOW != 0
+        || maps::CONFIG.get(0).map(|c| c.events_allow).unwrap_or(0) != 0
 }
 
 /// Counts a decision and, for denials, audits and (if asked) allows, sends an event that says
@@ -77,7 +79,7 @@ pub fn record(
 ) {
     count(info, action, v);
     limits::note(action, v);
-    if v == Verdict::Allow && !events_allow() {
+    if v == Verdict::Allow && !events_allow(info) {
         return;
     }
     emit(info, action, v, why, fill_target);

@@ -76,6 +76,7 @@ impl HostName {
                 .strip_suffix(suffix.as_str())
                 .and_then(|rest| rest.strip_suffix('.'))
                 .is_some_and(|labels| !labels.is_empty()),
+            HostName::Any => true,
         }
     }
 }

@@ -100,6 +100,9 @@ pub enum HostName {
     /// `*.suffix`: every name ending in `.suffix`, with any number of labels before it, but
     /// not `suffix` itself. Holds the suffix without the `*.`.
     Wildcard(String),
+    /// Every name. No policy file can say it: only the policy `actgate learn` puts a label
+    /// under has it, so that every name the label looks up is recorded with its connects.
+    Any,
 }
 
 impl fmt::Display for HostName {
@@ -107,6 +110,7 @@ impl fmt::Display for HostName {
         match self {
             HostName::Exact(name) => f.write_str(name),
             HostName::Wildcard(suffix) => write!(f, "*.{suffix}"),
+            HostName::Any => f.write_str("(any name)"),
         }
     }
 }

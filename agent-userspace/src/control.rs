@@ -1,5 +1,7 @@
 //! The daemon's root-only Unix socket: `actgate exec` asks it whether a label is enforced,
-//! `actgate status` asks for the state, `actgate revoke` and `restore` act on a label. One JSON request line, one JSON response line.
+//! `actgate status` asks for the state, `actgate revoke` and `restore` act on a label. One JSON
+//! request line, one JSON response line; `actgate learn` keeps its connection for the events of
+//! its label (see `learning`).
 //! Labelled processes are refused whatever their uid: a root agent must not move itself into
 //! another label, nor learn what is enforced.
 
@@ -21,7 +23,14 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::{cgroup, counters::Counters, revocation::Revoked, state::State, status};
+use crate::{
+    cgroup,
+    counters::Counters,
+    learning::{self, Hub},
+    revocation::Revoked,
+    state::State,
+    status,
+};
 
 pub const DEFAULT_SOCKET: &str = "/run/actgate/actgate.sock";
 
@@ -48,6 +57,11 @@ pub enum Request {
     Restore {
         label: String,
     },
+    /// Learn the label: `Reply::Learning`, then its events as `Reply::Event`, until the
+    /// client sends a line; then `Reply::Learnt` (see `learning`).
+    Learn {
+        label: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -72,6 +86,17 @@ pub enum Reply {
     /// Whether the label was revoked before.
     Restored {
         was_revoked: bool,
+    },
+    /// The label runs under the learning policy; `cgroup` is its directory.
+    Learning {
+        cgroup: PathBuf,
+    },
+    /// One event of the label being learnt, as the events file has it.
+    Event(serde_json::Value),
+    /// Learning ended and the label's own policy is back; `dropped` events of any label were
+    /// lost meanwhile (a full ring buffer).
+    Learnt {
+        dropped: u64,
     },
     Error(String),
 }
@@ -149,6 +174,8 @@ fn answer(req: Request, state: &State, counters: &Counters, unload: &mpsc::Sende
             None => unknown(&label),
         },
         Request::Status => Reply::Status(status::collect(state, counters)),
+        // Served by `learning::session`, which keeps the connection.
+        Request::Learn { .. } => Reply::Error("a learning session is served apart".into()),
         Request::Unload { force } => match crate::unload::refuse_while_labelled(&state.root, force)
         {
             Err(e) => Reply::Error(format!("{e:#}")),
@@ -206,6 +233,7 @@ pub fn serve(
     state: Arc<State>,
     counters: Arc<Counters>,
     unload: mpsc::Sender<()>,
+    hub: Arc<Hub>,
 ) -> Result<()> {
     if UnixStream::connect(path).is_ok() {
         bail!(
@@ -229,16 +257,14 @@ pub fn serve(
                 continue;
             };
             let (state, counters, unload) = (state.clone(), counters.clone(), unload.clone());
+            let hub = hub.clone();
             tokio::spawn(async move {
                 // Judged before anything is read, while the peer's pid is most likely its own.
                 let refused = labelled_peer(&stream, &state);
                 let (read, mut write) = stream.into_split();
+                let mut read = AsyncBufReader::new(read);
                 let mut line = String::new();
-                if AsyncBufReader::new(read)
-                    .read_line(&mut line)
-                    .await
-                    .is_err()
-                {
+                if read.read_line(&mut line).await.is_err() {
                     return;
                 }
                 let reply = match (refused, serde_json::from_str::<Request>(&line)) {
@@ -246,6 +272,10 @@ pub fn serve(
                         "actgate's control socket does not serve labelled processes ({who}); \
                          run actgate commands from outside every label"
                     )),
+                    (None, Ok(Request::Learn { label })) => {
+                        learning::session(label, read, write, state, counters, hub).await;
+                        return;
+                    }
                     (None, Ok(req)) => {
                         tokio::task::spawn_blocking(move || answer(req, &state, &counters, &unload))
                             .await
@@ -263,8 +293,8 @@ pub fn serve(
     Ok(())
 }
 
-/// Sends one request to the daemon (blocking; used by the CLI commands).
-pub fn request(path: &Path, req: &Request) -> Result<Reply> {
+/// Connects to the daemon and sends `req` (blocking; used by the CLI commands).
+pub fn send(path: &Path, req: &Request) -> Result<UnixStream> {
     let mut stream = UnixStream::connect(path).with_context(|| {
         format!(
             "no actgate daemon is reachable at {}; start it with `actgate run --policies DIR` \
@@ -272,13 +302,27 @@ pub fn request(path: &Path, req: &Request) -> Result<Reply> {
             path.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut text = serde_json::to_string(req)?;
     text.push('\n');
     stream.write_all(text.as_bytes())?;
+    Ok(stream)
+}
+
+/// Reads one reply line.
+pub fn reply(from: &mut impl BufRead) -> Result<Reply> {
     let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .context("reading the daemon's reply")?;
-    serde_json::from_str(&line).map_err(|e| anyhow!("the daemon's reply is not valid: {e}"))
+    match from.read_line(&mut line) {
+        Ok(0) => bail!("the daemon closed the connection"),
+        Ok(_) => {
+            serde_json::from_str(&line).map_err(|e| anyhow!("the daemon's reply is not valid: {e}"))
+        }
+        Err(e) => Err(anyhow!(e).context("reading the daemon's reply")),
+    }
+}
+
+/// Sends one request to the daemon and reads its reply (blocking).
+pub fn request(path: &Path, req: &Request) -> Result<Reply> {
+    let stream = send(path, req)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    reply(&mut BufReader::new(stream))
 }

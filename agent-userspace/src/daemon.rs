@@ -1,7 +1,7 @@
 //! `actgate run`: load, enforce, report, reload, until SIGTERM/SIGINT.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -28,6 +28,7 @@ use crate::{
     counters::Counters,
     dns::{self, Dns},
     events, health, http, inodes,
+    learning::{self, Change, ChangeRequest, Hub},
     maps::RuleMaps,
     metrics::Metrics,
     pin::{self, Pins},
@@ -117,6 +118,10 @@ struct Loader {
     selftest: Policy,
     /// What no label may write, whatever its policy says (see `Protected`).
     protected: Protected,
+    /// The user's policies in force (as read, before `learning` changed them).
+    user_set: PolicySet,
+    /// The labels `actgate learn` sessions are learning.
+    learning: BTreeSet<String>,
 }
 
 /// actgate's own files, and the kernel's. A labelled root that could write actgate's files
@@ -168,26 +173,34 @@ impl Protected {
 
 impl Loader {
     /// The policy directory's path to the maps: compile (pure), plan (the host's facts), apply.
-    fn load(&mut self, set: &PolicySet) -> Result<BTreeMap<u32, LabelState>> {
-        let mut set = set.clone();
+    /// Returns the user's policies as put in force (the labels being learnt under the
+    /// learning policy) and what the labels resolved to.
+    fn load(&mut self, user_set: &PolicySet) -> Result<Loaded> {
+        let in_force = learning::with_learning(user_set, &self.learning)?;
+        let mut set = in_force.clone();
         for policy in &mut set.policies {
             self.protected.apply(policy);
         }
         set.policies.push(self.selftest.clone());
         let next = self.rules.next();
         let compiled = agent_policy::compile_set(&set, next.rulesets)?;
-        let plan = plan::resolve(
+        let mut plan = plan::resolve(
             compiled,
             next.number,
             &mut self.indexes,
             &self.in_force,
             &mut plan::System::new(&self.root),
         )?;
+        learning::flag(&mut plan, &self.learning);
         let orphans = plan.orphans.clone();
         let states = self.rules.apply(plan)?;
         report_orphans(&orphans);
         self.in_force = states.clone();
-        Ok(states)
+        self.user_set = user_set.clone();
+        Ok(Loaded {
+            set: in_force,
+            labels: states,
+        })
     }
 
     /// Runs `job` with this loader on a blocking thread, and gives the loader back.
@@ -202,6 +215,13 @@ impl Loader {
         .await
         .context("the policy load thread panicked")
     }
+}
+
+/// What a load put in force.
+struct Loaded {
+    /// The user's policies, the labels being learnt under the learning policy.
+    set: PolicySet,
+    labels: BTreeMap<u32, LabelState>,
 }
 
 /// The daemon's exit status after `actgate unload`: the systemd unit doesn't restart it.
@@ -274,6 +294,13 @@ pub async fn run(opts: Options) -> Result<Stopped> {
     )?;
     let counters = Arc::new(Counters::new(&mut ebpf, &pins)?);
     let mut dns = Dns::new(&opts.dns, &mut ebpf, state.dns.clone(), counters.clone())?;
+    let (
+        hub,
+        learning::Receivers {
+            mut changes,
+            flushes,
+        },
+    ) = Hub::new();
     let reopen = Arc::new(AtomicBool::new(false));
     let sink = opts
         .events
@@ -288,16 +315,18 @@ pub async fn run(opts: Options) -> Result<Stopped> {
         root,
         selftest: selftest.policy(),
         protected: Protected::new(&opts.policies, runtime_dir)?,
+        user_set: PolicySet::default(),
+        learning: BTreeSet::new(),
     };
     let first = set.clone();
-    let (mut loader, labels) = loader.off_loop(move |l| l.load(&first)).await?;
-    let labels = labels.context("putting the policies into the kernel maps")?;
+    let (mut loader, loaded) = loader.off_loop(move |l| l.load(&first)).await?;
+    let loaded = loaded.context("putting the policies into the kernel maps")?;
     // Before the switch: the new set's programs refuse the lookups of a label it has no
     // resolver for.
-    dns.configure(&labels, &set).await?;
-    state.set_policies(labels, set.policies.len());
+    dns.configure(&loaded.labels, &loaded.set).await?;
+    state.set_policies(loaded.labels, set.policies.len());
     // Only now: events that waited in a kept ring buffer name labels the state knows.
-    events::spawn(&mut ebpf, state.clone(), sink)?;
+    events::spawn(&mut ebpf, state.clone(), sink, hub.clone(), flushes)?;
     takeover.switch()?;
     info!(
         policies = set.policies.len(),
@@ -309,7 +338,7 @@ pub async fn run(opts: Options) -> Result<Stopped> {
     let metrics = Arc::new(Metrics::new(state.clone(), counters.clone()));
     http::serve(opts.metrics_addr, state.clone(), metrics);
     let (unload_tx, mut unload) = mpsc::channel(1);
-    control::serve(&opts.socket, state.clone(), counters, unload_tx)?;
+    control::serve(&opts.socket, state.clone(), counters, unload_tx, hub)?;
 
     prove(&selftest, &state, &present, opts.allow_unverified)?;
     takeover.commit(&events_pin)?;
@@ -329,6 +358,9 @@ pub async fn run(opts: Options) -> Result<Stopped> {
             }
             Some(()) = changed.recv() => {
                 loader = reload(loader, &opts.policies, &state, &mut dns).await?;
+            }
+            Some(request) = changes.recv() => {
+                loader = learn(loader, request, &state, &mut dns).await?;
             }
         }
     };
@@ -417,30 +449,70 @@ fn prove(
     bail!("{msg}; refusing to run (pass --allow-unverified to run anyway, unready)")
 }
 
+/// Loads the user's policies that `read` gives, and tells the DNS resolvers and the state.
+/// The error is the load's: what was in force stays so.
+async fn put_in_force(
+    loader: Loader,
+    read: impl FnOnce(&Loader) -> Result<PolicySet> + Send + 'static,
+    state: &Arc<State>,
+    dns: &mut Dns,
+) -> Result<(Loader, Result<usize>)> {
+    let (loader, result) = loader
+        .off_loop(move |l| {
+            let set = read(l)?;
+            l.load(&set)
+        })
+        .await?;
+    let policies = match result {
+        Ok(loaded) => {
+            if let Err(e) = dns.configure(&loaded.labels, &loaded.set).await {
+                error!("the labels' DNS resolvers: {e:#}");
+            }
+            let policies = loaded.set.policies.len();
+            state.set_policies(loaded.labels, policies);
+            Ok(policies)
+        }
+        Err(e) => Err(e),
+    };
+    Ok((loader, policies))
+}
+
 /// Validates everything first, then swaps; a bad file changes nothing.
 async fn reload(loader: Loader, dir: &Path, state: &Arc<State>, dns: &mut Dns) -> Result<Loader> {
     let dir = dir.to_path_buf();
-    let (loader, result) = loader
-        .off_loop(move |l| {
-            let set = load_policies(&dir)?;
-            let labels = l.load(&set)?;
-            anyhow::Ok((set, labels))
-        })
-        .await?;
+    let (loader, result) = put_in_force(loader, move |_| load_policies(&dir), state, dns).await?;
     match result {
-        Ok((set, labels)) => {
-            if let Err(e) = dns.configure(&labels, &set).await {
-                error!("reload: the labels' DNS resolvers: {e:#}");
-            }
-            state.set_policies(labels, set.policies.len());
+        Ok(policies) => {
             state.reloads_ok.fetch_add(1, Ordering::Relaxed);
-            info!(policies = set.policies.len(), "reloaded");
+            info!(policies, "reloaded");
         }
         Err(e) => {
             state.reloads_failed.fetch_add(1, Ordering::Relaxed);
             error!("reload failed; the previous policies stay in force: {e:#}");
         }
     }
+    Ok(loader)
+}
+
+/// Starts or ends learning a label (see `learning`): the user's policies in force are loaded
+/// again, with or without the label under the learning policy. Not a reload: the policy
+/// directory isn't read, and the reload counters don't count it.
+async fn learn(
+    mut loader: Loader,
+    (change, done): ChangeRequest,
+    state: &Arc<State>,
+    dns: &mut Dns,
+) -> Result<Loader> {
+    let before = loader.learning.clone();
+    match &change {
+        Change::Start(label) => loader.learning.insert(label.clone()),
+        Change::Stop(label) => loader.learning.remove(label),
+    };
+    let (mut loader, result) = put_in_force(loader, |l| Ok(l.user_set.clone()), state, dns).await?;
+    if result.is_err() {
+        loader.learning = before;
+    }
+    let _ = done.send(result.map(drop));
     Ok(loader)
 }
 

@@ -21,10 +21,13 @@ use aya::{
     maps::{MapData, RingBuf},
 };
 use serde::Serialize;
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::{mpsc, oneshot},
+};
 use tracing::warn;
 
-use crate::state::State;
+use crate::{learning::Hub, state::State};
 
 /// One event as written to the events file.
 #[derive(Debug, Serialize)]
@@ -195,8 +198,65 @@ impl Sink {
     }
 }
 
-/// Drains the ring buffer for as long as the daemon runs.
-pub fn spawn(ebpf: &mut Ebpf, state: Arc<State>, mut sink: Option<Sink>) -> Result<()> {
+/// Turns records into lines and hands them out: to the events file, and to a session
+/// learning the label (`learning`).
+struct Drain {
+    state: Arc<State>,
+    sink: Option<Sink>,
+    hub: Arc<Hub>,
+    boot: SystemTime,
+    /// Cgroup id → path; cgroups are few and long-lived.
+    cgroups: HashMap<u64, String>,
+}
+
+impl Drain {
+    /// Hands out every record the ring buffer holds.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        if let Some(sink) = self.sink.as_mut()
+            && let Err(err) = sink.follow_rotation()
+        {
+            warn!(error = %err, "reopening the events file failed");
+        }
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `Event`; read_unaligned copes with the ring
+            // buffer's 8-byte alignment of records.
+            let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+            drop(item);
+            if self.sink.is_none() && !self.hub.tapped() {
+                continue;
+            }
+            let Some(line) = to_line(&e, &self.state, self.boot, &mut self.cgroups) else {
+                continue;
+            };
+            let text = match serde_json::to_string(&line) {
+                Ok(text) => text,
+                Err(err) => {
+                    warn!(error = %err, "encoding an event failed");
+                    continue;
+                }
+            };
+            if let Some(sink) = self.sink.as_mut()
+                && let Err(err) = sink.write_line(&text)
+            {
+                warn!(error = %err, "writing an event failed");
+            }
+            self.hub.tap(&line.label, &text);
+        }
+    }
+}
+
+/// Drains the ring buffer for as long as the daemon runs, and at once when a learning
+/// session asks (`flushes`).
+pub fn spawn(
+    ebpf: &mut Ebpf,
+    state: Arc<State>,
+    sink: Option<Sink>,
+    hub: Arc<Hub>,
+    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
+) -> Result<()> {
     let map = ebpf
         .take_map(maps::EVENTS)
         .with_context(|| format!("map {} is missing from the eBPF object", maps::EVENTS))?;
@@ -206,44 +266,29 @@ pub fn spawn(ebpf: &mut Ebpf, state: Arc<State>, mut sink: Option<Sink>) -> Resu
     // the AsyncFd that owns the ring buffer lives.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the EVENTS ring buffer: {e}"))?;
-    let boot = boot_time();
-    // Cgroup id → path; cgroups are few and long-lived.
-    let mut cgroups = HashMap::new();
+    let mut drain = Drain {
+        state,
+        sink,
+        hub,
+        boot: boot_time(),
+        cgroups: HashMap::new(),
+    };
     tokio::spawn(async move {
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                warn!("the events ring buffer can no longer be read");
-                return;
-            };
-            if let Some(sink) = sink.as_mut()
-                && let Err(err) = sink.follow_rotation()
-            {
-                warn!(error = %err, "reopening the events file failed");
-            }
-            let ring = guard.get_inner_mut();
-            while let Some(item) = ring.next() {
-                if item.len() < size_of::<Event>() {
-                    continue;
+            tokio::select! {
+                readable = fd.readable_mut() => {
+                    let Ok(mut guard) = readable else {
+                        warn!("the events ring buffer can no longer be read");
+                        return;
+                    };
+                    drain.drain(guard.get_inner_mut());
+                    guard.clear_ready();
                 }
-                // SAFETY: the kernel wrote a whole `Event`; read_unaligned copes with the
-                // ring buffer's 8-byte alignment of records.
-                let e: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-                drop(item);
-                let (Some(line), Some(sink)) =
-                    (to_line(&e, &state, boot, &mut cgroups), sink.as_mut())
-                else {
-                    continue;
-                };
-                match serde_json::to_string(&line) {
-                    Ok(text) => {
-                        if let Err(err) = sink.write_line(&text) {
-                            warn!(error = %err, "writing an event failed");
-                        }
-                    }
-                    Err(err) => warn!(error = %err, "encoding an event failed"),
+                Some(done) = flushes.recv() => {
+                    drain.drain(fd.get_mut());
+                    let _ = done.send(());
                 }
             }
-            guard.clear_ready();
         }
     });
     Ok(())

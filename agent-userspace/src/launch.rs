@@ -68,7 +68,7 @@ pub fn exec(
 }
 
 /// Who CMD runs as; `None` keeps the caller's identity (a non-root caller can't change it).
-fn identity(user: Option<&str>) -> Result<Option<User>> {
+pub fn identity(user: Option<&str>) -> Result<Option<User>> {
     if let Some(user) = user {
         return lookup(user).map(Some);
     }
@@ -101,7 +101,7 @@ fn identity(user: Option<&str>) -> Result<Option<User>> {
 }
 
 /// A user by name, or by numeric uid when it is all digits and no user has that name.
-fn lookup(user: &str) -> Result<User> {
+pub fn lookup(user: &str) -> Result<User> {
     if let Some(found) = User::from_name(user).context("reading the passwd database")? {
         return Ok(found);
     }

@@ -19,6 +19,7 @@ mod inodes;
 mod kallsyms;
 mod launch;
 mod learn;
+mod learning;
 mod maps;
 mod metrics;
 mod pin;
@@ -82,6 +83,18 @@ enum Command {
         #[arg(long)]
         policy: PathBuf,
     },
+    /// Learn a policy: run CMD under a label that denies nothing and records everything,
+    /// then write the policy that lets the same run pass.
+    ///
+    /// The label runs under an allow-everything audit policy while learning (in the kernel,
+    /// with allow events on), then under its own policy again. Writes are folded into trees
+    /// only below the working directory (this one) and the temp directories, on evidence;
+    /// reads are allowed but for credentials, which the policy's top lists for review; execs
+    /// and connects are listed as seen. `actgate check` accepts what it writes.
+    ///
+    /// Exit status: CMD's own when it ran (the policy is written whatever it was), 0 without
+    /// CMD, 125 when nothing could be learnt (no daemon, a revoked label, ...).
+    Learn(learn::command::Options),
     /// Run the daemon: load the BPF LSM programs and enforce the policies.
     Run(daemon::Options),
     /// Internal: the start-up self-test's probe process.
@@ -247,6 +260,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { path } => check(&path),
         Command::Diff { events, policy } => learn::diff::command(&events, &policy),
+        Command::Learn(opts) => learn::command::command(&opts),
         Command::Run(args) => run(args),
         Command::SelftestProbe {
             cgroup,

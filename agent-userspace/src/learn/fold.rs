@@ -7,12 +7,15 @@
 //! - it created `D` (the caller knows which directories are new), or
 //! - it used at least `SIBLINGS` distinct entries directly under `D`, or
 //! - `D` is a system tree (`SYSTEM_TREES`): the distribution's libraries, data and headers,
-//!   which change with package upgrades, not with the workload.
+//!   which change with package upgrades, not with the workload, or
+//! - `D` is a temp directory the run wrote in (writes and deletes only): scratch files are
+//!   named anew on every run (mkstemp), so a list of them would deny the next one.
 //!
 //! And never into a directory where a tree would give away what no run showed: `/`, a
-//! top-level directory (`/etc`, `/usr`, `/home`, `/tmp`, ...), a user's home directory, a
-//! temp directory itself, a directory holding or above a sensitive location (`~/.config`
-//! holds `~/.config/gh`), or one under which the run used a sensitive file.
+//! top-level directory (`/etc`, `/usr`, `/home`, ...; the standard temp directories are
+//! the one exception above), a user's home directory, a directory holding or above a
+//! sensitive location (`~/.config` holds `~/.config/gh`), or one under which the run used a
+//! sensitive file.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -53,6 +56,10 @@ pub const SENSITIVE_HOME: &[(&str, bool)] = &[
     (".netrc", false),
     (".git-credentials", false),
 ];
+
+/// The temp directories every system has. A `$TMPDIR` elsewhere is a temp directory too, but
+/// folds only where any directory may (never a home directory, say).
+pub const STANDARD_TEMP_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 
 /// System files that hold password hashes.
 pub const SENSITIVE_FILES: &[&str] = &[
@@ -140,6 +147,8 @@ pub enum Evidence {
     Siblings(usize),
     /// One of `SYSTEM_TREES`.
     SystemTree,
+    /// A temp directory (writes and deletes).
+    TempDir,
     /// The paths can't be written as exact rules (a `*`, `?`, `[` or `{` in a name, or longer
     /// than a rule may be), so the nearest directory that may be folded stands for them.
     Unnameable,
@@ -185,7 +194,17 @@ impl Context<'_> {
         let in_place =
             is_at_or_below(dir, &run.workdir) || run.temp_dirs.iter().any(|t| is_below(dir, t));
         let system = scope == Scope::Execs && SYSTEM_TREES.contains(&dir);
-        (in_place || system) && !self.refused(dir)
+        let temp = run.temp_dirs.iter().any(|t| t == dir);
+        (in_place || system) && !temp && !self.refused(dir)
+    }
+
+    /// Whether the writes beneath the temp directory `dir` fold into `dir/**`.
+    fn temp_tree(&self, dir: &str) -> bool {
+        if STANDARD_TEMP_DIRS.contains(&dir) {
+            !self.sensitive.iter().any(|s| is_below(s, dir))
+        } else {
+            !self.refused(dir)
+        }
     }
 
     /// The directories no tree is ever made of (see the module's documentation).
@@ -194,7 +213,7 @@ impl Context<'_> {
         let depth = dir.matches('/').count();
         let top = dir == "/" || dir.is_empty() || depth == 1;
         let user_home = depth == 2 && dir.starts_with("/home/");
-        let own = run.home.as_deref() == Some(dir) || run.temp_dirs.iter().any(|t| t == dir);
+        let own = run.home.as_deref() == Some(dir);
         let sensitive_location = homes_of(dir, run.home.as_deref())
             .chain(run.home.as_deref())
             .any(|h| {
@@ -247,6 +266,9 @@ pub fn fold(paths: &BTreeMap<&str, u64>, cx: &Context, scope: Scope) -> Folded {
     }
     let entries = entries_under(plain.iter().map(|(p, _)| **p));
     let evidence = |dir: &str| -> Option<Evidence> {
+        if scope == Scope::Writes && cx.run.temp_dirs.iter().any(|t| t == dir) {
+            return cx.temp_tree(dir).then_some(Evidence::TempDir);
+        }
         if !cx.may_fold(dir, scope) {
             return None;
         }
@@ -412,7 +434,7 @@ mod tests {
                 "/home/u/proj/README",
                 "/home/u/proj/build",
                 "/home/u/proj/build/**",
-                "/tmp/job/**"
+                "/tmp/**"
             ]
         );
         assert_eq!(f.rules[2].evidence, Some(Evidence::Created));
@@ -428,10 +450,8 @@ mod tests {
     }
 
     #[test]
-    fn top_level_home_and_temp_directories_are_never_folded() {
-        for dir in [
-            "/etc", "/usr", "/var", "/tmp", "/var/tmp", "/home", "/root", "/opt",
-        ] {
+    fn top_level_and_home_directories_are_never_folded() {
+        for dir in ["/etc", "/usr", "/var", "/home", "/root", "/opt", "/srv"] {
             let mut r = run();
             r.workdir = dir.into();
             r.created_dirs.insert(dir.into());
@@ -453,15 +473,45 @@ mod tests {
             let f = fold_with(&r, &refs(&paths), Scope::Writes);
             assert_eq!(f.rules.len(), SIBLINGS, "{home}");
         }
-        // A temp directory given as $TMPDIR.
+    }
+
+    #[test]
+    fn writes_in_a_temp_directory_fold_into_it_execs_do_not() {
+        let r = run();
+        let scratch = ["/tmp/ccA1b2.s", "/tmp/ccA1b2.o", "/var/tmp/x/y"];
+        let f = fold_with(&r, &scratch, Scope::Writes);
+        assert_eq!(patterns(&f), ["/tmp/**", "/var/tmp/**"]);
+        assert_eq!(f.rules[0].evidence, Some(Evidence::TempDir));
+        assert_eq!(f.rules[0].paths, 2);
+        let f = fold_with(&r, &scratch, Scope::Execs);
+        assert_eq!(
+            patterns(&f),
+            ["/tmp/ccA1b2.o", "/tmp/ccA1b2.s", "/var/tmp/x/y"]
+        );
+    }
+
+    #[test]
+    fn a_temp_directory_is_not_folded_over_a_secret_nor_when_it_is_a_home() {
+        let r = run();
+        let f = fold_with(&r, &["/tmp/a", "/tmp/k/id.pem"], Scope::Writes);
+        assert_eq!(patterns(&f), ["/tmp/a"]);
+        assert_eq!(f.sensitive.len(), 1);
+        // $TMPDIR set to the home directory, or to `/`.
+        for tmpdir in ["/home/u", "/"] {
+            let mut r = run();
+            r.temp_dirs.push(tmpdir.into());
+            let paths = siblings(tmpdir.trim_end_matches('/'), 2);
+            let f = fold_with(&r, &refs(&paths), Scope::Writes);
+            assert!(
+                f.rules.iter().all(|r| r.evidence.is_none()),
+                "{tmpdir}: {f:?}"
+            );
+        }
+        // A $TMPDIR below the working directory folds.
         let mut r = run();
         r.temp_dirs.push("/home/u/proj/tmp".into());
-        let f = fold_with(
-            &r,
-            &refs(&siblings("/home/u/proj/tmp", SIBLINGS)),
-            Scope::Writes,
-        );
-        assert_eq!(f.rules.len(), SIBLINGS);
+        let f = fold_with(&r, &["/home/u/proj/tmp/a"], Scope::Writes);
+        assert_eq!(patterns(&f), ["/home/u/proj/tmp/**"]);
     }
 
     #[test]

@@ -305,6 +305,7 @@ fn rule_comment(rule: &fold::Rule) -> String {
         Evidence::Created => "the workload created it".to_owned(),
         Evidence::Siblings(n) => format!("{n} entries under it"),
         Evidence::SystemTree => "a system tree".to_owned(),
+        Evidence::TempDir => "a temp directory: scratch names change from run to run".to_owned(),
         Evidence::Unnameable => "paths no exact rule can name".to_owned(),
     };
     format!(
