@@ -31,11 +31,13 @@ impl Policy {
         let deny = ports(&self.hosts.deny, &name);
         let refused =
             deny.contains(&None) || (allow.is_empty() && self.connect.default == Fallback::Deny);
-        let exact = self
-            .hosts
-            .allow
-            .iter()
-            .any(|p| matches!(&p.name, HostName::Exact(n) if *n == name));
+        // `Any` (the learning policy's) is guarded as the exact rule a learnt policy will
+        // have for the name, so that what learning records by name, that rule allows.
+        let exact = self.hosts.allow.iter().any(|p| match &p.name {
+            HostName::Exact(n) => *n == name,
+            HostName::Any => true,
+            HostName::Wildcard(_) => false,
+        });
         let guarded = if allow.is_empty() {
             // Refused under default deny; under default allow every address is allowed
             // anyway, so there is nothing to guard.

@@ -340,7 +340,12 @@ mod tests {
         assert_eq!(learnt.mode, agent_policy::Mode::Audit);
         assert_eq!(learnt.exec.default, agent_policy::Fallback::Allow);
         assert_eq!(learnt.connect.default, agent_policy::Fallback::Allow);
-        assert!(!learnt.judge_name("github.com").allow.is_empty());
+        // Every name is recorded, and guarded as an exact rule for it would be.
+        for (name, guarded) in [("github.com", true), ("db.internal", false)] {
+            let j = learnt.judge_name(name);
+            assert!(!j.refused && j.allow == [None], "{name}: {j:?}");
+            assert_eq!(j.guarded, guarded, "{name}");
+        }
         assert_eq!(with_learning(&user, &BTreeSet::new()).unwrap(), user);
     }
 

@@ -12,7 +12,7 @@ use std::{
     collections::HashMap,
     fs,
     net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener},
-    process::Command,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -634,6 +634,61 @@ fn unlabelled_dns_is_not_steered(ctx: &Ctx, f: &mut Fixture) -> Outcome {
     Ok(())
 }
 
+/// Learnt under `actgate learn`, in a label no policy names.
+const LEARN_LABEL: &str = "dnslearn";
+
+/// `actgate learn` records a connect to a name the workload looked up by that name, and the
+/// policy it writes allows the same lookup and connect, and refuses another name.
+fn learnt_policy_allows_a_name_by_name(ctx: &Ctx, f: &mut Fixture) -> Outcome {
+    let (name, addr) = TCP;
+    let out_file = ctx.path("dns/learnt.yaml");
+    f.drain()?;
+    let port = port();
+    let probe = ["try", "dns-query", name, "a", "--connect", port.as_str()];
+    let learnt = Command::new(&ctx.actgate)
+        .args(["learn", "--label", LEARN_LABEL, "--user", "root", "--out"])
+        .arg(&out_file)
+        .arg("--")
+        .arg(&ctx.guest)
+        .args(probe)
+        .stdin(Stdio::null())
+        .output()
+        .context("running actgate learn")?;
+    let policy = fs::read_to_string(&out_file).unwrap_or_default();
+    let said = format!(
+        "{}{}\n{policy}",
+        String::from_utf8_lossy(&learnt.stdout),
+        String::from_utf8_lossy(&learnt.stderr)
+    );
+    expect_eq!(learnt.status.code(), Some(0), "actgate learn's exit status ({said})");
+    let rule = format!("      - {name}:{PORT}");
+    expect_eq!(
+        policy.lines().any(|l| l.starts_with(&format!("{rule} "))),
+        true,
+        "whether the learnt policy allows `{name}:{PORT}` by name ({said})"
+    );
+    harness::write(&ctx.path(POLICIES).join("learnt.yaml"), &policy)?;
+    f.daemon.signal(libc::SIGHUP);
+    harness::eventually("enforce", || {
+        let mode = harness::label_status(ctx, LEARN_LABEL)?
+            .and_then(|l| l.get("mode").and_then(|m| m.as_str()).map(str::to_owned));
+        Ok(mode.unwrap_or_default())
+    })?;
+    f.drain()?;
+    expect_eq!(
+        ctx.attempt_as(LEARN_LABEL, "root", &probe[1..]),
+        format!("NOERROR {addr}=OK"),
+        "the learnt run again, under the learnt policy"
+    );
+    let (other, _) = OTHER;
+    expect_eq!(
+        query(ctx, "root", LEARN_LABEL, &[other, "a"]),
+        "REFUSED",
+        "a lookup of {other}, which the learnt run did not make"
+    );
+    Ok(())
+}
+
 /// A reload judges the lookups made before it again: a name it no longer allows stops
 /// opening its address at once, and its next lookup is refused. A label in audit mode is
 /// answered what enforce mode would refuse, and its connect is let through.
@@ -884,6 +939,7 @@ pub fn suite() -> Suite<Fixture> {
                 fixture
             ),
             case!(connect_judged_through_a_name_reports_its_host, fixture),
+            case!(learnt_policy_allows_a_name_by_name, fixture),
             // Last: it changes the suite's policy.
             case!(
                 reload_rejudges_lookups_and_audit_answers_what_enforce_refuses,
