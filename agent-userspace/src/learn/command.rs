@@ -53,6 +53,10 @@ pub struct Options {
     /// Write the policy to FILE (default: stdout).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Also keep the recorded events in FILE, as JSON lines like `actgate run --events`
+    /// writes: `actgate diff --events FILE` replays them against an edited policy.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
     /// The daemon's control socket.
     #[arg(long, default_value = control::DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -101,6 +105,9 @@ fn learn(opts: &Options) -> Result<u8> {
         .map_err(|_| anyhow!("the thread reading the events panicked"))?;
     let status = ended?;
     let (lines, dropped) = recorded?;
+    if let Some(path) = &opts.events {
+        std::fs::write(path, &lines).with_context(|| format!("writing {}", path.display()))?;
+    }
     run.dropped = dropped;
     let events = events::parse(Path::new("(the learning run)"), lines.as_bytes())?;
     run.created_dirs = created_since(&events, since);
