@@ -322,8 +322,18 @@ pub fn expect_decision_changes(
 }
 
 /// Retries `probe` for up to 10 s until it returns `want`; returns what it said last.
-pub fn eventually(want: &str, mut probe: impl FnMut() -> Result<String>) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+pub fn eventually(want: &str, probe: impl FnMut() -> Result<String>) -> Result<String> {
+    eventually_within(Duration::from_secs(10), want, probe)
+}
+
+/// `eventually` for up to `within`: what waits on a reload, which under emulation can take
+/// longer than 10 s.
+pub fn eventually_within(
+    within: Duration,
+    want: &str,
+    mut probe: impl FnMut() -> Result<String>,
+) -> Result<String> {
+    let deadline = Instant::now() + within;
     loop {
         let got = probe()?;
         if got == want || Instant::now() > deadline {

@@ -14,6 +14,7 @@ mod exec;
 mod failclosed;
 mod files;
 mod labels;
+mod learn;
 mod lifetime;
 mod mapping;
 mod mounts;
@@ -340,6 +341,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(labels::suite().trials(&run));
     trials.extend(telemetry::suite().trials(&run));
     trials.extend(telemetry::selftest::suite().trials(&run));
+    trials.extend(learn::suite().trials(&run));
     let conclusion = libtest_mimic::run(&run.args, trials);
     if run.args.list {
         return ExitCode::SUCCESS;
