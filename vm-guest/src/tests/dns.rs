@@ -660,7 +660,11 @@ fn learnt_policy_allows_a_name_by_name(ctx: &Ctx, f: &mut Fixture) -> Outcome {
         String::from_utf8_lossy(&learnt.stdout),
         String::from_utf8_lossy(&learnt.stderr)
     );
-    expect_eq!(learnt.status.code(), Some(0), "actgate learn's exit status ({said})");
+    expect_eq!(
+        learnt.status.code(),
+        Some(0),
+        "actgate learn's exit status ({said})"
+    );
     let rule = format!("      - {name}:{PORT}");
     expect_eq!(
         policy.lines().any(|l| l.starts_with(&format!("{rule} "))),
