@@ -13,6 +13,7 @@ mod counters;
 mod daemon;
 mod dns;
 mod events;
+mod generate;
 mod health;
 mod http;
 mod inodes;
@@ -160,6 +161,16 @@ enum Command {
         /// The daemon's control socket.
         #[arg(long, default_value = control::DEFAULT_SOCKET)]
         socket: PathBuf,
+    },
+    /// Internal: write the man pages and shell completions (`cargo xtask package` ships them).
+    #[command(hide = true)]
+    Generate {
+        /// Where to write actgate.1 and a page per subcommand.
+        #[arg(long)]
+        man: PathBuf,
+        /// Where to write the bash, zsh and fish completions.
+        #[arg(long)]
+        completions: PathBuf,
     },
     /// Show the running daemon's policies, labels, verification and counters.
     Status {
@@ -343,6 +354,16 @@ fn main() -> ExitCode {
                 }
                 _ => false,
             })
+        }
+        Command::Generate { man, completions } => {
+            use clap::CommandFactory;
+            match generate::generate(Cli::command(), &man, &completions) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("actgate generate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Status { json, socket } => {
             match control::request(&socket, &control::Request::Status) {

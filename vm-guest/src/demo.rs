@@ -153,6 +153,7 @@ pub fn run(actgate: &Path, policies: &Path) -> Result<()> {
         actgate: actgate.to_path_buf(),
         guest: std::env::current_exe()?,
         dir: "/tmp/actgate-demo".into(),
+        package: None,
     };
     fs::create_dir_all(&ctx.dir)?;
     prepare_workspace()?;

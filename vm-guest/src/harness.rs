@@ -59,6 +59,8 @@ pub struct Ctx {
     pub actgate: PathBuf,
     pub guest: PathBuf,
     pub dir: PathBuf,
+    /// The Debian package under test, when one was given (`cargo xtask package` makes it).
+    pub package: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -444,6 +446,19 @@ impl Daemon {
         let mut args = vec![OsStr::new("--events"), events.as_os_str()];
         args.extend(extra.iter().map(OsStr::new));
         let child = spawn_run(actgate, policies, &args, log)?;
+        Daemon::until_ready(child, actgate, events, log, ready_within)
+    }
+
+    /// Takes `child`, an `actgate run` the caller started with its output in LOG and its
+    /// events in EVENTS, and waits up to `ready_within` until /readyz says 200. From then on
+    /// it is a daemon like the others: killed, and `actgate unload` run, when dropped.
+    pub fn until_ready(
+        child: Child,
+        actgate: &Path,
+        events: &Path,
+        log: &Path,
+        ready_within: Duration,
+    ) -> Result<Daemon> {
         let mut d = Daemon {
             child,
             actgate: actgate.to_path_buf(),

@@ -30,6 +30,10 @@ enum Cmd {
         /// Where to write PASS/FAIL/SKIP lines and the closing count.
         #[arg(long, required_unless_present = "list")]
         results: Option<PathBuf>,
+        /// The Debian package to install and start (`cargo xtask package` builds it); without
+        /// it the package's tests skip.
+        #[arg(long)]
+        package: Option<PathBuf>,
         /// Only tests whose name contains this: the same as FILTER.
         #[arg(long = "filter", value_name = "SUBSTRING", conflicts_with = "filter")]
         substring: Option<String>,
@@ -75,11 +79,17 @@ fn main() -> ExitCode {
         Cmd::Tests {
             actgate,
             results,
+            package,
             substring,
             mut libtest,
         } => {
             libtest.filter = substring.or(libtest.filter);
-            tests::run(actgate.as_deref(), results.as_deref(), libtest)
+            tests::run(
+                actgate.as_deref(),
+                results.as_deref(),
+                package.as_deref(),
+                libtest,
+            )
         }
         Cmd::Demo { actgate, policies } => match demo::run(&actgate, &policies) {
             Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,7 @@ mod mapping;
 mod mounts;
 mod net;
 mod orphans;
+mod package;
 mod session;
 mod sockets;
 mod telemetry;
@@ -301,8 +302,14 @@ impl Run {
     }
 }
 
-/// Runs (or lists) the tests `args` selects; `actgate` and `results` are only needed to run.
-pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) -> ExitCode {
+/// Runs (or lists) the tests `args` selects; `actgate` and `results` are only needed to run,
+/// `package` only by the package's tests, which skip without it.
+pub fn run(
+    actgate: Option<&Path>,
+    results: Option<&Path>,
+    package: Option<&Path>,
+    mut args: Arguments,
+) -> ExitCode {
     // The suites share the daemon's metrics port and control socket, and a suite's tests
     // share its daemon: one test at a time, in the order listed.
     args.test_threads = Some(1);
@@ -312,6 +319,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
             actgate: actgate.map_or_else(|| PathBuf::from("actgate"), Path::to_path_buf),
             guest: std::env::current_exe().unwrap_or_else(|_| "vm-guest".into()),
             dir: "/tmp/actgate-vmtest".into(),
+            package: package.map(Path::to_path_buf),
         }),
         report: Arc::new(Report::new(report.flatten())),
         args,
@@ -325,6 +333,7 @@ pub fn run(actgate: Option<&Path>, results: Option<&Path>, mut args: Arguments) 
     trials.extend(exec::without_daemon().trials(&run));
     trials.extend(users::suite().trials(&run));
     trials.extend(lifetime::suite().trials(&run));
+    trials.extend(package::suite().trials(&run));
     trials.extend(orphans::suite().trials(&run));
     trials.extend(cascade::suite().trials(&run));
     trials.extend(escapes::suite().trials(&run));
@@ -411,6 +420,7 @@ mod runner {
                 actgate: "actgate".into(),
                 guest: "vm-guest".into(),
                 dir: "/nonexistent".into(),
+                package: None,
             }),
             report: Arc::new(Report::new(None)),
             args,

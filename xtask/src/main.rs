@@ -1,10 +1,11 @@
-//! actgate's task runner: `cargo xtask setup|build|test|vm-test|demo|bench`.
+//! actgate's task runner: `cargo xtask setup|build|test|vm-test|demo|bench|package`.
 //!
 //! Everything CI does goes through here, in Rust, so that the README's two commands
 //! (`cargo xtask demo`, `cargo xtask test`) are all a newcomer or CI needs.
 
 mod apt;
 mod bench;
+mod package;
 mod setup;
 mod vm;
 
@@ -26,13 +27,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing need (idempotent): nightly rust-src, bpf-linker,
-    /// QEMU, virtme-ng and the Debian kernels of the test matrix.
+    /// cargo-deb, QEMU, virtme-ng and the Debian kernels of the test matrix.
     Setup,
     /// Build actgate and the VM test runner.
     Build,
     /// Everything CI checks: fmt, clippy (eBPF crate too), unit tests, VM tests.
     Test,
-    /// The integration tests, in a VM per kernel of the matrix.
+    /// The integration tests, in a VM per kernel of the matrix. The package's test installs
+    /// the newest target/debian/actgate_*.deb, and is skipped when there is none.
     VmTest {
         /// Only kernels whose release starts with this (e.g. 6.12).
         #[arg(long)]
@@ -56,6 +58,9 @@ enum Task {
         #[arg(long)]
         reps: Option<u32>,
     },
+    /// Build the Debian package (target/debian/actgate_*.deb): the release binary, the systemd
+    /// unit, the example policies as conffiles, man pages and shell completions.
+    Package,
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -165,6 +170,10 @@ fn main() -> Result<()> {
             setup::setup()?;
             build_release()?;
             bench::bench(&kernel, rounds, secs, reps)
+        }
+        Task::Package => {
+            setup::build_tools()?;
+            package::package().map(|_| ())
         }
     }
 }

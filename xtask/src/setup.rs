@@ -84,11 +84,22 @@ fn natural(s: &str) -> Vec<u64> {
         .collect()
 }
 
+/// cargo-deb, which `cargo xtask package` runs. Pinned: its output is what ships, and its
+/// `[package.metadata.deb]` keys (systemd-units) change between releases.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 pub fn setup() -> Result<()> {
     if !quiet_ok(Command::new("id").arg("-u")) || stdout(Command::new("id").arg("-u")).trim() != "0"
     {
         bail!("setup installs system packages and the VM tests boot kernels: run as root");
     }
+    build_tools()?;
+    vm_tools()
+}
+
+/// What building actgate and its package needs, none of it from apt: nightly with rust-src,
+/// bpf-linker and cargo-deb. `cargo xtask package` needs no more than this.
+pub fn build_tools() -> Result<()> {
     // Nightly with rust-src builds the eBPF crate (-Z build-std=core); clippy lints it. Adding
     // components never moves the nightly to a newer date, which bpf-linker's LLVM must match.
     let components = stdout(Command::new("rustup").args([
@@ -131,7 +142,20 @@ pub fn setup() -> Result<()> {
             "--locked",
         ]))?;
     }
+    let deb = stdout(Command::new("cargo").args(["deb", "--version"]));
+    if !deb.contains(&format!(" {CARGO_DEB_VERSION}")) {
+        run(Command::new("cargo").args([
+            "install",
+            "--locked",
+            &format!("cargo-deb@={CARGO_DEB_VERSION}"),
+        ]))?;
+    }
+    Ok(())
+}
 
+/// What the VM tests need: QEMU, virtme-ng, the Debian kernels of the matrix and the
+/// benchmark's tools.
+fn vm_tools() -> Result<()> {
     // virtme-ng builds the guest's initramfs from a static busybox.
     let need_qemu = !have("qemu-system-x86_64");
     let need_busybox = !have("busybox");

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{root, setup::matrix_kernels};
+use crate::{package, root, setup::matrix_kernels};
 
 /// A VM's whole run, boot included, must finish within this. The test VMs of both kernels run
 /// side by side with one vCPU each, so CI (90 minutes, of which the build takes about 8) has
@@ -146,10 +146,26 @@ pub fn test(only: Option<&str>) -> Result<()> {
     }
     let out = target_dir().join("vm-test");
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // The package isn't built here: its release build would add minutes to every run. The
+    // package's test takes the one `cargo xtask package` made last, and skips without one.
+    let package = match package::newest_package()? {
+        Some((deb, built)) => {
+            let age = built.elapsed().unwrap_or_default().as_secs() / 60;
+            println!(
+                "the package's VM test installs {} (built {age} min ago)",
+                deb.display()
+            );
+            format!(" --package {}", deb.display())
+        }
+        None => {
+            println!("no target/debian/actgate_*.deb: the package's VM test will skip");
+            String::new()
+        }
+    };
     let runs: Vec<_> = kernels
         .into_iter()
         .map(|(release, vmlinuz)| {
-            let out = out.clone();
+            let (out, package) = (out.clone(), package.clone());
             std::thread::spawn(move || -> Result<_> {
                 let results = out.join(format!("{release}.txt"));
                 let log = out.join(format!("{release}.log"));
@@ -159,7 +175,7 @@ pub fn test(only: Option<&str>) -> Result<()> {
                     log.display()
                 );
                 let command = format!(
-                    "{} tests --actgate {} --results {}",
+                    "{} tests --actgate {} --results {}{package}",
                     guest_bin("vm-guest").display(),
                     guest_bin("actgate").display(),
                     results.display()
