@@ -224,6 +224,11 @@ fn exec_with_unknown_label_is_refused(ctx: &Ctx) -> Outcome {
 fn healthz_and_readyz_answer(_: &Ctx) -> Outcome {
     expect_eq!(http_get("/healthz")?.0, 200, "/healthz");
     expect_eq!(http_get("/readyz")?.0, 200, "/readyz");
+    expect_eq!(
+        harness::metric(&harness::scrape()?, "actgate_ready"),
+        1.0,
+        "actgate_ready"
+    );
     Ok(())
 }
 
