@@ -1,7 +1,12 @@
 //! `actgate exec [--user U] --label L -- CMD`: run CMD inside label L's cgroup, as an
 //! unprivileged user unless root is asked for by name, or not at all.
 
-use std::{ffi::CString, os::unix::process::CommandExt, path::Path, process::Command};
+use std::{
+    ffi::CString,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 // nix wraps the passwd and group databases (getpwnam_r and friends, with their buffer
@@ -171,18 +176,23 @@ fn close_inherited() -> Result<()> {
     Ok(())
 }
 
-fn join(socket: &Path, label: &str) -> Result<String> {
+/// The cgroup of `label`, once the daemon says it enforces the label.
+pub fn label_cgroup(socket: &Path, label: &str) -> Result<PathBuf> {
     let reply = control::request(
         socket,
         &control::Request::Label {
             label: label.to_string(),
         },
     )?;
-    let dir = match reply {
-        control::Reply::Label(l) => l.cgroup,
-        control::Reply::Error(e) => bail!("refusing to run unconfined: {e}"),
+    match reply {
+        control::Reply::Label(l) => Ok(l.cgroup),
+        control::Reply::Error(e) => bail!("{e}"),
         other => bail!("unexpected reply from the daemon: {other:?}"),
-    };
+    }
+}
+
+fn join(socket: &Path, label: &str) -> Result<String> {
+    let dir = label_cgroup(socket, label).context("refusing to run unconfined")?;
     cgroup::enter(&dir)?;
     // Check that the move really happened before running anything.
     let now = cgroup::current_path()?;

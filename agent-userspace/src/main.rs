@@ -5,6 +5,7 @@
 //! this host → `maps` writes it into the kernel → the agent-ebpf programs decide →
 //! `counters`/`events` report → `metrics`/`status` show.
 
+mod attach;
 mod bpf;
 mod btf;
 mod cgroup;
@@ -125,6 +126,23 @@ enum Command {
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
+    },
+    /// Move a running process and every process it started into a label, for an agent
+    /// started without `actgate exec`; refuses unless a running daemon enforces that label.
+    ///
+    /// Processes it started meanwhile are moved too. A process under another label stays
+    /// there. What the processes hold already (open files, connections) is not judged again.
+    /// Exit status: 0 when the tree is in the label, 125 when actgate refuses or fails.
+    Attach {
+        /// The label (a `labels:` entry of a loaded policy).
+        #[arg(long)]
+        label: String,
+        /// The process at the top of the tree.
+        #[arg(long)]
+        pid: u32,
+        /// The daemon's control socket.
+        #[arg(long, default_value = control::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Remove actgate's programs from the kernel: enforcement ends. Refused while labelled
     /// processes run, unless --force. A running daemon unloads and exits.
@@ -294,6 +312,23 @@ fn main() -> ExitCode {
             eprintln!("actgate exec: {err:#}");
             ExitCode::from(code as u8)
         }
+        Command::Attach { label, pid, socket } => match attach::attach(&socket, &label, pid) {
+            Ok(done) => {
+                println!(
+                    "actgate attach: process {pid}'s tree is under label {label:?}: {} moved, {} \
+                     there already",
+                    done.moved, done.already
+                );
+                for (p, other) in &done.other_labels {
+                    println!("  process {p} stays under label {other:?}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("actgate attach: {e:#}");
+                ExitCode::from(launch::EXIT_REFUSED as u8)
+            }
+        },
         Command::Unload {
             force,
             socket,

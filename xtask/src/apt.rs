@@ -156,6 +156,36 @@ pub fn install(suite: Option<&str>, packages: &[&str]) -> Result<()> {
     run(cmd.args(packages))
 }
 
+/// Installs one file of Debian's `package` at `to`, without installing the package: the
+/// package is downloaded from the machine's sources and unpacked in a scratch directory.
+pub fn extract(package: &str, file: &str, to: &Path) -> Result<()> {
+    let scratch = std::env::temp_dir().join(format!("actgate-setup-{package}"));
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    // Not `run`, which runs everything from the repository's root: the download lands in
+    // the current directory.
+    println!("$ cd {} && apt-get download {package}", scratch.display());
+    let status = Command::new("apt-get")
+        .args(["download", package])
+        .current_dir(&scratch)
+        .status()
+        .context("starting apt-get download")?;
+    if !status.success() {
+        bail!("apt-get download {package} failed ({status})");
+    }
+    let deb = fs::read_dir(&scratch)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .with_context(|| format!("apt-get download {package} left no .deb"))?;
+    let tree = scratch.join("tree");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+    fs::copy(tree.join(file), to)
+        .with_context(|| format!("installing {file} of {package} as {}", to.display()))?;
+    let _ = fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,8 @@ enum Task {
     Setup,
     /// Build actgate and the VM test runner.
     Build,
-    /// Everything CI checks: fmt, clippy (eBPF crate too), unit tests, VM tests.
+    /// Everything CI checks: fmt, clippy (eBPF crate too), unit tests, promtool on the alerting
+    /// rules, VM tests.
     Test,
     /// The integration tests, in a VM per kernel of the matrix. The package's test installs
     /// the newest target/debian/actgate_*.deb, and is skipped when there is none.
@@ -135,7 +136,14 @@ fn lint_and_unit_tests() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test"]))
+    run(cargo().args(["test"]))?;
+    // The syntax and semantics of the alerting rules, as Prometheus reads them; the unit
+    // tests check their metric and label names against what the daemon exports.
+    run(Command::new(setup::PROMTOOL).args([
+        "check",
+        "rules",
+        "deploy/prometheus/actgate-rules.yaml",
+    ]))
 }
 
 fn main() -> Result<()> {

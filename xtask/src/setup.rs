@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: installs what is missing, and nothing when everything is present.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use anyhow::{Result, bail};
 
@@ -88,6 +88,9 @@ fn natural(s: &str) -> Vec<u64> {
 /// `[package.metadata.deb]` keys (systemd-units) change between releases.
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
+/// Where setup puts promtool, which checks the alerting rules.
+pub const PROMTOOL: &str = "/usr/local/bin/promtool";
+
 pub fn setup() -> Result<()> {
     if !quiet_ok(Command::new("id").arg("-u")) || stdout(Command::new("id").arg("-u")).trim() != "0"
     {
@@ -153,15 +156,16 @@ pub fn build_tools() -> Result<()> {
     Ok(())
 }
 
-/// What the VM tests need: QEMU, virtme-ng, the Debian kernels of the matrix and the
-/// benchmark's tools.
+/// What the VM tests and the checks of `cargo xtask test` need, from apt and pip: QEMU,
+/// virtme-ng, the Debian kernels of the matrix, the benchmark's tools and promtool.
 fn vm_tools() -> Result<()> {
+    let need_promtool = !Path::new(PROMTOOL).exists();
     // virtme-ng builds the guest's initramfs from a static busybox.
     let need_qemu = !have("qemu-system-x86_64");
     let need_busybox = !have("busybox");
     let need_kernels = matrix_kernels().len() < KERNEL_SERIES.len();
     let workload_packages = missing_workload_packages();
-    if need_qemu || need_busybox || need_kernels || !workload_packages.is_empty() {
+    if need_qemu || need_busybox || need_kernels || need_promtool || !workload_packages.is_empty() {
         let codename = apt::codename()?;
         let backports = format!("{codename}-backports");
         apt::ensure_suite(&codename, &backports)?;
@@ -177,6 +181,11 @@ fn vm_tools() -> Result<()> {
         }
         if !workload_packages.is_empty() {
             apt::install(None, &workload_packages)?;
+        }
+        if need_promtool {
+            // Only the checker: installing the package would also install (and on a systemd
+            // host start) a Prometheus server.
+            apt::extract("prometheus", "usr/bin/promtool", Path::new(PROMTOOL))?;
         }
         if need_kernels {
             // The matrix: the release's kernel (6.1) and the backported one (6.12).

@@ -4,7 +4,7 @@ use std::os::unix::fs::symlink;
 
 use anyhow::Result;
 
-use super::{Case, Enforcing, Suite, mounts::Mount};
+use super::{Case, Enforcing, Suite, mounts::Mount, session::Session};
 use crate::{
     case, expect_eq,
     harness::{self, Ctx, Daemon, NotPassed, Outcome, RAN, http_get},
@@ -224,6 +224,11 @@ fn exec_with_unknown_label_is_refused(ctx: &Ctx) -> Outcome {
 fn healthz_and_readyz_answer(_: &Ctx) -> Outcome {
     expect_eq!(http_get("/healthz")?.0, 200, "/healthz");
     expect_eq!(http_get("/readyz")?.0, 200, "/readyz");
+    expect_eq!(
+        harness::metric(&harness::scrape()?, "actgate_ready"),
+        1.0,
+        "actgate_ready"
+    );
     Ok(())
 }
 
@@ -268,6 +273,73 @@ fn check_reports_every_problem_with_position(ctx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// `actgate attach` moves a running unlabelled tree (a shell, and the shell it started that
+/// runs the commands) into the label: the denied binary that ran before is EPERM after, and
+/// both shells are under the label. Attaching it again moves nothing; an unknown label or
+/// pid is refused with 125.
+fn attach_moves_a_running_tree_into_the_label(ctx: &Ctx) -> Outcome {
+    let denied = p(ctx, "bin/denied");
+    let mut tree = Session::start_unlabelled_tree()?;
+    expect_eq!(tree.run(&denied)?, "OK", "{denied} before the attach");
+    let pid = tree.pid().to_string();
+    let attach = |label: &str, pid: &str| {
+        std::process::Command::new(&ctx.actgate)
+            .args(["attach", "--label", label, "--pid", pid])
+            .output()
+            .map_err(anyhow::Error::from)
+    };
+    let out = attach(LABEL, &pid)?;
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    expect_eq!(out.status.code(), Some(0), "attach's exit status ({said})");
+    expect_eq!(
+        said.contains("2 moved, 0 there already"),
+        true,
+        "attach moved the two shells ({said})"
+    );
+    let cgroup = format!("/actgate/{LABEL}");
+    expect_eq!(
+        tree.run(&format!("grep -qx '0::{cgroup}' /proc/$$/cgroup"))?,
+        "OK",
+        "the shell running the commands is in {cgroup}"
+    );
+    let outer = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    expect_eq!(
+        outer.trim(),
+        format!("0::{cgroup}"),
+        "the outer shell's cgroup"
+    );
+    expect_eq!(tree.run(&denied)?, "EPERM", "{denied} after the attach");
+    let again = attach(LABEL, &pid)?;
+    let said = String::from_utf8_lossy(&again.stdout).into_owned();
+    expect_eq!(
+        (
+            again.status.code(),
+            said.contains("0 moved, 2 there already")
+        ),
+        (Some(0), true),
+        "attaching the tree again ({said})"
+    );
+    for (label, pid, why) in [
+        (
+            "vmtest-unknown",
+            pid.as_str(),
+            "no loaded policy names label",
+        ),
+        (LABEL, "999999", "no process 999999"),
+        (LABEL, "1", "never labelled"),
+    ] {
+        let out = attach(label, pid)?;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        expect_eq!(
+            (out.status.code(), err.contains(why)),
+            (Some(125), true),
+            "attach --label {label} --pid {pid} ({err})"
+        );
+    }
+    Ok(())
+}
+
 /// The exec tests against one daemon, whose stop ends them. Unlabelled runs come while the
 /// daemon enforces, to show they are untouched.
 pub fn suite() -> Suite<Enforcing> {
@@ -285,6 +357,7 @@ pub fn suite() -> Suite<Enforcing> {
             case!(labelled_exec_of_hard_link_made_while_enforcing_is_eperm),
             case!(labelled_grandchild_denied_exec_is_eperm),
             case!(exec_with_unknown_label_is_refused),
+            case!(attach_moves_a_running_tree_into_the_label),
             case!(unlabelled_process_runs_denied_files),
         ],
         stop: Enforcing::stop,

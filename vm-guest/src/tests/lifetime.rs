@@ -481,6 +481,11 @@ fn removed_link_pins_make_the_daemon_unready(ctx: &Ctx, fx: &mut Fixture) -> Out
     expect_eq!(ready, "503", "/readyz once a link pin is gone");
     let (code, body) = http_get("/healthz")?;
     expect_eq!(code, 503, "/healthz once a link pin is gone: {body}");
+    expect_eq!(
+        harness::metric(&harness::scrape()?, "actgate_ready"),
+        0.0,
+        "actgate_ready once a link pin is gone"
+    );
     if !daemon.log_text().contains("NOT READY") {
         return Err(NotPassed::Fail(
             "the daemon didn't log that it is not ready".into(),

@@ -24,6 +24,13 @@ pub struct Session {
 
 const STATUS: &str = "@@status ";
 
+/// The shell's loop: each line read is run, then its status is said.
+fn script() -> String {
+    // `eval … 2>&1` only duplicates a descriptor: no open. A failed redirection of the
+    // regular builtin `true` is not fatal to the shell, unlike one of `:`.
+    format!("echo ready; while read -r line; do eval \"$line\" 2>&1; echo \"{STATUS}$?\"; done")
+}
+
 impl Session {
     pub fn start(ctx: &Ctx, label: &str) -> Result<Session> {
         Session::start_as(ctx, label, "root")
@@ -31,14 +38,33 @@ impl Session {
 
     /// `start` as USER.
     pub fn start_as(ctx: &Ctx, label: &str, user: &str) -> Result<Session> {
-        // `eval … 2>&1` only duplicates a descriptor: no open. A failed redirection of the
-        // regular builtin `true` is not fatal to the shell, unlike one of `:`.
-        let script = format!(
-            "echo ready; while read -r line; do eval \"$line\" 2>&1; echo \"{STATUS}$?\"; done"
-        );
-        let mut child = ctx
-            .spawn_labelled_sh_as(label, user, &script)
+        let child = ctx
+            .spawn_labelled_sh_as(label, user, &script())
             .context("starting a labelled shell")?;
+        Session::serve(child)
+    }
+
+    /// An unlabelled `sh` that started the shell that runs the commands, as root: a tree
+    /// for `actgate attach` to move. The session's process is the outer shell.
+    pub fn start_unlabelled_tree() -> Result<Session> {
+        // Not the last command of its `-c`, so that sh forks for it rather than exec it.
+        let child = std::process::Command::new("/bin/sh")
+            .args(["-c", "/bin/sh -c \"$0\"; exit $?", &script()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting an unlabelled shell")?;
+        Session::serve(child)
+    }
+
+    /// The process at the top of the session's tree.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads what the shell in `child` says until it is ready.
+    fn serve(mut child: Child) -> Result<Session> {
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().context("no stdout")?;
         let stderr = child.stderr.take().context("no stderr")?;
