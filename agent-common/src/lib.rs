@@ -403,8 +403,20 @@ pub struct Config {
     pub events_allow: u32,
     /// The daemon's process: no labelled task may signal or ptrace it.
     pub daemon_tgid: u32,
-    pub _pad: u32,
+    /// The cgroup levels (root = 0) where label cgroups sit, shallowest first, ended by 0 when
+    /// fewer than `MAX_LABEL_LEVELS`. A task's label is the first of its ancestors at these
+    /// levels that `LABELS` holds, so finding it costs at most this many lookups.
+    pub levels: [u8; MAX_LABEL_LEVELS],
 }
+
+/// How many different cgroup levels the label search looks at. A plan may use half of them:
+/// while one generation replaces another, `Config::levels` holds both's (see the daemon's
+/// `maps.rs`).
+pub const MAX_LABEL_LEVELS: usize = 8;
+
+/// The deepest level a label's cgroup may sit at (the kernel's cgroup levels are `int`s; this
+/// bound keeps the levels in a byte).
+pub const MAX_LABEL_LEVEL: u32 = u8::MAX as u32;
 
 /// LPM tries accept at most 256 bytes of key data (`LPM_DATA_SIZE_MAX` in kernel/bpf/lpm_trie.c).
 pub const PATH_KEY_DATA: usize = 256;
@@ -761,7 +773,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Revocation>(), 16);
         assert_eq!(core::mem::size_of::<LimitKey>(), 4);
         assert_eq!(core::mem::size_of::<Limit>(), 12);
-        assert_eq!(core::mem::size_of::<Config>(), 16);
+        assert_eq!(core::mem::size_of::<Config>(), 12 + MAX_LABEL_LEVELS);
         assert_eq!(core::mem::size_of::<PathKey>(), 4 + PATH_KEY_DATA);
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(

@@ -16,10 +16,6 @@ macro_rules! offset_globals {
 
 agent_common::kernel_offsets!(offset_globals);
 
-/// Depth of the label cgroups (`<cgroup2>/actgate/<label>`) below the cgroup v2 root.
-#[unsafe(no_mangle)]
-pub static LABEL_LEVEL: u64 = 0;
-
 /// This program set's instance number, unique among the sets pinned in bpffs. Only the set
 /// that `maps::OWNER` names judges; see `hook::frame_when`.
 #[unsafe(no_mangle)]

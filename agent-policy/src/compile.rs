@@ -417,6 +417,7 @@ mod tests {
         Policy {
             name: "p".into(),
             labels: vec!["l".into()],
+            cgroups: Vec::new(),
             mode: Mode::Enforce,
             exec: Rules::default(),
             anonymous_exec: None,

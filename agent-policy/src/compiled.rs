@@ -10,6 +10,7 @@ use agent_common::{Action, Limit, LimitKey, MODE_AUDIT, MODE_ENFORCE, NetKey, Pa
 use thiserror::Error;
 
 use crate::{
+    CgroupPattern,
     compile::{
         compile_below_marks, compile_guards, compile_limits, compile_net, compile_paths, defaults,
         denied_capabilities, has_rules, limit_bits,
@@ -59,6 +60,8 @@ pub struct CompiledLabel {
     /// Index into `CompiledSet::rulesets`.
     pub ruleset: usize,
     pub mode: Mode,
+    /// The cgroups its policy binds to it, besides its own.
+    pub cgroups: Vec<CgroupPattern>,
 }
 
 impl CompiledLabel {
@@ -126,6 +129,7 @@ pub fn compile_set(set: &PolicySet, numbers: Range<u16>) -> Result<CompiledSet, 
                 name: name.clone(),
                 ruleset: index,
                 mode: policy.mode,
+                cgroups: policy.cgroups.clone(),
             }));
     }
     Ok(compiled)
@@ -294,6 +298,7 @@ network:
         let p = Policy {
             name: "bare".into(),
             labels: vec!["l".into()],
+            cgroups: Vec::new(),
             mode: Mode::Enforce,
             exec: Rules::default(),
             anonymous_exec: None,

@@ -27,6 +27,6 @@ pub use model::{
 };
 pub use parse::{load_path, parse_str};
 pub use pattern::{
-    ConnectPattern, PatternError, parse_connect, parse_host, parse_listen, parse_net, parse_path,
-    parse_unix,
+    CgroupPattern, ConnectPattern, PatternError, parse_connect, parse_host, parse_listen,
+    parse_net, parse_path, parse_unix,
 };

@@ -7,6 +7,7 @@ use agent_common::{Action, SocketKind};
 use ipnet::IpNet;
 
 use crate::diagnostic::Pos;
+use crate::pattern::CgroupPattern;
 
 /// Whether a policy's denials are enforced or only reported.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -237,6 +238,8 @@ pub struct Breaker {
 pub struct Policy {
     pub name: String,
     pub labels: Vec<String>,
+    /// Cgroups that exist without actgate, bound to the policy's one label (`cgroups:`).
+    pub cgroups: Vec<CgroupPattern>,
     pub mode: Mode,
     pub exec: Rules<PathPattern>,
     /// What `exec.allow` or `exec.deny` say about `anonymous`, an exec of a file with no path

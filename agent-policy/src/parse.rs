@@ -12,7 +12,8 @@ use crate::model::{
     Rules,
 };
 use crate::pattern::{
-    ConnectPattern, PatternError, parse_connect, parse_listen, parse_path, parse_unix,
+    CgroupPattern, ConnectPattern, PatternError, parse_cgroup, parse_connect, parse_listen,
+    parse_path, parse_unix,
 };
 use crate::yaml::{Node, Value, parse_documents};
 
@@ -29,6 +30,7 @@ pub const MAX_LABEL_LEN: usize = 64;
 const POLICY_KEYS: &[&str] = &[
     "name",
     "labels",
+    "cgroups",
     "mode",
     "exec",
     "files",
@@ -314,10 +316,12 @@ impl Checker<'_> {
         let mut process = ProcessRules::default();
         let mut budgets = Vec::new();
         let mut breaker = None;
-        for (key, _, value) in &fields {
+        let mut cgroups = Vec::new();
+        for (key, key_pos, value) in &fields {
             match *key {
                 "name" => parsed.name = self.name(value),
                 "labels" => parsed.labels = self.labels(value),
+                "cgroups" => cgroups = self.cgroups(value, *key_pos),
                 "mode" => {
                     if let Some(m) = self.choice(
                         value,
@@ -374,6 +378,18 @@ impl Checker<'_> {
             }
         }
         self.require(doc, &fields, &["name", "labels"], "policy");
+        if let Some((_, pos)) = cgroups.first()
+            && parsed.labels.len() > 1
+        {
+            let n = parsed.labels.len();
+            self.error(
+                *pos,
+                format!(
+                    "`cgroups` binds cgroups to one label, but this policy names {n}; give each \
+                     label its own policy"
+                ),
+            );
+        }
         parsed.sites = std::mem::take(&mut self.sites);
         if self.partial || self.diags.len() != before {
             return parsed;
@@ -382,6 +398,7 @@ impl Checker<'_> {
             parsed.policy = Some(Policy {
                 name: name.clone(),
                 labels: parsed.labels.iter().map(|(l, _)| l.clone()).collect(),
+                cgroups: cgroups.into_iter().map(|(c, _)| c).collect(),
                 mode,
                 exec,
                 anonymous_exec,
@@ -538,6 +555,38 @@ impl Checker<'_> {
             }
         }
         labels
+    }
+
+    /// `cgroups:`, a list of cgroup patterns (each position kept: the first one is where a
+    /// policy with several labels is told it can't bind). `key` is where the key was written.
+    fn cgroups(&mut self, node: &Node, key: Pos) -> Vec<(CgroupPattern, Pos)> {
+        let Value::Seq(items) = &node.value else {
+            self.shape_error(
+                node,
+                format!("expected a list of cgroup patterns, found {}", node.kind()),
+            );
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.error(
+                key,
+                "`cgroups` must name at least one cgroup (or leave it out)",
+            );
+        }
+        let mut out: Vec<(CgroupPattern, Pos)> = Vec::new();
+        for item in items {
+            let Some(text) = self.string(item, "a cgroup pattern") else {
+                continue;
+            };
+            match parse_cgroup(text) {
+                Ok(p) if out.iter().any(|(q, _)| *q == p) => {
+                    self.error(item.pos, format!("cgroup pattern `{p}` listed twice"))
+                }
+                Ok(p) => out.push((p, item.pos)),
+                Err(e) => self.error(item.pos, e.to_string()),
+            }
+        }
+        out
     }
 
     fn process(&mut self, node: &Node) -> ProcessRules {

@@ -1,5 +1,6 @@
 //! Parsing of the path and network patterns that rules are made of.
 
+mod cgroup;
 mod host;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -10,6 +11,9 @@ use thiserror::Error;
 
 use crate::model::{HostPattern, NetPattern, PathPattern, UnixPattern};
 
+pub use cgroup::{
+    CgroupPattern, CgroupPatternError, Component, MAX_CGROUP_DEPTH, OWN_CGROUP, parse_cgroup,
+};
 pub use host::{MAX_HOST_LABEL, MAX_HOST_NAME, parse_host};
 
 /// Why a pattern was rejected. The text is shown to policy authors as is.

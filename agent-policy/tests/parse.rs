@@ -124,7 +124,7 @@ fn unknown_keys_name_the_allowed_ones() {
         &[
             (
                 "3:1",
-                "unknown key `execs` in a policy; allowed keys: name, labels, mode, exec, files, network",
+                "unknown key `execs` in a policy; allowed keys: name, labels, cgroups, mode, exec, files, network",
             ),
             (
                 "5:3",
@@ -664,5 +664,49 @@ fn an_unquoted_wildcard_is_a_yaml_alias_and_the_error_says_to_quote_it() {
             "6:9",
             "quote host name wildcards, as in \"*.example.com:443\"",
         )],
+    );
+}
+
+#[test]
+fn cgroups_bind_existing_cgroups_to_the_one_label() {
+    let (policies, diags) = parse(
+        "name: ci\nlabels: [ci-runner]\ncgroups: [\"system.slice/gitlab-runner.service\", \"/system.slice/docker-*.scope\"]\n",
+    );
+    assert!(diags.is_empty(), "{diags:#?}");
+    let cgroups: Vec<String> = policies[0].cgroups.iter().map(|c| c.to_string()).collect();
+    assert_eq!(
+        cgroups,
+        [
+            "system.slice/gitlab-runner.service",
+            "system.slice/docker-*.scope"
+        ]
+    );
+    assert!(policies[0].cgroups[1].matches("system.slice/docker-42.scope"));
+}
+
+#[test]
+fn cgroups_problems_are_placed() {
+    expect(
+        "name: ci\nlabels: [a, b]\ncgroups: [x.slice]\n",
+        &[(
+            "3:11",
+            "binds cgroups to one label, but this policy names 2",
+        )],
+    );
+    expect(
+        "name: ci\nlabels: [a]\ncgroups: [x.slice, \"actgate/a\", \"y/../z\", x.slice]\n",
+        &[
+            ("3:20", "where `actgate exec` puts labels"),
+            ("3:33", "`..` component"),
+            ("3:43", "listed twice"),
+        ],
+    );
+    expect(
+        "name: ci\nlabels: [a]\ncgroups: []\n",
+        &[("3:1", "must name at least one cgroup")],
+    );
+    expect(
+        "name: ci\nlabels: [a]\ncgroups: \"x.slice\"\n",
+        &[("3:10", "expected a list of cgroup patterns")],
     );
 }

@@ -160,7 +160,6 @@ pub fn load(
     let setattr_args = kernel_btf
         .lsm_hook_args(Hook::INODE_SETATTR.name)
         .unwrap_or_default() as u64;
-    let level = u64::from(root.label_level);
     let fake = u64::from(test.fake_allow_all);
     let build = build_id(test.another_build);
     let kept = pins.kept_maps(OBJECT, build)?;
@@ -189,7 +188,6 @@ pub fn load(
         loader.map_pin_path(name, path.as_path());
     }
     loader
-        .override_global("LABEL_LEVEL", &level, true)
         .override_global("FAKE_ALLOW_ALL", &fake, true)
         .override_global("INSTANCE", &instance, true)
         .override_global("INODE_SETATTR_NARGS", &setattr_args, true)
@@ -231,11 +229,10 @@ pub fn load(
         let link = FdLink::from(prog.take_link(id)?);
         links.push(pin_attached(&mut ebpf, hook, link, &dir)?);
     }
-    // The labels' parent exists before the first label does: the programs attach to it.
-    fs::create_dir_all(&root.dir)
-        .with_context(|| format!("creating the labels' cgroup {}", root.dir.display()))?;
-    let cgroup = fs::File::open(&root.dir)
-        .with_context(|| format!("opening the labels' cgroup {}", root.dir.display()))?;
+    // At the hierarchy's root, not actgate's cgroup: a policy binds cgroups anywhere (see
+    // `binding`). For an unlabelled socket the programs leave after the label search.
+    let cgroup = fs::File::open(&root.mount)
+        .with_context(|| format!("opening the cgroup v2 root {}", root.mount.display()))?;
     for name in dns::PROGRAMS {
         let prog: &mut CgroupSockAddr = ebpf
             .program_mut(name)
@@ -249,7 +246,7 @@ pub fn load(
         // (bpf_link_create refuses them): links always attach as BPF_F_ALLOW_MULTI does.
         let id = prog
             .attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {name} to the cgroup {}", root.dir.display()))?;
+            .with_context(|| format!("attaching {name} to the cgroup {}", root.mount.display()))?;
         let link = FdLink::try_from(prog.take_link(id)?)
             .with_context(|| format!("the link of {name} has no fd (kernel older than 5.7)"))?;
         links.push(pin_attached(&mut ebpf, name, link, &dir)?);
@@ -260,7 +257,7 @@ pub fn load(
             "not attached: this kernel doesn't have the hook"
         );
     }
-    info!(offsets = ?offsets, label_level = level, instance, "kernel programs loaded");
+    info!(offsets = ?offsets, instance, "kernel programs loaded");
     Ok(Set {
         ebpf,
         log,

@@ -1,4 +1,5 @@
-//! Labels are cgroup v2 subtrees: `<cgroup2 mount>/actgate/<label>/`.
+//! Labels are cgroup v2 subtrees: `<cgroup2 mount>/actgate/<label>/`, and the cgroups a policy
+//! binds (see `binding`).
 
 use std::{
     fs,
@@ -14,11 +15,13 @@ const ROOT_NAME: &str = "actgate";
 /// Where label cgroups live, and how deep they sit in the cgroup v2 hierarchy.
 #[derive(Clone, Debug)]
 pub struct LabelRoot {
+    /// The cgroup v2 mount.
+    pub mount: PathBuf,
     /// `<cgroup2 mount>/actgate`.
     pub dir: PathBuf,
-    /// Level of a label's cgroup below the hierarchy's root, as
-    /// `bpf_get_current_ancestor_cgroup_id` counts it (the root is level 0).
-    pub label_level: u32,
+    /// Level of the mount's root in the hierarchy, as `bpf_get_current_ancestor_cgroup_id`
+    /// counts it (the root is level 0; a mount inside a cgroup namespace sits deeper).
+    pub mount_level: u32,
 }
 
 impl LabelRoot {
@@ -33,9 +36,20 @@ impl LabelRoot {
         // A mount of a sub-tree (inside a cgroup namespace) sits deeper than level 0.
         let mount_level = Path::new(&root).components().count().saturating_sub(1) as u32;
         Ok(Self {
-            dir: PathBuf::from(mount).join(ROOT_NAME),
-            label_level: mount_level + 2,
+            dir: PathBuf::from(&mount).join(ROOT_NAME),
+            mount: mount.into(),
+            mount_level,
         })
+    }
+
+    /// The level of a label's own cgroup, `<mount>/actgate/<label>`.
+    pub fn label_level(&self) -> u32 {
+        self.level_of(Path::new(ROOT_NAME).join("x").as_path())
+    }
+
+    /// The level of the cgroup at `path`, relative to the mount.
+    pub fn level_of(&self, path: &Path) -> u32 {
+        self.mount_level + path.components().count() as u32
     }
 
     pub fn label_dir(&self, label: &str) -> PathBuf {
@@ -70,9 +84,16 @@ impl LabelRoot {
     /// The path of the cgroup with this id beneath actgate's cgroup, as /proc/PID/cgroup
     /// names it ("/actgate/<label>/…"). It outlives the process, unlike /proc/PID/cgroup.
     pub fn cgroup_path(&self, id: u64) -> Option<String> {
-        let found = find_by_id(&self.dir, id, 16)?;
-        let mount = self.dir.parent()?;
-        Some(format!("/{}", found.strip_prefix(mount).ok()?.display()))
+        self.path_beneath(&self.dir, id)
+    }
+
+    /// The path of the cgroup with this id beneath `dir`, as /proc/PID/cgroup names it.
+    pub fn path_beneath(&self, dir: &Path, id: u64) -> Option<String> {
+        let found = find_by_id(dir, id, 16)?;
+        Some(format!(
+            "/{}",
+            found.strip_prefix(&self.mount).ok()?.display()
+        ))
     }
 }
 
@@ -230,9 +251,12 @@ mod tests {
     #[test]
     fn a_cgroup_path_names_the_label_it_lies_beneath() {
         let root = LabelRoot {
+            mount: PathBuf::from("/sys/fs/cgroup"),
             dir: PathBuf::from("/sys/fs/cgroup/actgate"),
-            label_level: 2,
+            mount_level: 0,
         };
+        assert_eq!(root.label_level(), 2);
+        assert_eq!(root.level_of(Path::new("system.slice/docker-1.scope")), 2);
         assert_eq!(root.label_of("/actgate/coder"), Some("coder".into()));
         assert_eq!(root.label_of("/actgate/coder/a/b"), Some("coder".into()));
         assert_eq!(root.label_of("/actgate"), None);

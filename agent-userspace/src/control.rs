@@ -118,7 +118,6 @@ fn labelled_peer(stream: &AsyncUnixStream, state: &State) -> Option<String> {
     };
     let refused = match cgroup::path_of(&pid.to_string()) {
         Ok(path) => state
-            .root
             .label_of(&path)
             .map(|label| format!("process {pid} under label {label:?}")),
         Err(e) => Some(format!("process {pid}, whose cgroup is unknown ({e:#})")),
@@ -176,15 +175,21 @@ fn answer(req: Request, state: &State, counters: &Counters, unload: &mpsc::Sende
         Request::Status => Reply::Status(status::collect(state, counters)),
         // Served by `learning::session`, which keeps the connection.
         Request::Learn { .. } => Reply::Error("a learning session is served apart".into()),
-        Request::Unload { force } => match crate::unload::refuse_while_labelled(&state.root, force)
-        {
-            Err(e) => Reply::Error(format!("{e:#}")),
-            // A full channel means an unload is under way already.
-            Ok(()) => match unload.try_send(()) {
-                Ok(()) | Err(mpsc::error::TrySendError::Full(())) => Reply::Unloading,
-                Err(e) => Reply::Error(format!("the daemon is stopping already: {e}")),
-            },
-        },
+        Request::Unload { force } => {
+            let bound: Vec<_> = state
+                .bound()
+                .into_iter()
+                .map(|b| state.root.mount.join(b.path))
+                .collect();
+            match crate::unload::refuse_while_labelled(&state.root, &bound, force) {
+                Err(e) => Reply::Error(format!("{e:#}")),
+                // A full channel means an unload is under way already.
+                Ok(()) => match unload.try_send(()) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(())) => Reply::Unloading,
+                    Err(e) => Reply::Error(format!("the daemon is stopping already: {e}")),
+                },
+            }
+        }
     }
 }
 
@@ -214,12 +219,14 @@ fn revoke(
     );
     let mut killed = 0;
     if kill {
-        match cgroup::kill(&state.root.label_dir(label)) {
-            Ok(n) => killed = n,
-            Err(e) => {
-                return Reply::Error(format!(
-                    "label {label:?} is revoked, but its processes were not ended: {e:#}"
-                ));
+        for dir in state.label_dirs(label) {
+            match cgroup::kill(&dir) {
+                Ok(n) => killed += n,
+                Err(e) => {
+                    return Reply::Error(format!(
+                        "label {label:?} is revoked, but its processes were not ended: {e:#}"
+                    ));
+                }
             }
         }
     }

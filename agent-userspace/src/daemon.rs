@@ -12,7 +12,7 @@ use std::{
 };
 
 use agent_common::{Hook, kernel_release};
-use agent_policy::{Mode, PathPattern, Policy, PolicySet};
+use agent_policy::{CgroupPattern, Mode, PathPattern, Policy, PolicySet};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use tokio::{
@@ -22,7 +22,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    bpf,
+    binding, bpf,
     cgroup::LabelRoot,
     control,
     counters::Counters,
@@ -32,7 +32,7 @@ use crate::{
     maps::RuleMaps,
     metrics::Metrics,
     pin::{self, Pins},
-    plan::{self, LabelIndexes, LabelState},
+    plan::{self, Bound, Host, LabelIndexes, LabelState},
     revocation::Revocations,
     selftest::{self, Proof, SelfTest},
     state::State,
@@ -113,6 +113,8 @@ struct Loader {
     indexes: LabelIndexes,
     /// What the generation in force resolved to, orphans included.
     in_force: BTreeMap<u32, LabelState>,
+    /// The cgroups bound to labels in the generation in force, orphans included.
+    bound: Vec<Bound>,
     root: LabelRoot,
     /// The self-test's policy, loaded beside the user's.
     selftest: Policy,
@@ -189,18 +191,61 @@ impl Loader {
             next.number,
             &mut self.indexes,
             &self.in_force,
+            &self.bound,
             &mut plan::System::new(&self.root),
         )?;
         learning::flag(&mut plan, &self.learning);
         let orphans = plan.orphans.clone();
+        let bound = plan.bound.clone();
         let states = self.rules.apply(plan)?;
         report_orphans(&orphans);
+        binding::report(&self.bound, &bound);
         self.in_force = states.clone();
+        self.bound = bound.clone();
         self.user_set = user_set.clone();
         Ok(Loaded {
             set: in_force,
             labels: states,
+            bound,
         })
+    }
+
+    /// The `cgroups:` patterns in force.
+    fn patterns(&self) -> Vec<CgroupPattern> {
+        self.user_set
+            .policies
+            .iter()
+            .flat_map(|p| p.cgroups.iter().cloned())
+            .collect()
+    }
+
+    /// Whether the patterns in force match other cgroups than those bound: one appeared,
+    /// went, or was replaced by another of the same name.
+    fn bindings_moved(&self) -> bool {
+        let mut host = plan::System::new(&self.root);
+        let now: BTreeSet<(PathBuf, u64)> = self
+            .patterns()
+            .iter()
+            .flat_map(|p| host.bound_cgroups(p))
+            .map(|(path, cgroup)| (path, cgroup.id))
+            .collect();
+        let bound: BTreeSet<(PathBuf, u64)> = self
+            .bound
+            .iter()
+            .filter(|b| !b.orphaned)
+            .map(|b| (b.path.clone(), b.cgroup.id))
+            .collect();
+        now != bound
+    }
+
+    /// Watches where the patterns in force may match new cgroups.
+    fn rewatch(&self, watch: &mut binding::Watch) {
+        let parents = self
+            .patterns()
+            .iter()
+            .flat_map(|p| binding::walk(&self.root.mount, p).parents)
+            .collect();
+        watch.set(&parents);
     }
 
     /// Runs `job` with this loader on a blocking thread, and gives the loader back.
@@ -222,6 +267,7 @@ struct Loaded {
     /// The user's policies, the labels being learnt under the learning policy.
     set: PolicySet,
     labels: BTreeMap<u32, LabelState>,
+    bound: Vec<Bound>,
 }
 
 /// The daemon's exit status after `actgate unload`: the systemd unit doesn't restart it.
@@ -311,6 +357,7 @@ pub async fn run(opts: Options) -> Result<Stopped> {
     let loader = Loader {
         rules,
         in_force: earlier_labels(&known, &root),
+        bound: Vec::new(),
         indexes: LabelIndexes::known(known),
         root,
         selftest: selftest.policy(),
@@ -324,7 +371,7 @@ pub async fn run(opts: Options) -> Result<Stopped> {
     // Before the switch: the new set's programs refuse the lookups of a label it has no
     // resolver for.
     dns.configure(&loaded.labels, &loaded.set).await?;
-    state.set_policies(loaded.labels, set.policies.len());
+    state.set_policies(loaded.labels, loaded.bound, set.policies.len());
     // Only now: events that waited in a kept ring buffer name labels the state knows.
     events::spawn(&mut ebpf, state.clone(), sink, hub.clone(), flushes)?;
     takeover.switch()?;
@@ -346,6 +393,9 @@ pub async fn run(opts: Options) -> Result<Stopped> {
 
     let (tx, mut changed) = mpsc::channel(1);
     let watch = watch::watch(&opts.policies, tx)?;
+    let (tx, mut cgroups) = mpsc::channel(1);
+    let mut cgroup_watch = binding::Watch::new(&state.root.mount, tx)?;
+    loader.rewatch(&mut cgroup_watch);
     let stopped = loop {
         tokio::select! {
             _ = term.recv() => break Stopped::Signal,
@@ -362,7 +412,11 @@ pub async fn run(opts: Options) -> Result<Stopped> {
             Some(request) = changes.recv() => {
                 loader = learn(loader, request, &state, &mut dns).await?;
             }
+            Some(()) = cgroups.recv() => {
+                loader = rebind(loader, &state, &mut dns).await?;
+            }
         }
+        loader.rewatch(&mut cgroup_watch);
     };
     state.set_ready(false);
     let _ = std::fs::remove_file(&opts.socket);
@@ -469,7 +523,7 @@ async fn put_in_force(
                 error!("the labels' DNS resolvers: {e:#}");
             }
             let policies = loaded.set.policies.len();
-            state.set_policies(loaded.labels, policies);
+            state.set_policies(loaded.labels, loaded.bound, policies);
             Ok(policies)
         }
         Err(e) => Err(e),
@@ -490,6 +544,22 @@ async fn reload(loader: Loader, dir: &Path, state: &Arc<State>, dns: &mut Dns) -
             state.reloads_failed.fetch_add(1, Ordering::Relaxed);
             error!("reload failed; the previous policies stay in force: {e:#}");
         }
+    }
+    Ok(loader)
+}
+
+/// Binds the cgroups that appeared (and lets go of those that went) since the plan in force:
+/// the user's policies in force are loaded again. Not a reload: the policy directory isn't
+/// read, and the reload counters don't count it. When it fails (a new cgroup matched by two
+/// labels' patterns), the cgroups bound stay so and the new one is unbound.
+async fn rebind(loader: Loader, state: &Arc<State>, dns: &mut Dns) -> Result<Loader> {
+    let (loader, moved) = loader.off_loop(|l| l.bindings_moved()).await?;
+    if !moved {
+        return Ok(loader);
+    }
+    let (loader, result) = put_in_force(loader, |l| Ok(l.user_set.clone()), state, dns).await?;
+    if let Err(e) = result {
+        error!("binding the cgroups that changed failed; the cgroups bound stay so: {e:#}");
     }
     Ok(loader)
 }

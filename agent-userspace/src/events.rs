@@ -107,7 +107,7 @@ fn to_line(
     let cgroup = match cgroups.get(&e.cgroup_id) {
         Some(path) => path.clone(),
         None => {
-            let path = state.root.cgroup_path(e.cgroup_id).unwrap_or_default();
+            let path = state.cgroup_path(e.cgroup_id).unwrap_or_default();
             if !path.is_empty() {
                 cgroups.insert(e.cgroup_id, path.clone());
             }

@@ -161,7 +161,15 @@ pub fn with_learning(set: &PolicySet, labels: &BTreeSet<String>) -> Result<Polic
     }
     out.policies.retain(|p| !p.labels.is_empty());
     for label in labels {
-        out.policies.push(learning_policy(label)?);
+        let mut learning = learning_policy(label)?;
+        // The cgroups bound to the label stay bound: their processes are the ones learnt.
+        learning.cgroups = set
+            .policies
+            .iter()
+            .filter(|p| p.labels.contains(label))
+            .flat_map(|p| p.cgroups.iter().cloned())
+            .collect();
+        out.policies.push(learning);
     }
     Ok(out)
 }

@@ -6,6 +6,7 @@
 //! `counters`/`events` report → `metrics`/`status` show.
 
 mod attach;
+mod binding;
 mod bpf;
 mod btf;
 mod cgroup;

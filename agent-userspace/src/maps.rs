@@ -16,7 +16,8 @@ use std::{
 };
 
 use agent_common::{
-    Config, InodeKey, LabelInfo, LabelKey, Limit, LimitKey, NET_KEY_DATA, PATH_KEY_DATA, RULE_DENY,
+    Config, InodeKey, LabelInfo, LabelKey, Limit, LimitKey, MAX_LABEL_LEVELS, NET_KEY_DATA,
+    PATH_KEY_DATA, RULE_DENY,
 };
 use anyhow::{Context, Result, ensure};
 use aya::{
@@ -34,6 +35,29 @@ use crate::{
     rcu::Barrier,
     revocation::Revocations,
 };
+
+/// `Config::levels` for `plan` (at most `MAX_PLAN_LEVELS`, sorted).
+fn levels(plan: &[u8]) -> [u8; MAX_LABEL_LEVELS] {
+    let mut out = [0; MAX_LABEL_LEVELS];
+    for (slot, level) in out.iter_mut().zip(plan) {
+        *slot = *level;
+    }
+    out
+}
+
+/// The levels of `now` and of `plan` together, shallowest first. Both hold at most
+/// `MAX_PLAN_LEVELS`, so all fit.
+fn union_levels(now: &[u8; MAX_LABEL_LEVELS], plan: &[u8]) -> [u8; MAX_LABEL_LEVELS] {
+    let mut all: Vec<u8> = now
+        .iter()
+        .chain(plan)
+        .copied()
+        .filter(|l| *l != 0)
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    levels(&all)
+}
 
 /// Rule set numbers of generation 1 start here; generation 0 uses 0..RULESET_SPLIT.
 const RULESET_SPLIT: u16 = 1 << 15;
@@ -115,7 +139,7 @@ impl RuleMaps {
                 generation: 1,
                 events_allow: u32::from(events_allow),
                 daemon_tgid: std::process::id(),
-                _pad: 0,
+                levels: [0; MAX_LABEL_LEVELS],
             },
             written: Written::default(),
             retired: Written::default(),
@@ -161,16 +185,39 @@ impl RuleMaps {
             self.remove(written);
             return Err(e);
         }
-        let next = Config {
-            generation: plan.generation,
+        // A hook may read the generation of one write and the levels of another: while the
+        // generation changes, the levels are both generations', so that neither misses a
+        // label. The new ones alone follow.
+        let both = Config {
+            levels: union_levels(&self.current.levels, &plan.levels),
             ..self.current
         };
-        if let Err(e) = self.config.set(0, next, 0) {
+        let switched = Config {
+            generation: plan.generation,
+            ..both
+        };
+        let next = Config {
+            levels: levels(&plan.levels),
+            ..switched
+        };
+        let switch = [both, switched]
+            .into_iter()
+            .try_for_each(|config| self.config.set(0, config, 0));
+        if let Err(e) = switch {
+            // Back to what was: the entries of the new generation go, unused.
+            let _ = self.config.set(0, self.current, 0);
             self.remove(written);
             return Err(e).context("switching CONFIG to the new generation");
         }
-        self.current = next;
-        self.in_force.store(next.generation, Ordering::SeqCst);
+        self.current = match self.config.set(0, next, 0) {
+            Ok(()) => next,
+            Err(e) => {
+                // Both generations' levels stay searched: the new labels are all found.
+                warn!("CONFIG keeps the previous generation's levels too: {e}");
+                switched
+            }
+        };
+        self.in_force.store(plan.generation, Ordering::SeqCst);
         for label in &plan.released {
             if let Err(e) = self.revocations.restore(*label) {
                 warn!("label index {label} is gone, but its revocation stays: {e:#}");
@@ -255,5 +302,23 @@ impl RuleMaps {
         for k in w.limits {
             let _ = self.limits.remove(&k);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_switch_searches_the_levels_of_both_generations() {
+        assert_eq!(levels(&[2, 5]), [2, 5, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            union_levels(&levels(&[2, 5]), &[1, 2, 3, 4]),
+            [1, 2, 3, 4, 5, 0, 0, 0]
+        );
+        assert_eq!(
+            union_levels(&levels(&[5, 6, 7, 8]), &[1, 2, 3, 4]),
+            [1, 2, 3, 4, 5, 6, 7, 8]
+        );
     }
 }

@@ -15,7 +15,6 @@ use prometheus_client::{
 };
 
 use crate::{
-    cgroup,
     counters::Counters,
     dns::telemetry::Outcome,
     plan::LabelState,
@@ -102,7 +101,12 @@ const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
 static LABELLED_PROCESSES: Family<1> = Family::gauge(
     "actgate_labelled_processes",
     ["label"],
-    "Processes running under each label (its cgroup subtree)",
+    "Processes running under each label (its own cgroup subtree and the cgroups bound to it)",
+);
+static BOUND_CGROUPS: Family<1> = Family::gauge(
+    "actgate_bound_cgroups",
+    ["label"],
+    "Cgroups that a policy's `cgroups:` patterns bind to the label now",
 );
 static LABEL_ORPHANED: Family<1> = Family::gauge(
     "actgate_label_orphaned",
@@ -184,13 +188,14 @@ struct Exported {
 }
 
 #[cfg(test)]
-static FAMILIES: [Exported; 18] = [
+static FAMILIES: [Exported; 19] = [
     DECISIONS.exported(),
     EVENTS_DROPPED.exported(),
     KERNEL_ERRORS.exported(),
     POLICIES_LOADED.exported(),
     POLICY_RELOADS.exported(),
     LABELLED_PROCESSES.exported(),
+    BOUND_CGROUPS.exported(),
     LABEL_ORPHANED.exported(),
     LABEL_REVOKED.exported(),
     REVOCATIONS.exported(),
@@ -255,8 +260,19 @@ impl Collector for ActgateCollector {
 
         let mut m = LABELLED_PROCESSES.descriptor(&mut enc)?;
         for label in labels.values() {
-            let n = cgroup::process_count(&self.state.root.label_dir(&label.name));
+            let n = self.state.processes(&label.name);
             let set = LABELLED_PROCESSES.set([label.name.clone()]);
+            ConstGauge::new(n as i64).encode(m.encode_family(&set)?)?;
+        }
+
+        let bound = self.state.bound();
+        let mut m = BOUND_CGROUPS.descriptor(&mut enc)?;
+        for label in labels.values() {
+            let n = bound
+                .iter()
+                .filter(|b| b.label == label.name && !b.orphaned)
+                .count();
+            let set = BOUND_CGROUPS.set([label.name.clone()]);
             ConstGauge::new(n as i64).encode(m.encode_family(&set)?)?;
         }
 

@@ -1,29 +1,61 @@
 //! Resolving what a compiled policy set leaves to the host, into the entries of one generation
 //! of the kernel maps: the inodes of denied files, the cgroup id of each label (creating its
-//! cgroup), each label's stable counter index, and the labels a reload drops while processes
-//! still run under them (orphans, kept and denied everything).
+//! cgroup) and of the cgroups its policy binds, the levels those sit at, each label's stable
+//! counter index, and the labels and bound cgroups a reload drops while processes still run
+//! under them (orphans, kept and denied everything).
 //!
 //! The host is reached only through `Host`, so a plan is built and checked without a kernel,
 //! cgroupfs or the files a policy names.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 use agent_common::{
-    Action, InodeKey, LabelInfo, LabelKey, Limit, LimitKey, MAX_LABELS, MODE_ORPHANED, NetKey,
-    PathKey, RULE_DENY,
+    Action, InodeKey, LabelInfo, LabelKey, Limit, LimitKey, MAX_LABEL_LEVEL, MAX_LABEL_LEVELS,
+    MAX_LABELS, MODE_ORPHANED, NetKey, PathKey, RULE_DENY,
 };
-use agent_policy::{CompiledSet, Mode, PathPattern};
+use agent_policy::{CgroupPattern, CompiledSet, Mode, PathPattern, pattern::OWN_CGROUP};
 use anyhow::{Result, bail};
 
 use crate::{
+    binding,
     cgroup::{self, LabelRoot},
     inodes,
 };
 
+/// A cgroup as the kernel finds it: its id (the directory's inode number) and its level in
+/// the hierarchy (the root is 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cgroup {
+    pub id: u64,
+    pub level: u32,
+}
+
+/// A cgroup that exists without actgate, bound to a label by its policy's `cgroups:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bound {
+    pub label: String,
+    /// Relative to the cgroup v2 mount.
+    pub path: PathBuf,
+    pub cgroup: Cgroup,
+    /// No pattern matches it any more, but processes still run in it: the kernel denies
+    /// everything they do.
+    pub orphaned: bool,
+}
+
 /// What the plan needs to know about the machine it runs on.
 pub trait Host {
-    /// Creates the label's cgroup if needed; its cgroup id.
-    fn label_cgroup(&mut self, label: &str) -> Result<u64>;
+    /// Creates the label's cgroup if needed.
+    fn label_cgroup(&mut self, label: &str) -> Result<Cgroup>;
+    /// The cgroups `pattern` matches now, relative to the cgroup v2 mount.
+    fn bound_cgroups(&mut self, pattern: &CgroupPattern) -> Vec<(PathBuf, Cgroup)>;
+    /// How many processes run in the cgroup at `path` and beneath it, 0 when it is gone or
+    /// is another cgroup than `cgroup` now.
+    fn running_in(&mut self, path: &Path, cgroup: Cgroup) -> usize;
     /// The inode entries of rule set `ruleset`'s denied paths.
     fn denied_inodes(&mut self, ruleset: u16, denied: &[(Action, PathPattern)]) -> Vec<InodeKey>;
     /// For a label no policy names: removes its cgroup subtree unless processes run in it,
@@ -48,8 +80,34 @@ impl<'a> System<'a> {
 }
 
 impl Host for System<'_> {
-    fn label_cgroup(&mut self, label: &str) -> Result<u64> {
-        self.root.ensure_label(label)
+    fn label_cgroup(&mut self, label: &str) -> Result<Cgroup> {
+        Ok(Cgroup {
+            id: self.root.ensure_label(label)?,
+            level: self.root.label_level(),
+        })
+    }
+
+    fn bound_cgroups(&mut self, pattern: &CgroupPattern) -> Vec<(PathBuf, Cgroup)> {
+        binding::walk(&self.root.mount, pattern)
+            .matched
+            .into_iter()
+            // `*/x` matches beneath actgate's own cgroup too, where labels are its to give.
+            .filter(|path| !path.starts_with(OWN_CGROUP))
+            .filter_map(|path| {
+                // Gone since the walk: nothing to bind.
+                let id = fs::metadata(self.root.mount.join(&path)).ok()?.ino();
+                let level = self.root.level_of(&path);
+                Some((path, Cgroup { id, level }))
+            })
+            .collect()
+    }
+
+    fn running_in(&mut self, path: &Path, cgroup: Cgroup) -> usize {
+        let dir = self.root.mount.join(path);
+        match fs::metadata(&dir) {
+            Ok(m) if m.ino() == cgroup.id => cgroup::process_count(&dir),
+            _ => 0,
+        }
     }
 
     fn denied_inodes(&mut self, ruleset: u16, denied: &[(Action, PathPattern)]) -> Vec<InodeKey> {
@@ -133,6 +191,8 @@ pub struct LabelEntry {
     pub name: String,
     pub key: LabelKey,
     pub info: LabelInfo,
+    /// The level of the cgroup `key` names.
+    pub level: u32,
 }
 
 /// Every entry of one generation, and what its labels mean.
@@ -148,43 +208,79 @@ pub struct Plan {
     /// The labels dropped with no process left: nothing of theirs lasts, a revocation
     /// included.
     pub released: Vec<u32>,
+    /// The cgroups bound to labels, orphaned ones included.
+    pub bound: Vec<Bound>,
+    /// The levels the entries' cgroups sit at, shallowest first (`Config::levels`).
+    pub levels: Vec<u8>,
 }
 
-/// Resolves `compiled` on `host` into the entries of `generation`. `in_force` is what the
-/// generation being replaced resolved to: its labels that `compiled` drops while processes
-/// still run under them become orphans.
+/// At most this many levels per plan: while one generation replaces another, the kernel
+/// searches the levels of both.
+pub const MAX_PLAN_LEVELS: usize = MAX_LABEL_LEVELS / 2;
+
+/// Resolves `compiled` on `host` into the entries of `generation`. `in_force` and
+/// `bound_in_force` are what the generation being replaced resolved to: its labels and bound
+/// cgroups that `compiled` drops while processes still run under them become orphans.
 pub fn resolve(
     compiled: CompiledSet,
     generation: u32,
     indexes: &mut LabelIndexes,
     in_force: &BTreeMap<u32, LabelState>,
+    bound_in_force: &[Bound],
     host: &mut impl Host,
 ) -> Result<Plan> {
     let mut labels = Vec::with_capacity(compiled.labels.len());
     let mut states = BTreeMap::new();
+    let mut bound: Vec<Bound> = Vec::new();
+    let entry = |name: &str, cgroup: Cgroup, info: LabelInfo| LabelEntry {
+        name: name.to_string(),
+        key: LabelKey {
+            cgroup_id: cgroup.id,
+            generation,
+            _pad: 0,
+        },
+        info,
+        level: cgroup.level,
+    };
     for label in &compiled.labels {
         let ruleset = &compiled.rulesets[label.ruleset];
-        let cgroup_id = host.label_cgroup(&label.name)?;
+        let cgroup = host.label_cgroup(&label.name)?;
         let index = indexes.index_of(&label.name)?;
-        labels.push(LabelEntry {
-            name: label.name.clone(),
-            key: LabelKey {
-                cgroup_id,
-                generation,
-                _pad: 0,
-            },
-            info: LabelInfo {
-                label: index,
-                ruleset: ruleset.number,
-                mode: label.kernel_mode(),
-                flags: 0,
-                defaults: ruleset.defaults,
-                has_rules: ruleset.has_rules,
-                limits: ruleset.limit_bits,
-                _pad2: [0; 2],
-                denied_caps: ruleset.denied_caps,
-            },
-        });
+        let info = LabelInfo {
+            label: index,
+            ruleset: ruleset.number,
+            mode: label.kernel_mode(),
+            flags: 0,
+            defaults: ruleset.defaults,
+            has_rules: ruleset.has_rules,
+            limits: ruleset.limit_bits,
+            _pad2: [0; 2],
+            denied_caps: ruleset.denied_caps,
+        };
+        labels.push(entry(&label.name, cgroup, info));
+        for pattern in &label.cgroups {
+            for (path, cgroup) in host.bound_cgroups(pattern) {
+                if let Some(other) = bound.iter().find(|b| b.cgroup.id == cgroup.id) {
+                    if other.label == label.name {
+                        continue;
+                    }
+                    bail!(
+                        "cgroup {} is bound to two labels, {:?} and {:?}: a cgroup can have one \
+                         label only; narrow the `cgroups` patterns",
+                        path.display(),
+                        other.label,
+                        label.name
+                    );
+                }
+                labels.push(entry(&label.name, cgroup, info));
+                bound.push(Bound {
+                    label: label.name.clone(),
+                    path,
+                    cgroup,
+                    orphaned: false,
+                });
+            }
+        }
         states.insert(
             index,
             LabelState {
@@ -195,36 +291,55 @@ pub fn resolve(
             },
         );
     }
+    let orphan_info = |index: u32| LabelInfo {
+        label: index,
+        ruleset: ORPHAN_RULESET,
+        mode: MODE_ORPHANED,
+        flags: 0,
+        defaults: [RULE_DENY; Action::COUNT],
+        has_rules: [0; Action::COUNT],
+        limits: 0,
+        _pad2: [0; 2],
+        denied_caps: u64::MAX,
+    };
     let mut orphans = Vec::new();
+    // A bound cgroup no pattern matches any more, with processes left: kept, denied
+    // everything, whether or not its label stays.
+    for old in bound_in_force {
+        if bound.iter().any(|b| b.cgroup.id == old.cgroup.id) {
+            continue;
+        }
+        let running = host.running_in(&old.path, old.cgroup);
+        if running == 0 {
+            continue;
+        }
+        let index = indexes.index_of(&old.label)?;
+        labels.push(entry(&old.label, old.cgroup, orphan_info(index)));
+        orphans.push((
+            format!("{} (cgroup {})", old.label, old.path.display()),
+            running,
+        ));
+        bound.push(Bound {
+            orphaned: true,
+            ..old.clone()
+        });
+    }
     let mut released = Vec::new();
     for (index, old) in in_force {
         if compiled.labels.iter().any(|l| l.name == old.name) {
             continue;
         }
         let running = host.release_label(&old.name);
-        if running == 0 {
+        let in_bound = bound.iter().any(|b| b.label == old.name);
+        if running == 0 && !in_bound {
             released.push(*index);
             continue;
         }
-        labels.push(LabelEntry {
-            name: old.name.clone(),
-            key: LabelKey {
-                cgroup_id: host.label_cgroup(&old.name)?,
-                generation,
-                _pad: 0,
-            },
-            info: LabelInfo {
-                label: *index,
-                ruleset: ORPHAN_RULESET,
-                mode: MODE_ORPHANED,
-                flags: 0,
-                defaults: [RULE_DENY; Action::COUNT],
-                has_rules: [0; Action::COUNT],
-                limits: 0,
-                _pad2: [0; 2],
-                denied_caps: u64::MAX,
-            },
-        });
+        if running > 0 {
+            let cgroup = host.label_cgroup(&old.name)?;
+            labels.push(entry(&old.name, cgroup, orphan_info(*index)));
+            orphans.push((old.name.clone(), running));
+        }
         states.insert(
             *index,
             LabelState {
@@ -232,8 +347,8 @@ pub fn resolve(
                 ..old.clone()
             },
         );
-        orphans.push((old.name.clone(), running));
     }
+    let levels = levels(&labels)?;
     let rulesets = compiled
         .rulesets
         .into_iter()
@@ -252,7 +367,31 @@ pub fn resolve(
         states,
         orphans,
         released,
+        bound,
+        levels,
     })
+}
+
+/// The levels of the entries' cgroups, shallowest first.
+fn levels(labels: &[LabelEntry]) -> Result<Vec<u8>> {
+    let mut levels: Vec<u32> = labels.iter().map(|l| l.level).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    if let Some(deep) = levels.iter().find(|l| **l == 0 || **l > MAX_LABEL_LEVEL) {
+        bail!(
+            "a label's cgroup sits at level {deep} of the cgroup hierarchy; labels live at levels 1 to {MAX_LABEL_LEVEL}"
+        );
+    }
+    if levels.len() > MAX_PLAN_LEVELS {
+        let at: Vec<String> = levels.iter().map(u32::to_string).collect();
+        bail!(
+            "the labels' cgroups sit at {} different levels of the cgroup hierarchy ({}); the \
+             kernel searches at most {MAX_PLAN_LEVELS}: bind cgroups at fewer depths",
+            levels.len(),
+            at.join(", ")
+        );
+    }
+    Ok(levels.into_iter().map(|l| l as u8).collect())
 }
 
 #[cfg(test)]
@@ -273,10 +412,34 @@ mod tests {
         running: BTreeMap<String, usize>,
         /// Labels asked to be released, in order.
         released: Vec<String>,
+        /// Existing cgroups (relative path, id, level) that patterns may match.
+        existing: Vec<(&'static str, u64, u32)>,
+        /// Bound cgroup id → processes running in it (none when absent).
+        running_in: BTreeMap<u64, usize>,
     }
 
     impl Host for FakeHost {
-        fn label_cgroup(&mut self, label: &str) -> Result<u64> {
+        fn bound_cgroups(&mut self, pattern: &CgroupPattern) -> Vec<(PathBuf, Cgroup)> {
+            self.existing
+                .iter()
+                .filter(|(path, _, _)| pattern.matches(path))
+                .map(|(path, id, level)| {
+                    (
+                        PathBuf::from(path),
+                        Cgroup {
+                            id: *id,
+                            level: *level,
+                        },
+                    )
+                })
+                .collect()
+        }
+
+        fn running_in(&mut self, _: &Path, cgroup: Cgroup) -> usize {
+            self.running_in.get(&cgroup.id).copied().unwrap_or(0)
+        }
+
+        fn label_cgroup(&mut self, label: &str) -> Result<Cgroup> {
             if self.broken_label == Some(label) {
                 return Err(anyhow!("no cgroup for {label}"));
             }
@@ -287,7 +450,10 @@ mod tests {
                     self.cgroups.len() - 1
                 }
             };
-            Ok(1000 + at as u64)
+            Ok(Cgroup {
+                id: 1000 + at as u64,
+                level: 2,
+            })
         }
 
         fn denied_inodes(
@@ -346,7 +512,15 @@ network:
     fn plan(files: &[&str], generation: u32, indexes: &mut LabelIndexes) -> (Plan, FakeHost) {
         let compiled = compile_set(&set(files), 40..50).unwrap();
         let mut host = FakeHost::default();
-        let plan = resolve(compiled, generation, indexes, &BTreeMap::new(), &mut host).unwrap();
+        let plan = resolve(
+            compiled,
+            generation,
+            indexes,
+            &BTreeMap::new(),
+            &[],
+            &mut host,
+        )
+        .unwrap();
         (plan, host)
     }
 
@@ -363,6 +537,7 @@ network:
             before.generation ^ 1,
             indexes,
             &before.states,
+            &before.bound,
             host,
         )
         .unwrap()
@@ -478,7 +653,7 @@ network:
         let (first, _) = plan(&[CODER, WATCHER], 1, &mut indexes);
         let compiled = compile_set(&set(&[WATCHER]), 0..100).unwrap();
         let mut host = FakeHost::default();
-        let next = resolve(compiled, 0, &mut indexes, &first.states, &mut host).unwrap();
+        let next = resolve(compiled, 0, &mut indexes, &first.states, &[], &mut host).unwrap();
         // `coding-agent` and `helper` went with no process left.
         assert_eq!(next.released, [0, 1]);
         assert!(next.orphans.is_empty());
@@ -521,7 +696,7 @@ network:
         let mut indexes = LabelIndexes::default();
         let mut host = FakeHost::default();
         let compiled = compile_set(&set(&[CODER, WATCHER]), 40..50).unwrap();
-        let first = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &mut host).unwrap();
+        let first = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &[], &mut host).unwrap();
         host.running.insert("helper".into(), 3);
         // `helper` runs 3 processes, `coding-agent` none: both lose their policy.
         let next = reload(&[WATCHER], &mut indexes, &first, &mut host);
@@ -571,7 +746,7 @@ network:
         let mut host = FakeHost::default();
         host.running.insert("helper".into(), 1);
         let compiled = compile_set(&set(&[CODER]), 40..50).unwrap();
-        let first = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &mut host).unwrap();
+        let first = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &[], &mut host).unwrap();
         let orphaned = reload(&[WATCHER], &mut indexes, &first, &mut host);
         assert!(orphaned.states[&1].orphaned);
         host.running.clear();
@@ -593,10 +768,151 @@ network:
             0,
             &mut LabelIndexes::default(),
             &BTreeMap::new(),
+            &[],
             &mut host,
         )
         .unwrap_err();
         assert!(err.to_string().contains("helper"), "{err}");
+    }
+
+    const RUNNER: &str = "\
+name: runner
+labels: [ci-runner]
+cgroups: [\"system.slice/runner.service\", \"system.slice/docker-*.scope\"]
+";
+
+    fn host_with(existing: &[(&'static str, u64, u32)]) -> FakeHost {
+        FakeHost {
+            existing: existing.to_vec(),
+            ..FakeHost::default()
+        }
+    }
+
+    #[test]
+    fn bound_cgroups_get_the_labels_entry_at_their_level() {
+        let mut host = host_with(&[
+            ("system.slice/runner.service", 7, 2),
+            ("system.slice/docker-1.scope", 8, 2),
+            ("system.slice/ssh.service", 9, 2),
+            ("kubepods.slice/x/docker-2.scope", 10, 3),
+        ]);
+        let compiled = compile_set(&set(&[RUNNER]), 0..1).unwrap();
+        let mut indexes = LabelIndexes::default();
+        let plan = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &[], &mut host).unwrap();
+        let got: Vec<(u64, u32, u32)> = plan
+            .labels
+            .iter()
+            .map(|l| (l.key.cgroup_id, l.info.label, l.level))
+            .collect();
+        assert_eq!(got, [(1000, 0, 2), (7, 0, 2), (8, 0, 2)]);
+        assert_eq!(plan.labels[1].info, plan.labels[0].info);
+        let paths: Vec<&Path> = plan.bound.iter().map(|b| b.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            [
+                Path::new("system.slice/runner.service"),
+                Path::new("system.slice/docker-1.scope")
+            ]
+        );
+        assert_eq!(plan.levels, [2]);
+    }
+
+    #[test]
+    fn a_cgroup_matched_by_two_labels_fails_the_plan() {
+        let other = "name: other\nlabels: [other]\ncgroups: [\"system.slice/*.service\"]\n";
+        let mut host = host_with(&[("system.slice/runner.service", 7, 2)]);
+        let compiled = compile_set(&set(&[RUNNER, other]), 0..2).unwrap();
+        let err = resolve(
+            compiled,
+            1,
+            &mut LabelIndexes::default(),
+            &BTreeMap::new(),
+            &[],
+            &mut host,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bound to two labels"), "{err}");
+    }
+
+    #[test]
+    fn an_unbound_cgroup_with_processes_is_orphaned_and_an_empty_one_let_go() {
+        let mut host = host_with(&[
+            ("system.slice/runner.service", 7, 2),
+            ("system.slice/docker-1.scope", 8, 2),
+        ]);
+        let mut indexes = LabelIndexes::default();
+        let compiled = compile_set(&set(&[RUNNER]), 0..1).unwrap();
+        let first = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &[], &mut host).unwrap();
+        // The pattern now names the service only; the scope still runs a process.
+        host.running_in.insert(8, 1);
+        let narrower =
+            "name: runner\nlabels: [ci-runner]\ncgroups: [system.slice/runner.service]\n";
+        let next = reload(&[narrower], &mut indexes, &first, &mut host);
+        let scope = next.labels.iter().find(|l| l.key.cgroup_id == 8).unwrap();
+        assert_eq!(scope.info.mode, MODE_ORPHANED);
+        assert_eq!(scope.info.label, first.labels[0].info.label);
+        assert!(next.bound.iter().any(|b| b.cgroup.id == 8 && b.orphaned));
+        assert_eq!(
+            next.orphans,
+            [(
+                "ci-runner (cgroup system.slice/docker-1.scope)".to_string(),
+                1
+            )]
+        );
+        // Once it is empty, it goes.
+        host.running_in.clear();
+        let last = reload(&[narrower], &mut indexes, &next, &mut host);
+        assert!(last.labels.iter().all(|l| l.key.cgroup_id != 8));
+        assert!(last.orphans.is_empty());
+    }
+
+    #[test]
+    fn a_dropped_label_stays_orphaned_while_a_bound_cgroup_runs() {
+        let mut host = host_with(&[("system.slice/runner.service", 7, 2)]);
+        let mut indexes = LabelIndexes::default();
+        let compiled = compile_set(&set(&[RUNNER]), 0..1).unwrap();
+        let first = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &[], &mut host).unwrap();
+        host.running_in.insert(7, 2);
+        let next = reload(&[WATCHER], &mut indexes, &first, &mut host);
+        assert!(next.released.is_empty());
+        let index = first.labels[0].info.label;
+        assert!(next.states[&index].orphaned);
+        let service = next.labels.iter().find(|l| l.key.cgroup_id == 7).unwrap();
+        assert_eq!(service.info.mode, MODE_ORPHANED);
+    }
+
+    #[test]
+    fn levels_are_sorted_and_bounded() {
+        let mut host = host_with(&[
+            ("a", 7, 1),
+            ("b/c/d", 8, 3),
+            ("e/f/g/h", 9, 4),
+            ("i/j/k/l/m", 10, 5),
+        ]);
+        let wide = "name: wide\nlabels: [w]\ncgroups: [a, b/c/d, e/f/g/h]\n";
+        let compiled = compile_set(&set(&[wide]), 0..1).unwrap();
+        let plan = resolve(
+            compiled,
+            1,
+            &mut LabelIndexes::default(),
+            &BTreeMap::new(),
+            &[],
+            &mut host,
+        )
+        .unwrap();
+        assert_eq!(plan.levels, [1, 2, 3, 4]);
+        let wider = "name: wide\nlabels: [w]\ncgroups: [a, b/c/d, e/f/g/h, i/j/k/l/m]\n";
+        let compiled = compile_set(&set(&[wider]), 0..1).unwrap();
+        let err = resolve(
+            compiled,
+            1,
+            &mut LabelIndexes::default(),
+            &BTreeMap::new(),
+            &[],
+            &mut host,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("5 different levels"), "{err}");
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl SelfTest {
         Policy {
             name: POLICY.into(),
             labels: vec![LABEL.into()],
+            cgroups: Vec::new(),
             mode: Mode::Enforce,
             exec: deny(&[&self.exec_probe]),
             anonymous_exec: None,

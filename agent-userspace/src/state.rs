@@ -2,6 +2,7 @@
 
 use std::{
     collections::BTreeMap,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -13,7 +14,7 @@ use agent_common::HOOK_COUNT;
 use crate::{
     cgroup::LabelRoot,
     dns::telemetry::Telemetry,
-    plan::LabelState,
+    plan::{Bound, LabelState},
     selftest::{Proof, Verified},
 };
 
@@ -37,6 +38,8 @@ pub struct State {
     ready: AtomicBool,
     /// Label index → what it resolves to now.
     labels: RwLock<BTreeMap<u32, LabelState>>,
+    /// The cgroups bound to labels now (see `binding`).
+    bound: RwLock<Vec<Bound>>,
     pub policies_loaded: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
@@ -59,6 +62,7 @@ impl State {
             root,
             ready: AtomicBool::new(false),
             labels: RwLock::new(BTreeMap::new()),
+            bound: RwLock::new(Vec::new()),
             policies_loaded: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -81,8 +85,14 @@ impl State {
     }
 
     /// Records what a successful load put in force.
-    pub fn set_policies(&self, labels: BTreeMap<u32, LabelState>, policies: usize) {
+    pub fn set_policies(
+        &self,
+        labels: BTreeMap<u32, LabelState>,
+        bound: Vec<Bound>,
+        policies: usize,
+    ) {
         *self.labels.write().unwrap_or_else(|e| e.into_inner()) = labels;
+        *self.bound.write().unwrap_or_else(|e| e.into_inner()) = bound;
         self.policies_loaded
             .store(policies as u64, Ordering::Relaxed);
     }
@@ -117,5 +127,53 @@ impl State {
             .iter()
             .find(|(_, l)| l.name == name && !crate::selftest::is_internal(name))
             .map(|(i, l)| (*i, l.clone()))
+    }
+
+    /// The cgroups bound to labels now.
+    pub fn bound(&self) -> Vec<Bound> {
+        self.bound.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every cgroup of the label: its own and those bound to it.
+    pub fn label_dirs(&self, name: &str) -> Vec<PathBuf> {
+        let mut dirs = vec![self.root.label_dir(name)];
+        dirs.extend(
+            self.bound()
+                .into_iter()
+                .filter(|b| b.label == name)
+                .map(|b| self.root.mount.join(b.path)),
+        );
+        dirs
+    }
+
+    /// How many processes run under the label, in all its cgroups.
+    pub fn processes(&self, name: &str) -> usize {
+        self.label_dirs(name)
+            .iter()
+            .map(|d| crate::cgroup::process_count(d))
+            .sum()
+    }
+
+    /// The label whose cgroups hold the cgroup at `path` (as /proc/PID/cgroup names it), if
+    /// any.
+    pub fn label_of(&self, path: &str) -> Option<String> {
+        if let Some(label) = self.root.label_of(path) {
+            return Some(label);
+        }
+        let path = Path::new(path.trim_start_matches('/'));
+        self.bound()
+            .into_iter()
+            .find(|b| path.starts_with(&b.path))
+            .map(|b| b.label)
+    }
+
+    /// The path of the cgroup with this id beneath a label's cgroup, as /proc/PID/cgroup names
+    /// it.
+    pub fn cgroup_path(&self, id: u64) -> Option<String> {
+        self.root.cgroup_path(id).or_else(|| {
+            self.bound()
+                .iter()
+                .find_map(|b| self.root.path_beneath(&self.root.mount.join(&b.path), id))
+        })
     }
 }

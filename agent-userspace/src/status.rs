@@ -7,7 +7,6 @@ use agent_policy::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cgroup,
     counters::Counters,
     revocation::Revoked,
     selftest::{self, Proof},
@@ -68,7 +67,7 @@ pub fn collect(state: &State, counters: &Counters) -> Status {
                 let dir = state.root.label_dir(&l.name);
                 let d = counters.decisions(index);
                 LabelStatus {
-                    processes: cgroup::process_count(&dir),
+                    processes: state.processes(&l.name),
                     cgroup: dir.display().to_string(),
                     mode: if l.orphaned {
                         ORPHANED.to_string()

@@ -3,7 +3,7 @@
 //! while labelled processes run unless forced, since those would run unconfined afterwards.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
@@ -20,14 +20,23 @@ use crate::{
 /// How long a running daemon may take to unload and exit.
 const DAEMON_EXIT: Duration = Duration::from_secs(30);
 
-/// Refuses while processes run beneath any label, unless `force`.
-pub fn refuse_while_labelled(root: &LabelRoot, force: bool) -> Result<()> {
-    let running = cgroup::process_count(&root.dir);
+/// Refuses while processes run beneath any label (actgate's cgroups and the `bound` ones),
+/// unless `force`.
+pub fn refuse_while_labelled(root: &LabelRoot, bound: &[PathBuf], force: bool) -> Result<()> {
+    let running: usize = std::iter::once(&root.dir)
+        .chain(bound)
+        .map(|d| cgroup::process_count(d))
+        .sum();
     if running > 0 && !force {
         bail!(
-            "{running} labelled process(es) still run beneath {}; they would run unconfined \
+            "{running} labelled process(es) still run beneath {}{}; they would run unconfined \
              once actgate is unloaded. Stop them first, or pass --force",
-            root.dir.display()
+            root.dir.display(),
+            if bound.is_empty() {
+                ""
+            } else {
+                " and the cgroups bound to labels"
+            }
         );
     }
     Ok(())
@@ -61,7 +70,7 @@ pub fn unload(socket: &Path, pin_dir: &Path, force: bool) -> Result<String> {
             pin_dir.display()
         ));
     };
-    refuse_while_labelled(&LabelRoot::discover()?, force)?;
+    refuse_while_labelled(&LabelRoot::discover()?, &[], force)?;
     pins.remove_all()?;
     drop(lock);
     Ok(format!(

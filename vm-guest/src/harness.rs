@@ -109,12 +109,10 @@ impl Ctx {
         user: &str,
         script: &str,
     ) -> std::io::Result<Child> {
-        self.labelled_command_as(label, user)
-            .args(["/bin/sh", "-c", script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        spawn_piped(
+            self.labelled_command_as(label, user)
+                .args(["/bin/sh", "-c", script]),
+        )
     }
 
     /// `vm-guest try …` as label LABEL (or unlabelled with None); returns its verdict line.
@@ -585,5 +583,44 @@ pub fn install(from: &str, to: &Path) -> Result<()> {
         fs::create_dir_all(dir)?;
     }
     fs::copy(from, to).with_context(|| format!("copying {from} to {}", to.display()))?;
+    Ok(())
+}
+
+/// Spawns `command` with its standard streams piped to the caller.
+pub fn spawn_piped(command: &mut Command) -> std::io::Result<Child> {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+}
+
+/// Puts `text` in force as the only policy file of `dir`: the file is replaced in one rename,
+/// then SIGHUP; done once a reload succeeded and none followed for 2 s (the daemon also
+/// reloads by itself when the directory changes).
+pub fn replace_policies(daemon: &Daemon, dir: &Path, text: &str) -> Result<()> {
+    let (ok, failed) = reloads()?;
+    let new = dir.join("policies.yaml.new");
+    write(&new, text)?;
+    fs::rename(&new, dir.join("policies.yaml"))?;
+    daemon.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = reloads()?;
+    let mut since = Instant::now();
+    loop {
+        thread::sleep(Duration::from_millis(250));
+        let now = reloads()?;
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if now.0 > ok && since.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no settled reload within 60 s (reloads now {now:?}, before {ok})");
+        }
+    }
+    if last.1 != failed {
+        bail!("a reload failed:\n{}", daemon.log_text());
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! right after its last, so a filter starts only the daemons its tests need.
 
 mod agent;
+mod binding;
 mod cascade;
 mod dns;
 mod escapes;
@@ -335,6 +336,7 @@ pub fn run(
     trials.extend(lifetime::suite().trials(&run));
     trials.extend(package::suite().trials(&run));
     trials.extend(orphans::suite().trials(&run));
+    trials.extend(binding::suite().trials(&run));
     trials.extend(cascade::suite().trials(&run));
     trials.extend(escapes::suite().trials(&run));
     trials.extend(mapping::suite().trials(&run));

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
 use super::{Suite, agent::Agent, mounts::Mount};
@@ -97,34 +97,9 @@ pub struct Orphans {
 }
 
 impl Orphans {
-    /// Puts the policies (naming `LABEL` or not) in force: the file is replaced in one rename,
-    /// then SIGHUP; done once a reload succeeded and none followed for 2 s (the daemon also
-    /// reloads by itself when the directory changes).
+    /// Puts the policies (naming `LABEL` or not) in force.
     fn reload(&self, ctx: &Ctx, named: bool) -> Result<()> {
-        let (ok, failed) = harness::reloads()?;
-        let new = self.policies.join("policies.yaml.new");
-        harness::write(&new, &policy_text(ctx, named))?;
-        fs::rename(&new, self.policies.join("policies.yaml"))?;
-        self.daemon.signal(libc::SIGHUP);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = harness::reloads()?;
-        let mut since = Instant::now();
-        loop {
-            thread::sleep(Duration::from_millis(250));
-            let now = harness::reloads()?;
-            if now != last {
-                (last, since) = (now, Instant::now());
-            } else if now.0 > ok && since.elapsed() >= Duration::from_secs(2) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("no settled reload within 60 s (reloads now {now:?}, before {ok})");
-            }
-        }
-        if last.1 != failed {
-            bail!("a reload failed:\n{}", self.daemon.log_text());
-        }
-        Ok(())
+        harness::replace_policies(&self.daemon, &self.policies, &policy_text(ctx, named))
     }
 }
 

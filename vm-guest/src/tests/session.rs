@@ -3,7 +3,8 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdin},
+    path::Path,
+    process::{Child, ChildStdin, Command},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -11,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::harness::Ctx;
+use crate::harness::{self, Ctx};
 
 /// A labelled `sh` that stays alive and runs commands sent to it one at a time, so a test can
 /// act from an already-running labelled process and without the file opens that starting a
@@ -48,12 +49,23 @@ impl Session {
     /// for `actgate attach` to move. The session's process is the outer shell.
     pub fn start_unlabelled_tree() -> Result<Session> {
         // Not the last command of its `-c`, so that sh forks for it rather than exec it.
-        let child = std::process::Command::new("/bin/sh")
-            .args(["-c", "/bin/sh -c \"$0\"; exit $?", &script()])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+        Session::unlabelled("/bin/sh -c \"$0\"; exit $?")
+    }
+
+    /// A shell started outside actgate that moves itself into the cgroup at `dir` (as root),
+    /// then runs the commands as `uid`: a service's or a container's process, for a policy's
+    /// `cgroups:` to bind.
+    pub fn start_in_cgroup(dir: &Path, uid: u32) -> Result<Session> {
+        let procs = dir.join("cgroup.procs");
+        Session::unlabelled(&format!(
+            "echo $$ > '{}' && exec setpriv --reuid={uid} --regid={uid} --clear-groups /bin/sh -c \"$0\"",
+            procs.display()
+        ))
+    }
+
+    /// `sh -c OUTER SCRIPT`, unlabelled, where OUTER runs the session's script (`$0`).
+    fn unlabelled(outer: &str) -> Result<Session> {
+        let child = harness::spawn_piped(Command::new("/bin/sh").args(["-c", outer, &script()]))
             .context("starting an unlabelled shell")?;
         Session::serve(child)
     }
