@@ -9,6 +9,7 @@
 use std::{
     collections::BTreeSet,
     fs,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -140,6 +141,39 @@ impl Watch {
     }
 }
 
+/// Where the daemon keeps the bound cgroups for the daemon after it, in its runtime
+/// directory: a restart must not release a cgroup that a reload would orphan.
+const KEPT: &str = "bound.json";
+
+/// Records the bound cgroups in force.
+pub fn keep(runtime_dir: &Path, bound: &[Bound]) -> Result<()> {
+    let path = runtime_dir.join(KEPT);
+    let new = path.with_extension("json.new");
+    fs::write(&new, serde_json::to_vec(bound)?)
+        .with_context(|| format!("writing {}", new.display()))?;
+    fs::rename(&new, &path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// The bound cgroups an earlier daemon recorded that are still there (the same cgroup, not
+/// another of the same name).
+pub fn kept(runtime_dir: &Path, mount: &Path) -> Vec<Bound> {
+    let path = runtime_dir.join(KEPT);
+    let Ok(text) = fs::read(&path) else {
+        return Vec::new();
+    };
+    let bound: Vec<Bound> = match serde_json::from_slice(&text) {
+        Ok(bound) => bound,
+        Err(e) => {
+            warn!("ignoring {}: {e}", path.display());
+            return Vec::new();
+        }
+    };
+    bound
+        .into_iter()
+        .filter(|b| fs::metadata(mount.join(&b.path)).is_ok_and(|m| m.ino() == b.cgroup.id))
+        .collect()
+}
+
 /// Logs the cgroups a new plan bound and let go, against the one before.
 pub fn report(before: &[Bound], after: &[Bound]) {
     let key = |b: &Bound| (b.cgroup.id, b.orphaned);
@@ -202,5 +236,25 @@ mod tests {
         let walk = walk(root.path(), &pattern);
         assert!(walk.matched.is_empty());
         assert_eq!(walk.parents, BTreeSet::from([PathBuf::new()]));
+    }
+
+    #[test]
+    fn kept_bindings_outlive_the_daemon_while_their_cgroup_does() {
+        let mount = tree(&["system.slice/a.scope", "system.slice/b.scope"]);
+        let runtime = tempfile::tempdir().unwrap();
+        let bound = |path: &str| {
+            let id = fs::metadata(mount.path().join(path)).unwrap().ino();
+            Bound {
+                label: "ci".into(),
+                path: path.into(),
+                cgroup: crate::plan::Cgroup { id, level: 2 },
+                orphaned: false,
+            }
+        };
+        let (a, b) = (bound("system.slice/a.scope"), bound("system.slice/b.scope"));
+        keep(runtime.path(), &[a.clone(), b]).unwrap();
+        fs::remove_dir(mount.path().join("system.slice/b.scope")).unwrap();
+        assert_eq!(kept(runtime.path(), mount.path()), [a]);
+        assert!(kept(&runtime.path().join("none"), mount.path()).is_empty());
     }
 }

@@ -11,7 +11,7 @@ use std::{
     },
 };
 
-use agent_common::{Hook, kernel_release};
+use agent_common::{Hook, LabelInfo, LabelKey, MODE_ORPHANED, kernel_release};
 use agent_policy::{CgroupPattern, Mode, PathPattern, Policy, PolicySet};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -32,7 +32,7 @@ use crate::{
     maps::RuleMaps,
     metrics::Metrics,
     pin::{self, Pins},
-    plan::{self, Bound, Host, LabelIndexes, LabelState},
+    plan::{self, Bound, Host, LabelEntry, LabelIndexes, LabelState},
     revocation::Revocations,
     selftest::{self, Proof, SelfTest},
     state::State,
@@ -115,6 +115,10 @@ struct Loader {
     in_force: BTreeMap<u32, LabelState>,
     /// The cgroups bound to labels in the generation in force, orphans included.
     bound: Vec<Bound>,
+    /// Where `bound` is kept for the next daemon.
+    runtime_dir: PathBuf,
+    /// Each label's entry in the generation in force, for the cgroups bound to it since.
+    infos: BTreeMap<String, LabelInfo>,
     root: LabelRoot,
     /// The self-test's policy, loaded beside the user's.
     selftest: Policy,
@@ -195,13 +199,23 @@ impl Loader {
             &mut plan::System::new(&self.root),
         )?;
         learning::flag(&mut plan, &self.learning);
+        let infos = plan
+            .labels
+            .iter()
+            .filter(|l| l.info.mode != MODE_ORPHANED)
+            .map(|l| (l.name.clone(), l.info))
+            .collect();
         let orphans = plan.orphans.clone();
         let bound = plan.bound.clone();
         let states = self.rules.apply(plan)?;
         report_orphans(&orphans);
         binding::report(&self.bound, &bound);
+        if let Err(e) = binding::keep(&self.runtime_dir, &bound) {
+            warn!("a restarted daemon won't know the cgroups bound now: {e:#}");
+        }
         self.in_force = states.clone();
         self.bound = bound.clone();
+        self.infos = infos;
         self.user_set = user_set.clone();
         Ok(Loaded {
             set: in_force,
@@ -210,32 +224,90 @@ impl Loader {
         })
     }
 
-    /// The `cgroups:` patterns in force.
-    fn patterns(&self) -> Vec<CgroupPattern> {
+    /// The `cgroups:` patterns in force, with the label each binds to.
+    fn patterns(&self) -> Vec<(String, CgroupPattern)> {
         self.user_set
             .policies
             .iter()
-            .flat_map(|p| p.cgroups.iter().cloned())
+            .filter_map(|p| Some((p.labels.first()?, &p.cgroups)))
+            .flat_map(|(label, cgroups)| cgroups.iter().map(|c| (label.clone(), c.clone())))
             .collect()
     }
 
-    /// Whether the patterns in force match other cgroups than those bound: one appeared,
-    /// went, or was replaced by another of the same name.
-    fn bindings_moved(&self) -> bool {
+    /// Follows the cgroups the patterns in force match. Cgroups that appeared are bound in
+    /// the generation in force, at once (`RuleMaps::add_labels`); cgroups that went are
+    /// forgotten. Anything else (a bound cgroup that no longer matches but is still there, a
+    /// new one matched by two labels, a level too many) takes a new plan: `NeedsPlan`.
+    fn follow_cgroups(&mut self) -> Followed {
         let mut host = plan::System::new(&self.root);
-        let now: BTreeSet<(PathBuf, u64)> = self
-            .patterns()
-            .iter()
-            .flat_map(|p| host.bound_cgroups(p))
-            .map(|(path, cgroup)| (path, cgroup.id))
-            .collect();
-        let bound: BTreeSet<(PathBuf, u64)> = self
+        let mut now: Vec<Bound> = Vec::new();
+        for (label, pattern) in self.patterns() {
+            for (path, cgroup) in host.bound_cgroups(&pattern) {
+                match now.iter().find(|b| b.cgroup.id == cgroup.id) {
+                    Some(b) if b.label != label => return Followed::NeedsPlan,
+                    Some(_) => {}
+                    None => now.push(Bound {
+                        label: label.clone(),
+                        path,
+                        cgroup,
+                        orphaned: false,
+                    }),
+                }
+            }
+        }
+        let known = |b: &Bound| self.bound.iter().any(|o| o.cgroup.id == b.cgroup.id);
+        let added: Vec<Bound> = now.iter().filter(|b| !known(b)).cloned().collect();
+        let matched = |b: &Bound| now.iter().any(|n| n.cgroup.id == b.cgroup.id);
+        let unmatched: Vec<&Bound> = self
             .bound
             .iter()
-            .filter(|b| !b.orphaned)
-            .map(|b| (b.path.clone(), b.cgroup.id))
+            .filter(|b| !b.orphaned && !matched(b))
             .collect();
-        now != bound
+        // One still there takes a plan: orphaned if it runs processes, let go if not.
+        if unmatched
+            .iter()
+            .any(|b| self.root.mount.join(&b.path).exists())
+        {
+            return Followed::NeedsPlan;
+        }
+        if added.is_empty() && unmatched.is_empty() {
+            return Followed::Same;
+        }
+        let generation = self.rules.generation();
+        let entries: Option<Vec<LabelEntry>> = added
+            .iter()
+            .map(|b| {
+                Some(LabelEntry {
+                    name: b.label.clone(),
+                    key: LabelKey {
+                        cgroup_id: b.cgroup.id,
+                        generation,
+                        _pad: 0,
+                    },
+                    info: *self.infos.get(&b.label)?,
+                    level: b.cgroup.level,
+                })
+            })
+            .collect();
+        let Some(entries) = entries else {
+            return Followed::NeedsPlan;
+        };
+        if let Err(e) = self.rules.add_labels(&entries) {
+            warn!("binding the new cgroups in place failed, planning again: {e:#}");
+            return Followed::NeedsPlan;
+        }
+        let before = std::mem::take(&mut self.bound);
+        self.bound = before
+            .iter()
+            .filter(|b| b.orphaned || matched(b))
+            .cloned()
+            .chain(added)
+            .collect();
+        binding::report(&before, &self.bound);
+        if let Err(e) = binding::keep(&self.runtime_dir, &self.bound) {
+            warn!("a restarted daemon won't know the cgroups bound now: {e:#}");
+        }
+        Followed::Changed
     }
 
     /// Watches where the patterns in force may match new cgroups.
@@ -243,7 +315,7 @@ impl Loader {
         let parents = self
             .patterns()
             .iter()
-            .flat_map(|p| binding::walk(&self.root.mount, p).parents)
+            .flat_map(|(_, p)| binding::walk(&self.root.mount, p).parents)
             .collect();
         watch.set(&parents);
     }
@@ -260,6 +332,14 @@ impl Loader {
         .await
         .context("the policy load thread panicked")
     }
+}
+
+/// What following the cgroups did.
+enum Followed {
+    Same,
+    /// New cgroups bound, gone ones forgotten.
+    Changed,
+    NeedsPlan,
 }
 
 /// What a load put in force.
@@ -357,7 +437,9 @@ pub async fn run(opts: Options) -> Result<Stopped> {
     let loader = Loader {
         rules,
         in_force: earlier_labels(&known, &root),
-        bound: Vec::new(),
+        bound: binding::kept(runtime_dir, &root.mount),
+        runtime_dir: runtime_dir.to_path_buf(),
+        infos: BTreeMap::new(),
         indexes: LabelIndexes::known(known),
         root,
         selftest: selftest.policy(),
@@ -548,20 +630,28 @@ async fn reload(loader: Loader, dir: &Path, state: &Arc<State>, dns: &mut Dns) -
     Ok(loader)
 }
 
-/// Binds the cgroups that appeared (and lets go of those that went) since the plan in force:
-/// the user's policies in force are loaded again. Not a reload: the policy directory isn't
-/// read, and the reload counters don't count it. When it fails (a new cgroup matched by two
-/// labels' patterns), the cgroups bound stay so and the new one is unbound.
+/// Binds the cgroups that appeared and lets go of those that went since the plan in force (see
+/// `Loader::follow_cgroups`); when that takes a new plan, the user's policies in force are
+/// loaded again. Not a reload: the policy directory isn't read, and the reload counters don't
+/// count it. When it fails (a new cgroup matched by two labels' patterns), the cgroups bound
+/// stay so and the new one is unbound.
 async fn rebind(loader: Loader, state: &Arc<State>, dns: &mut Dns) -> Result<Loader> {
-    let (loader, moved) = loader.off_loop(|l| l.bindings_moved()).await?;
-    if !moved {
-        return Ok(loader);
+    let (loader, followed) = loader.off_loop(|l| l.follow_cgroups()).await?;
+    match followed {
+        Followed::Same => Ok(loader),
+        Followed::Changed => {
+            state.set_bound(loader.bound.clone());
+            Ok(loader)
+        }
+        Followed::NeedsPlan => {
+            let (loader, result) =
+                put_in_force(loader, |l| Ok(l.user_set.clone()), state, dns).await?;
+            if let Err(e) = result {
+                error!("binding the cgroups that changed failed; the cgroups bound stay so: {e:#}");
+            }
+            Ok(loader)
+        }
     }
-    let (loader, result) = put_in_force(loader, |l| Ok(l.user_set.clone()), state, dns).await?;
-    if let Err(e) = result {
-        error!("binding the cgroups that changed failed; the cgroups bound stay so: {e:#}");
-    }
-    Ok(loader)
 }
 
 /// Starts or ends learning a label (see `learning`): the user's policies in force are loaded

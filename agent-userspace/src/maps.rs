@@ -31,7 +31,7 @@ use tracing::warn;
 
 use crate::{
     pin::LabelNames,
-    plan::{LabelState, Plan},
+    plan::{LabelEntry, LabelState, MAX_PLAN_LEVELS, Plan},
     rcu::Barrier,
     revocation::Revocations,
 };
@@ -229,6 +229,57 @@ impl RuleMaps {
             warn!("keeping the previous generation's entries until the next reload: {e:#}");
         }
         Ok(plan.states)
+    }
+
+    /// Adds label entries to the generation in force: cgroups bound since it was put in force
+    /// (see `binding`), judged as their labels' other cgroups from the moment their entry is
+    /// in. A level not yet searched is added to `CONFIG` after the entries; until then a hook
+    /// may miss the new cgroup, as it did before. On error the entries written stay, unused
+    /// until the next generation removes them.
+    pub fn add_labels(&mut self, entries: &[LabelEntry]) -> Result<()> {
+        let mut levels: Vec<u8> = self
+            .current
+            .levels
+            .iter()
+            .copied()
+            .filter(|l| *l != 0)
+            .collect();
+        levels.extend(entries.iter().map(|e| e.level as u8));
+        levels.sort_unstable();
+        levels.dedup();
+        ensure!(
+            levels.len() <= MAX_PLAN_LEVELS,
+            "the new cgroups would make {} levels to search",
+            levels.len()
+        );
+        for entry in entries {
+            ensure!(
+                entry.key.generation == self.current.generation,
+                "an entry for generation {} added to generation {}",
+                entry.key.generation,
+                self.current.generation
+            );
+            self.labels
+                .insert(entry.key, entry.info, 0)
+                .with_context(|| format!("adding a cgroup of label {:?}", entry.name))?;
+            self.written.labels.push(entry.key);
+        }
+        let next = Config {
+            levels: self::levels(&levels),
+            ..self.current
+        };
+        if next != self.current {
+            self.config
+                .set(0, next, 0)
+                .context("adding a level to CONFIG")?;
+            self.current = next;
+        }
+        Ok(())
+    }
+
+    /// The generation in force.
+    pub fn generation(&self) -> u32 {
+        self.current.generation
     }
 
     /// Deletes the retired generation's entries once no hook can be reading them.

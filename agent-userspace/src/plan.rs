@@ -20,6 +20,7 @@ use agent_common::{
 };
 use agent_policy::{CgroupPattern, CompiledSet, Mode, PathPattern, pattern::OWN_CGROUP};
 use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     binding,
@@ -29,14 +30,14 @@ use crate::{
 
 /// A cgroup as the kernel finds it: its id (the directory's inode number) and its level in
 /// the hierarchy (the root is 0).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cgroup {
     pub id: u64,
     pub level: u32,
 }
 
 /// A cgroup that exists without actgate, bound to a label by its policy's `cgroups:`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bound {
     pub label: String,
     /// Relative to the cgroup v2 mount.

@@ -129,6 +129,11 @@ impl State {
             .map(|(i, l)| (*i, l.clone()))
     }
 
+    /// Records the cgroups bound to labels since the last load.
+    pub fn set_bound(&self, bound: Vec<Bound>) {
+        *self.bound.write().unwrap_or_else(|e| e.into_inner()) = bound;
+    }
+
     /// The cgroups bound to labels now.
     pub fn bound(&self) -> Vec<Bound> {
         self.bound.read().unwrap_or_else(|e| e.into_inner()).clone()

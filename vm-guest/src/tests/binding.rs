@@ -68,7 +68,8 @@ files:
 const PATTERNS: &[&str] = &["job-*.scope", "deep.slice/a/b/job-*.scope"];
 
 pub struct Binding {
-    daemon: Daemon,
+    /// None only while a test restarts it.
+    daemon: Option<Daemon>,
     policies: PathBuf,
     /// Started before the daemon, in `job-pre.scope`: as root, then as nobody.
     root_job: Session,
@@ -96,7 +97,7 @@ fn start(ctx: &Ctx) -> Result<Binding> {
     let policies = ctx.path("binding/policies");
     harness::write(&policies.join("policies.yaml"), &policy_text(ctx, PATTERNS))?;
     Ok(Binding {
-        daemon: Daemon::start(ctx, &policies, &[])?,
+        daemon: Some(Daemon::start(ctx, &policies, &[])?),
         policies,
         root_job,
         nobody_job,
@@ -243,8 +244,9 @@ fn a_cgroup_made_after_the_start_is_bound_within_a_second(ctx: &Ctx, _: &mut Bin
 /// everything (even the exec the policy allows), never free; naming it again gives the
 /// policy back.
 fn a_cgroup_no_longer_matched_stays_denied_while_it_runs(ctx: &Ctx, fx: &mut Binding) -> Outcome {
+    let daemon = fx.daemon.as_ref().context("no daemon")?;
     harness::replace_policies(
-        &fx.daemon,
+        daemon,
         &fx.policies,
         &policy_text(ctx, &["job-nobody.scope"]),
     )?;
@@ -258,9 +260,35 @@ fn a_cgroup_no_longer_matched_stays_denied_while_it_runs(ctx: &Ctx, fx: &mut Bin
         GOVERNED,
         "nobody's verdicts in job-nobody.scope, still matched"
     );
-    harness::replace_policies(&fx.daemon, &fx.policies, &policy_text(ctx, PATTERNS))?;
+    harness::replace_policies(daemon, &fx.policies, &policy_text(ctx, PATTERNS))?;
     expect_eq!(
         verdicts(ctx, &mut fx.root_job, "back")?,
+        GOVERNED,
+        "root's verdicts in job-pre.scope matched again"
+    );
+    Ok(())
+}
+
+/// The same across a restart: a daemon whose policies no longer match job-pre.scope, taking
+/// over from one that bound it, keeps its processes denied everything.
+fn a_restart_keeps_a_cgroup_no_longer_matched_denied(ctx: &Ctx, fx: &mut Binding) -> Outcome {
+    let mut before = fx.daemon.take().context("no daemon")?;
+    before.keep_enforcement();
+    before.stop_cleanly()?;
+    harness::write(
+        &fx.policies.join("policies.yaml"),
+        &policy_text(ctx, &["job-nobody.scope"]),
+    )?;
+    fx.daemon = Some(Daemon::start(ctx, &fx.policies, &[])?);
+    expect_eq!(
+        verdicts(ctx, &mut fx.root_job, "restarted")?,
+        ["EPERM", "EPERM", "EPERM", "EPERM"],
+        "root's verdicts in job-pre.scope after a restart that no longer matches it"
+    );
+    let daemon = fx.daemon.as_ref().context("no daemon")?;
+    harness::replace_policies(daemon, &fx.policies, &policy_text(ctx, PATTERNS))?;
+    expect_eq!(
+        verdicts(ctx, &mut fx.root_job, "again")?,
         GOVERNED,
         "root's verdicts in job-pre.scope matched again"
     );
@@ -297,7 +325,10 @@ fn revoke_kill_ends_the_bound_cgroups_processes(ctx: &Ctx, _: &mut Binding) -> O
 
 fn stop(fx: Binding) -> Result<()> {
     drop((fx.root_job, fx.nobody_job));
-    let stopped = fx.daemon.stop_cleanly();
+    let stopped = fx
+        .daemon
+        .context("no daemon")
+        .and_then(Daemon::stop_cleanly);
     remove_slice();
     stopped
 }
@@ -320,6 +351,7 @@ pub fn suite() -> Suite<Binding> {
                 a_cgroup_no_longer_matched_stays_denied_while_it_runs,
                 fixture
             ),
+            case!(a_restart_keeps_a_cgroup_no_longer_matched_denied, fixture),
             case!(revoke_kill_ends_the_bound_cgroups_processes, fixture),
         ],
         stop,
