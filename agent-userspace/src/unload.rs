@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Result, bail};
 
 use crate::{
+    binding,
     cgroup::{self, LabelRoot},
     control::{self, Reply, Request},
     pin::Pins,
@@ -70,7 +71,12 @@ pub fn unload(socket: &Path, pin_dir: &Path, force: bool) -> Result<String> {
             pin_dir.display()
         ));
     };
-    refuse_while_labelled(&LabelRoot::discover()?, &[], force)?;
+    let root = LabelRoot::discover()?;
+    let bound: Vec<PathBuf> = binding::kept(runtime_dir, &root.mount)
+        .into_iter()
+        .map(|b| root.mount.join(b.path))
+        .collect();
+    refuse_while_labelled(&root, &bound, force)?;
     pins.remove_all()?;
     drop(lock);
     Ok(format!(
