@@ -13,6 +13,7 @@ mod escapes;
 mod exec;
 mod failclosed;
 mod files;
+mod kube;
 mod labels;
 mod learn;
 mod lifetime;
@@ -351,6 +352,7 @@ pub fn run(
     trials.extend(telemetry::suite().trials(&run));
     trials.extend(telemetry::selftest::suite().trials(&run));
     trials.extend(learn::suite().trials(&run));
+    trials.extend(kube::suite().trials(&run));
     let conclusion = libtest_mimic::run(&run.args, trials);
     if run.args.list {
         return ExitCode::SUCCESS;
