@@ -820,6 +820,12 @@ fn without_sites<P>(rules: Rules<(P, Pos)>) -> Rules<P> {
     }
 }
 
+/// Why `text` is not a valid label name, if it is not: the rule policies' `labels:` follow,
+/// for labels named elsewhere (a pod's annotation).
+pub fn label_problem(text: &str) -> Option<String> {
+    identifier_problem(text, MAX_LABEL_LEN)
+}
+
 /// Why `text` is not a valid policy name or label, if it is not. Labels name cgroup
 /// directories, so they must be a single safe path component.
 fn identifier_problem(text: &str, max: usize) -> Option<String> {

@@ -27,7 +27,7 @@ use crate::{
     control,
     counters::Counters,
     dns::{self, Dns},
-    events, health, http, inodes,
+    events, health, http, inodes, kube,
     learning::{self, Change, ChangeRequest, Hub},
     maps::RuleMaps,
     metrics::Metrics,
@@ -77,6 +77,8 @@ pub struct Options {
     pub no_dir_cache: bool,
     #[command(flatten)]
     pub dns: dns::Options,
+    #[command(flatten)]
+    pub kube: kube::KubeOptions,
     /// TEST ONLY: make every hook allow everything, so the start-up self-test must fail.
     #[arg(long = "test-fake-allow-all", hide = true)]
     pub fake_allow_all: bool,
@@ -472,6 +474,13 @@ pub async fn run(opts: Options) -> Result<Stopped> {
     prove(&selftest, &state, &present, opts.allow_unverified)?;
     takeover.commit(&events_pin)?;
     health::watch(pins.clone(), instance, in_force, state.clone(), present);
+    // The pods that opt in, mapped to their cgroups. Until cgroup bindings exist this only
+    // logs each mapping; the receiver is held so that the mapping goes on.
+    let _pods = opts
+        .kube
+        .kubernetes
+        .then(|| kube::spawn(opts.kube.clone(), cgroup_mount(&state)))
+        .transpose()?;
 
     let (tx, mut changed) = mpsc::channel(1);
     let watch = watch::watch(&opts.policies, tx)?;
@@ -538,6 +547,15 @@ fn earlier_labels(known: &[(String, u32)], root: &LabelRoot) -> BTreeMap<u32, La
             (*index, state)
         })
         .collect()
+}
+
+/// The cgroup v2 mount, the directory the label root sits in.
+fn cgroup_mount(state: &State) -> PathBuf {
+    state
+        .root
+        .dir
+        .parent()
+        .map_or_else(|| PathBuf::from("/sys/fs/cgroup"), Path::to_path_buf)
 }
 
 /// Runs the start-up proof; ready only when every hook denied. A failure stops the daemon

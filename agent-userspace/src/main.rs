@@ -20,6 +20,7 @@ mod health;
 mod http;
 mod inodes;
 mod kallsyms;
+mod kube;
 mod launch;
 mod learn;
 mod learning;

@@ -14,6 +14,7 @@ mod escapes;
 mod exec;
 mod failclosed;
 mod files;
+mod kube;
 mod labels;
 mod learn;
 mod lifetime;
@@ -353,6 +354,7 @@ pub fn run(
     trials.extend(telemetry::suite().trials(&run));
     trials.extend(telemetry::selftest::suite().trials(&run));
     trials.extend(learn::suite().trials(&run));
+    trials.extend(kube::suite().trials(&run));
     let conclusion = libtest_mimic::run(&run.args, trials);
     if run.args.list {
         return ExitCode::SUCCESS;
