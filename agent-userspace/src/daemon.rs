@@ -27,7 +27,8 @@ use crate::{
     control,
     counters::Counters,
     dns::{self, Dns},
-    events, health, http, inodes, kube,
+    events, health, http, inodes,
+    kube::{self, PodBindings},
     learning::{self, Change, ChangeRequest, Hub},
     maps::RuleMaps,
     metrics::Metrics,
@@ -121,6 +122,8 @@ struct Loader {
     runtime_dir: PathBuf,
     /// Each label's entry in the generation in force, for the cgroups bound to it since.
     infos: BTreeMap<String, LabelInfo>,
+    /// The pods that opt in, mapped to their cgroups (`--kubernetes`).
+    pods: PodBindings,
     root: LabelRoot,
     /// The self-test's policy, loaded beside the user's.
     selftest: Policy,
@@ -191,7 +194,16 @@ impl Loader {
         }
         set.policies.push(self.selftest.clone());
         let next = self.rules.next();
-        let compiled = agent_policy::compile_set(&set, next.rulesets)?;
+        let mut compiled = agent_policy::compile_set(&set, next.rulesets)?;
+        for (label, pattern) in self.pod_patterns() {
+            match compiled.labels.iter_mut().find(|l| l.name == label) {
+                Some(l) => l.cgroups.push(pattern),
+                None => warn!(
+                    "a pod opts into label {label:?}, which no policy names: its cgroup {pattern} \
+                     stays unlabelled"
+                ),
+            }
+        }
         let mut plan = plan::resolve(
             compiled,
             next.number,
@@ -226,13 +238,37 @@ impl Loader {
         })
     }
 
-    /// The `cgroups:` patterns in force, with the label each binds to.
+    /// The `cgroups:` patterns in force, and the cgroups of the pods that opt in into a label
+    /// in force, with the label each binds to.
     fn patterns(&self) -> Vec<(String, CgroupPattern)> {
-        self.user_set
+        let policies = self
+            .user_set
             .policies
             .iter()
             .filter_map(|p| Some((p.labels.first()?, &p.cgroups)))
-            .flat_map(|(label, cgroups)| cgroups.iter().map(|c| (label.clone(), c.clone())))
+            .flat_map(|(label, cgroups)| cgroups.iter().map(|c| (label.clone(), c.clone())));
+        let pods = self
+            .pod_patterns()
+            .into_iter()
+            .filter(|(label, _)| self.infos.contains_key(label));
+        policies.chain(pods).collect()
+    }
+
+    /// The pods' cgroups as exact patterns. One that is no valid pattern can't be bound, and
+    /// its pod runs unlabelled: said in the log.
+    fn pod_patterns(&self) -> Vec<(String, CgroupPattern)> {
+        self.pods
+            .iter()
+            .filter_map(|(path, label)| {
+                let text = path.display().to_string();
+                match CgroupPattern::exact(&text) {
+                    Ok(pattern) => Some((label.clone(), pattern)),
+                    Err(e) => {
+                        warn!("pod cgroup {text} can't be bound to label {label:?}: {e}");
+                        None
+                    }
+                }
+            })
             .collect()
     }
 
@@ -442,6 +478,7 @@ pub async fn run(opts: Options) -> Result<Stopped> {
         bound: binding::kept(runtime_dir, &root.mount),
         runtime_dir: runtime_dir.to_path_buf(),
         infos: BTreeMap::new(),
+        pods: PodBindings::new(),
         indexes: LabelIndexes::known(known),
         root,
         selftest: selftest.policy(),
@@ -474,12 +511,11 @@ pub async fn run(opts: Options) -> Result<Stopped> {
     prove(&selftest, &state, &present, opts.allow_unverified)?;
     takeover.commit(&events_pin)?;
     health::watch(pins.clone(), instance, in_force, state.clone(), present);
-    // The pods that opt in, mapped to their cgroups. Until cgroup bindings exist this only
-    // logs each mapping; the receiver is held so that the mapping goes on.
-    let _pods = opts
+    // The pods that opt in, mapped to their cgroups, bound as a policy's `cgroups:` are.
+    let mut pods = opts
         .kube
         .kubernetes
-        .then(|| kube::spawn(opts.kube.clone(), cgroup_mount(&state)))
+        .then(|| kube::spawn(opts.kube.clone(), state.root.mount.clone()))
         .transpose()?;
 
     let (tx, mut changed) = mpsc::channel(1);
@@ -504,6 +540,10 @@ pub async fn run(opts: Options) -> Result<Stopped> {
                 loader = learn(loader, request, &state, &mut dns).await?;
             }
             Some(()) = cgroups.recv() => {
+                loader = rebind(loader, &state, &mut dns).await?;
+            }
+            Some(mapped) = next_pods(&mut pods) => {
+                loader.pods = mapped;
                 loader = rebind(loader, &state, &mut dns).await?;
             }
         }
@@ -550,12 +590,13 @@ fn earlier_labels(known: &[(String, u32)], root: &LabelRoot) -> BTreeMap<u32, La
 }
 
 /// The cgroup v2 mount, the directory the label root sits in.
-fn cgroup_mount(state: &State) -> PathBuf {
-    state
-        .root
-        .dir
-        .parent()
-        .map_or_else(|| PathBuf::from("/sys/fs/cgroup"), Path::to_path_buf)
+/// The next map of the pods that opt in, when `--kubernetes` is on; never otherwise.
+async fn next_pods(
+    pods: &mut Option<tokio::sync::watch::Receiver<PodBindings>>,
+) -> Option<PodBindings> {
+    let rx = pods.as_mut()?;
+    rx.changed().await.ok()?;
+    Some(rx.borrow_and_update().clone())
 }
 
 /// Runs the start-up proof; ready only when every hook denied. A failure stops the daemon

@@ -82,6 +82,12 @@ impl CgroupPattern {
         self.components.iter().all(|c| c.literal().is_some())
     }
 
+    /// The pattern that matches the cgroup at `path` only, whatever its names hold.
+    pub fn exact(path: &str) -> Result<Self, CgroupPatternError> {
+        let escaped: Vec<String> = path.split('/').map(glob::Pattern::escape).collect();
+        parse_cgroup(&escaped.join("/"))
+    }
+
     /// Whether `path` (relative to the cgroup v2 mount) matches.
     pub fn matches(&self, path: &str) -> bool {
         let names: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
@@ -143,6 +149,10 @@ mod tests {
         assert!(!p.matches("system.slice/sub/docker-1.scope"));
         assert!(!p.matches("system.slice/containerd.service"));
         assert!(!p.is_exact());
+        let odd = CgroupPattern::exact("kubepods/pod[1]*").unwrap();
+        assert!(
+            odd.is_exact() && odd.matches("kubepods/pod[1]*") && !odd.matches("kubepods/pod1x")
+        );
         let exact = parse_cgroup("/system.slice/gitlab-runner.service").unwrap();
         assert!(exact.is_exact());
         assert_eq!(exact.to_string(), "system.slice/gitlab-runner.service");

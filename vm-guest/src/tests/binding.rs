@@ -221,7 +221,11 @@ fn a_cgroup_made_after_the_start_is_bound_within_a_second(ctx: &Ctx, _: &mut Bin
     for rel in ["job-new.scope", "deep.slice/a/b/job-new.scope"] {
         let mut job = Session::start_in_cgroup(&staging, NOBODY)?;
         let probe = format!("echo try > {}", p(ctx, "elsewhere.txt"));
-        expect_eq!(job.run(&probe)?, "OK", "the denied write before {rel} exists");
+        expect_eq!(
+            job.run(&probe)?,
+            "OK",
+            "the denied write before {rel} exists"
+        );
         let dir = cgroup(rel);
         let made = Instant::now();
         fs::create_dir_all(&dir).with_context(|| format!("creating {rel}"))?;

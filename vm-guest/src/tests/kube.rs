@@ -3,9 +3,8 @@
 //! kubelet lays them out under each cgroup driver. The API server is a fake on a loopback
 //! port that serves a PodList for this node's field selector only.
 //!
-//! Until cgroup bindings are merged the daemon's observable output is one log line per
-//! mapped pod; `a_process_in_a_mapped_pod_cgroup_is_governed` is the end result and skips
-//! until `BINDINGS_MERGED` is flipped.
+//! The daemon logs one line per mapped pod, and binds each pod's cgroup to its label:
+//! `a_process_in_a_mapped_pod_cgroup_is_governed`.
 
 use std::{
     fs,
@@ -28,9 +27,6 @@ use crate::{
     case, expect_eq,
     harness::{self, Ctx, Daemon, NotPassed, Outcome, verdict_line},
 };
-
-/// Flip once the daemon binds `kube::spawn`'s map (cgroup bindings, issue 18 part 1).
-const BINDINGS_MERGED: bool = false;
 
 const NODE: &str = "vm-node";
 const LABEL: &str = "k8s-agent";
@@ -450,16 +446,9 @@ fn an_api_server_outage_is_logged_and_the_map_kept(_: &Ctx, f: &mut Fixture) -> 
     Ok(())
 }
 
-/// The end result, once the daemon binds the map: a process moved into a mapped pod's cgroup
-/// (as the container runtime puts containers there) is held to the label's policy.
+/// The end result: a process moved into a mapped pod's cgroup (as the container runtime puts
+/// containers there) is held to the label's policy.
 fn a_process_in_a_mapped_pod_cgroup_is_governed(ctx: &Ctx, _: &mut Fixture) -> Outcome {
-    if !BINDINGS_MERGED {
-        return Err(NotPassed::Skip(
-            "pod cgroups are bound to labels by the cgroup bindings, not merged yet: flip \
-             BINDINGS_MERGED in vm-guest/src/tests/kube.rs"
-                .into(),
-        ));
-    }
     for p in PODS.iter().filter(|p| p.cgroup.is_some()) {
         // A container's own cgroup beneath the pod's, as the runtime makes it.
         let container = Path::new(CGROUP)
