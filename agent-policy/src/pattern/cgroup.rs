@@ -43,17 +43,20 @@ pub struct CgroupPattern {
 
 /// One component of a pattern: a directory name, or a wildcard over them.
 #[derive(Clone, Debug)]
-pub struct Component(glob::Pattern);
+pub struct Component {
+    pattern: glob::Pattern,
+    /// The name, when the component has no wildcard.
+    literal: Option<String>,
+}
 
 impl Component {
     pub fn matches(&self, name: &str) -> bool {
-        self.0.matches(name)
+        self.pattern.matches(name)
     }
 
     /// The name itself, when the component has no wildcard.
     pub fn literal(&self) -> Option<&str> {
-        let text = self.0.as_str();
-        (glob::Pattern::escape(text) == text).then_some(text)
+        self.literal.as_deref()
     }
 }
 
@@ -84,8 +87,15 @@ impl CgroupPattern {
 
     /// The pattern that matches the cgroup at `path` only, whatever its names hold.
     pub fn exact(path: &str) -> Result<Self, CgroupPatternError> {
-        let escaped: Vec<String> = path.split('/').map(glob::Pattern::escape).collect();
-        parse_cgroup(&escaped.join("/"))
+        parse(path, |text, name| {
+            let pattern = glob::Pattern::new(&glob::Pattern::escape(name)).map_err(|e| {
+                CgroupPatternError::Glob(text.into(), name.into(), e.msg.to_string())
+            })?;
+            Ok(Component {
+                pattern,
+                literal: Some(name.to_string()),
+            })
+        })
     }
 
     /// Whether `path` (relative to the cgroup v2 mount) matches.
@@ -102,6 +112,23 @@ impl CgroupPattern {
 
 /// Parses a `cgroups:` entry. A leading `/` is accepted: /proc/PID/cgroup writes paths so.
 pub fn parse_cgroup(text: &str) -> Result<CgroupPattern, CgroupPatternError> {
+    parse(text, |text, name| {
+        if name.contains("**") {
+            let why = "each component matches one directory; `**` spans none".to_string();
+            return Err(CgroupPatternError::Glob(text.into(), name.into(), why));
+        }
+        let pattern = glob::Pattern::new(name)
+            .map_err(|e| CgroupPatternError::Glob(text.into(), name.into(), e.msg.to_string()))?;
+        let literal = (glob::Pattern::escape(name) == name).then(|| name.to_string());
+        Ok(Component { pattern, literal })
+    })
+}
+
+/// A cgroup path's checks, with `component` making each name of `text` a component.
+fn parse(
+    text: &str,
+    component: impl Fn(&str, &str) -> Result<Component, CgroupPatternError>,
+) -> Result<CgroupPattern, CgroupPatternError> {
     if text.is_empty() {
         return Err(CgroupPatternError::Empty);
     }
@@ -114,15 +141,8 @@ pub fn parse_cgroup(text: &str) -> Result<CgroupPattern, CgroupPatternError> {
         match name {
             "" => return Err(CgroupPatternError::EmptyComponent(text.into())),
             "." | ".." => return Err(CgroupPatternError::Dot(text.into(), name.into())),
-            _ if name.contains("**") => {
-                let why = "each component matches one directory; `**` spans none".to_string();
-                return Err(CgroupPatternError::Glob(text.into(), name.into(), why));
-            }
-            _ => {}
+            _ => components.push(component(text, name)?),
         }
-        let pattern = glob::Pattern::new(name)
-            .map_err(|e| CgroupPatternError::Glob(text.into(), name.into(), e.msg.to_string()))?;
-        components.push(Component(pattern));
     }
     if components.len() > MAX_CGROUP_DEPTH {
         return Err(CgroupPatternError::TooDeep(text.into()));
