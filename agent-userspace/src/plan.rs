@@ -789,6 +789,12 @@ cgroups: [\"system.slice/runner.service\", \"system.slice/docker-*.scope\"]
         }
     }
 
+    /// The first plan of `files` on `host`.
+    fn first(files: &[&str], indexes: &mut LabelIndexes, host: &mut FakeHost) -> Result<Plan> {
+        let compiled = compile_set(&set(files), 0..files.len() as u16).unwrap();
+        resolve(compiled, 1, indexes, &BTreeMap::new(), &[], host)
+    }
+
     #[test]
     fn bound_cgroups_get_the_labels_entry_at_their_level() {
         let mut host = host_with(&[
@@ -797,9 +803,7 @@ cgroups: [\"system.slice/runner.service\", \"system.slice/docker-*.scope\"]
             ("system.slice/ssh.service", 9, 2),
             ("kubepods.slice/x/docker-2.scope", 10, 3),
         ]);
-        let compiled = compile_set(&set(&[RUNNER]), 0..1).unwrap();
-        let mut indexes = LabelIndexes::default();
-        let plan = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &[], &mut host).unwrap();
+        let plan = first(&[RUNNER], &mut LabelIndexes::default(), &mut host).unwrap();
         let got: Vec<(u64, u32, u32)> = plan
             .labels
             .iter()
@@ -822,16 +826,7 @@ cgroups: [\"system.slice/runner.service\", \"system.slice/docker-*.scope\"]
     fn a_cgroup_matched_by_two_labels_fails_the_plan() {
         let other = "name: other\nlabels: [other]\ncgroups: [\"system.slice/*.service\"]\n";
         let mut host = host_with(&[("system.slice/runner.service", 7, 2)]);
-        let compiled = compile_set(&set(&[RUNNER, other]), 0..2).unwrap();
-        let err = resolve(
-            compiled,
-            1,
-            &mut LabelIndexes::default(),
-            &BTreeMap::new(),
-            &[],
-            &mut host,
-        )
-        .unwrap_err();
+        let err = first(&[RUNNER, other], &mut LabelIndexes::default(), &mut host).unwrap_err();
         assert!(err.to_string().contains("bound to two labels"), "{err}");
     }
 
@@ -842,8 +837,7 @@ cgroups: [\"system.slice/runner.service\", \"system.slice/docker-*.scope\"]
             ("system.slice/docker-1.scope", 8, 2),
         ]);
         let mut indexes = LabelIndexes::default();
-        let compiled = compile_set(&set(&[RUNNER]), 0..1).unwrap();
-        let first = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &[], &mut host).unwrap();
+        let first = first(&[RUNNER], &mut indexes, &mut host).unwrap();
         // The pattern now names the service only; the scope still runs a process.
         host.running_in.insert(8, 1);
         let narrower =
@@ -871,8 +865,7 @@ cgroups: [\"system.slice/runner.service\", \"system.slice/docker-*.scope\"]
     fn a_dropped_label_stays_orphaned_while_a_bound_cgroup_runs() {
         let mut host = host_with(&[("system.slice/runner.service", 7, 2)]);
         let mut indexes = LabelIndexes::default();
-        let compiled = compile_set(&set(&[RUNNER]), 0..1).unwrap();
-        let first = resolve(compiled, 1, &mut indexes, &BTreeMap::new(), &[], &mut host).unwrap();
+        let first = first(&[RUNNER], &mut indexes, &mut host).unwrap();
         host.running_in.insert(7, 2);
         let next = reload(&[WATCHER], &mut indexes, &first, &mut host);
         assert!(next.released.is_empty());
@@ -891,28 +884,10 @@ cgroups: [\"system.slice/runner.service\", \"system.slice/docker-*.scope\"]
             ("i/j/k/l/m", 10, 5),
         ]);
         let wide = "name: wide\nlabels: [w]\ncgroups: [a, b/c/d, e/f/g/h]\n";
-        let compiled = compile_set(&set(&[wide]), 0..1).unwrap();
-        let plan = resolve(
-            compiled,
-            1,
-            &mut LabelIndexes::default(),
-            &BTreeMap::new(),
-            &[],
-            &mut host,
-        )
-        .unwrap();
+        let plan = first(&[wide], &mut LabelIndexes::default(), &mut host).unwrap();
         assert_eq!(plan.levels, [1, 2, 3, 4]);
         let wider = "name: wide\nlabels: [w]\ncgroups: [a, b/c/d, e/f/g/h, i/j/k/l/m]\n";
-        let compiled = compile_set(&set(&[wider]), 0..1).unwrap();
-        let err = resolve(
-            compiled,
-            1,
-            &mut LabelIndexes::default(),
-            &BTreeMap::new(),
-            &[],
-            &mut host,
-        )
-        .unwrap_err();
+        let err = first(&[wider], &mut LabelIndexes::default(), &mut host).unwrap_err();
         assert!(err.to_string().contains("5 different levels"), "{err}");
     }
 
