@@ -63,10 +63,17 @@ enum Cmd {
         /// Times each workload runs per run.
         #[arg(long, default_value_t = 2)]
         reps: u32,
+        /// Only the label search's depth runs (B's daemon and D, issue 18).
+        #[arg(long)]
+        only_depth: bool,
     },
     /// Internal: the benchmark's worker, driven over stdin/stdout.
     #[command(hide = true)]
-    BenchWorker,
+    BenchWorker {
+        /// A cgroup directory to move into first.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+    },
     /// Attempt one action and print `OK` or the errno name (e.g. `EPERM`).
     Try {
         #[command(subcommand)]
@@ -104,6 +111,7 @@ fn main() -> ExitCode {
             rounds,
             secs,
             reps,
+            only_depth,
         } => {
             let opts = bench::Options {
                 actgate,
@@ -111,6 +119,7 @@ fn main() -> ExitCode {
                 rounds,
                 secs,
                 reps,
+                only_depth,
             };
             match bench::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -120,7 +129,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::BenchWorker => bench::worker(),
+        Cmd::BenchWorker { cgroup } => bench::worker(cgroup.as_deref()),
         Cmd::Try { action } => probe::run(action),
     }
 }

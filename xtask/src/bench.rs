@@ -22,6 +22,7 @@ pub fn bench(
     rounds: Option<u32>,
     secs: Option<f64>,
     reps: Option<u32>,
+    only_depth: bool,
 ) -> Result<()> {
     let Some((release, vmlinuz)) = matrix_kernels()
         .into_iter()
@@ -53,6 +54,9 @@ pub fn bench(
     }
     if let Some(r) = reps {
         command.push_str(&format!(" --reps {r}"));
+    }
+    if only_depth {
+        command.push_str(" --only-depth");
     }
     println!("\n=== Benchmark on Linux {release} (QEMU software emulation; ~10 minutes) ===");
     let status = vm::boot(&vmlinuz, 2, &out, &command, &vm::Output::Terminal)?;

@@ -58,6 +58,10 @@ enum Task {
         /// Times each workload runs per run (default 2).
         #[arg(long)]
         reps: Option<u32>,
+        /// Only the label search's depth runs: labels at level 2, then at levels 2 and 5
+        /// (issue 18); the other figures of results.json are null.
+        #[arg(long)]
+        only_depth: bool,
     },
     /// Build the Debian package (target/debian/actgate_*.deb): the release binary, the systemd
     /// unit, the example policies as conffiles, man pages and shell completions.
@@ -174,10 +178,11 @@ fn main() -> Result<()> {
             rounds,
             secs,
             reps,
+            only_depth,
         } => {
             setup::setup()?;
             build_release()?;
-            bench::bench(&kernel, rounds, secs, reps)
+            bench::bench(&kernel, rounds, secs, reps, only_depth)
         }
         Task::Package => {
             setup::build_tools()?;

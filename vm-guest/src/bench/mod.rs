@@ -12,11 +12,18 @@
 //! labelled worker runs to their end, which the policy must allow. Only ratios within one boot
 //! mean anything: the VM runs under software emulation. Nothing here asserts a timing.
 //!
+//! The label search (issue 18): two more workers sit in cgroups at level 5, one in a cgroup the
+//! D policy binds to the label and one in a cgroup no policy binds. After B's runs, B's daemon
+//! (labels at level 2 only) times DEPTH_OPS in all four workers; then D, a daemon whose policy
+//! also binds the level-5 cgroup (levels 2 and 5 in use), times them again. The kernel looks
+//! the label up level by level, so a task at level 5 pays one more lookup in D than in B.
+//!
 //! This file runs the phases. `worker.rs` holds the timed operations, `fixtures.rs` what they
 //! operate on, `workloads.rs` the workloads and theirs, `stats.rs` turns samples into figures,
 //! `programs.rs` reads each BPF program's run time, and `report.rs` is results.json and its
 //! table.
 
+mod depth;
 mod fixtures;
 mod floor;
 mod machine;
@@ -43,6 +50,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use self::{
+    depth::DEPTH_OPS,
     fixtures::Paths,
     floor::Floor,
     machine::{fs_type, quiesce},
@@ -91,6 +99,58 @@ pub struct Options {
     pub secs: f64,
     /// Times each workload runs per run.
     pub reps: u32,
+    /// Only the depth runs (and the daemon starts they need): B's daemon and D, no A, F, U,
+    /// workloads, flood or scaling.
+    pub only_depth: bool,
+}
+
+/// The worker that times an operation: where its cgroup sits decides how many levels the
+/// kernel's label search looks at.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Who {
+    /// Started by `actgate exec --label bench`: in the label's cgroup, level 2.
+    Labelled,
+    /// Started by the orchestrator, in a cgroup above level 2 (the root one in the VM): the
+    /// search stops before a lookup.
+    Unlabelled,
+    /// In DEEP_BOUND, level 5: labelled only while D's policy binds it.
+    DeepBound,
+    /// In DEEP_FREE, level 5: unlabelled, and looked up at every level in use.
+    DeepFree,
+}
+
+impl Who {
+    const ALL: [Who; 4] = [
+        Who::Labelled,
+        Who::Unlabelled,
+        Who::DeepBound,
+        Who::DeepFree,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Who::Labelled => "labelled",
+            Who::Unlabelled => "unlabelled",
+            Who::DeepBound => "level5_bound",
+            Who::DeepFree => "level5_unbound",
+        }
+    }
+
+    /// LABELS lookups of one label search when label cgroups are in use down to level
+    /// `deepest`: one per level in use no deeper than the worker's own cgroup, until a hit.
+    fn lookups(self, deepest: u32) -> u32 {
+        match self {
+            Who::Labelled => 1,
+            Who::Unlabelled => 0,
+            Who::DeepBound | Who::DeepFree => {
+                if deepest >= 5 {
+                    2
+                } else {
+                    1
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -231,6 +291,9 @@ enum Phase {
     Uncached,
     /// Daemon enforcing this many rules per action (scaling runs).
     Scale(usize),
+    /// The depth runs: DEPTH_OPS in every worker, with label cgroups in use down to this level:
+    /// 2 in B's daemon, 5 in D's, whose policy binds DEEP_BOUND too.
+    Depth(u32),
 }
 
 /// One timed run of a workload, by the labelled worker.
@@ -249,7 +312,7 @@ struct LeftOut {
 
 /// One timed run of one operation by one worker.
 struct Run {
-    labelled: bool,
+    who: Who,
     op: Op,
     phase: Phase,
     round: u32,
@@ -268,8 +331,7 @@ fn progress(msg: &str) {
 struct Bench {
     paths: Paths,
     actgate: PathBuf,
-    labelled: Option<Worker>,
-    unlabelled: Worker,
+    workers: BTreeMap<Who, Worker>,
     port: u16,
     /// The operations timed in each run: Op::ALL less those this guest can't do.
     ops: Vec<Op>,
@@ -315,12 +377,8 @@ impl Bench {
         format!("{verb} {target} {} {ms}", op.batch())
     }
 
-    fn worker(&mut self, labelled: bool) -> &mut Worker {
-        if labelled {
-            self.labelled.as_mut().expect("the labelled worker runs")
-        } else {
-            &mut self.unlabelled
-        }
+    fn worker(&mut self, who: Who) -> &mut Worker {
+        self.workers.get_mut(&who).expect("every worker runs")
     }
 
     /// Times `ops` in each worker of `who` for `ms` each, in PASSES interleaved slices so
@@ -330,7 +388,7 @@ impl Bench {
         phase: Phase,
         round: u32,
         ops: &[Op],
-        who: &[bool],
+        who: &[Who],
         ms: u64,
     ) -> Result<()> {
         let (waited, busy) = quiesce();
@@ -340,9 +398,9 @@ impl Bench {
         ));
         let first = self.results.runs.len();
         for &op in ops {
-            for &labelled in who {
+            for &w in who {
                 self.results.runs.push(Run {
-                    labelled,
+                    who: w,
                     op,
                     phase,
                     round,
@@ -354,17 +412,17 @@ impl Bench {
         for pass in 0..PASSES {
             for &op in ops {
                 // Alternate which worker goes first.
-                let order: Vec<bool> = if pass % 2 == 0 {
+                let order: Vec<Who> = if pass % 2 == 0 {
                     who.to_vec()
                 } else {
                     who.iter().rev().copied().collect()
                 };
-                for labelled in order {
+                for w in order {
                     let cmd = self.command(op, slice);
-                    let samples = self.worker(labelled).call(&cmd)?;
+                    let samples = self.worker(w).call(&cmd)?;
                     let run = self.results.runs[first..]
                         .iter_mut()
-                        .find(|r| r.op == op && r.labelled == labelled)
+                        .find(|r| r.op == op && r.who == w)
                         .expect("a run per operation and worker");
                     run.samples.extend(samples);
                 }
@@ -372,10 +430,10 @@ impl Bench {
         }
         for r in &self.results.runs[first..] {
             progress(&format!(
-                "  {:?} round {} {:<10} {:<16} median {} ({} samples)",
+                "  {:?} round {} {:<14} {:<20} median {} ({} samples)",
                 phase,
                 round + 1,
-                if r.labelled { "labelled" } else { "unlabelled" },
+                r.who.name(),
                 r.op.name(),
                 human(summary(&r.samples).0),
                 r.samples.len()
@@ -406,12 +464,15 @@ impl Bench {
                 let failed = || format!("workload {} in {phase:?} round {}", w.name(), round + 1);
                 let steps = w.prepare(&self.paths);
                 for step in steps {
-                    self.worker(true)
+                    self.worker(Who::Labelled)
                         .call(&step.line()?)
                         .with_context(|| format!("preparing the {}", failed()))?;
                 }
                 let timed = w.job(&self.paths).line()?;
-                let ms = self.worker(true).call(&timed).with_context(failed)?;
+                let ms = self
+                    .worker(Who::Labelled)
+                    .call(&timed)
+                    .with_context(failed)?;
                 self.results.workloads.push(WorkloadRun {
                     workload: w,
                     phase,
@@ -442,9 +503,14 @@ impl Bench {
 
     /// `start` with more options of `actgate run`.
     fn start_with(&mut self, rules: usize, args: &[&str]) -> Result<Daemon> {
+        let policies = self.paths.policies(rules);
+        self.launch(policies, args)
+    }
+
+    /// A daemon enforcing the policies in `policies`, ready.
+    fn launch(&mut self, policies: PathBuf, args: &[&str]) -> Result<Daemon> {
         self.starts += 1;
         let root = &self.paths.root;
-        let policies = self.paths.policies(rules);
         let t = Instant::now();
         let daemon = Daemon::launch(
             &self.actgate,
@@ -477,7 +543,7 @@ impl Bench {
             "flood {} {FLOOD_PROCS} {FLOOD_MS}",
             self.paths.flood_target().display()
         );
-        let v = self.worker(true).call(&cmd)?;
+        let v = self.worker(Who::Labelled).call(&cmd)?;
         let flood_secs = t0.elapsed().as_secs_f64();
         let [attempts, eperm, other] = [v[0] as u64, v[1] as u64, v[2] as u64];
         // Wait for the daemon to write what it received: until the count stops growing.
@@ -548,7 +614,7 @@ pub fn run(opts: &Options) -> Result<()> {
         root: PathBuf::from(DIR),
     };
     let mut left_out = LeftOut {
-        workloads: fixtures::create(&paths, &opts.actgate)?,
+        workloads: fixtures::create(&paths, &opts.actgate, !opts.only_depth)?,
         ..LeftOut::default()
     };
     for (w, why) in &left_out.workloads {
@@ -604,8 +670,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut bench = Bench {
         paths,
         actgate: opts.actgate.clone(),
-        labelled: None,
-        unlabelled: Worker::spawn(unlabelled_cmd)?,
+        workers: BTreeMap::from([(Who::Unlabelled, Worker::spawn(unlabelled_cmd)?)]),
         port,
         ops,
         workloads,
@@ -615,9 +680,12 @@ pub fn run(opts: &Options) -> Result<()> {
         starts: 0,
         results: Results::default(),
     };
-    if bench.unlabelled.cgroup.contains("/actgate/") {
-        bail!("the unlabelled worker is in {}", bench.unlabelled.cgroup);
+    // Shallower than level 2, the search for its label stops before any lookup.
+    let own = &bench.worker(Who::Unlabelled).cgroup;
+    if own.contains("/actgate/") || own.split('/').filter(|c| !c.is_empty()).count() >= 2 {
+        bail!("the unlabelled worker is in {own}, not in a cgroup above level 2");
     }
+    bench.spawn_deep_workers(&guest)?;
 
     // The first daemon enforces the 10-rule policy: its run is the first scaling run, and it
     // lets `actgate exec` put the labelled worker in the label's cgroup, where it stays.
@@ -632,55 +700,80 @@ pub fn run(opts: &Options) -> Result<()> {
         bail!("the labelled worker is in cgroup {}", w.cgroup);
     }
     progress(&format!("labelled worker in cgroup {}", w.cgroup));
-    bench.labelled = Some(w);
-    bench.measure(Phase::Scale(10), 0, &scale_ops, &[true], ms * 2)?;
+    bench.workers.insert(Who::Labelled, w);
+    let all = !opts.only_depth;
+    if all {
+        bench.measure(Phase::Scale(10), 0, &scale_ops, &[Who::Labelled], ms * 2)?;
+    }
     daemon.stop_cleanly()?;
 
     let mut flood = None;
     let mut bpf_stats = None;
     let mut uncached_stats = None;
+    let both = [Who::Labelled, Who::Unlabelled];
     for round in 0..opts.rounds {
-        progress(&format!(
-            "round {} of {}: A (daemon stopped)",
-            round + 1,
-            opts.rounds
-        ));
         let ops = bench.ops.clone();
-        bench.measure(Phase::A, round, &ops, &[true, false], ms)?;
-        bench.run_workloads(Phase::A, round)?;
-        progress(&format!(
-            "round {} of {}: F (floor: a no-op program on each hook)",
-            round + 1,
-            opts.rounds
-        ));
-        let floor = Floor::attach()?;
-        bench.measure(Phase::Floor, round, &ops, &[true, false], ms)?;
-        bench.run_workloads(Phase::Floor, round)?;
-        drop(floor);
-        let daemon = bench.start(RULES)?;
-        progress(&format!(
-            "round {} of {}: B (enforcing)",
-            round + 1,
-            opts.rounds
-        ));
-        bench.measure(Phase::B, round, &ops, &[true, false], ms)?;
-        bench.run_workloads(Phase::B, round)?;
-        if round + 1 == opts.rounds {
-            progress("flood of denied opens");
-            let outcome = Outcome::of(bench.flood(&daemon));
-            progress(&format!("flood: {}", serde_json::to_string(&outcome)?));
-            flood = Some(outcome);
-            progress("per-program run time (kernel.bpf_stats_enabled)");
-            bpf_stats = Some(Outcome::of(bench.bpf_stats(&daemon)));
+        if all {
+            progress(&format!(
+                "round {} of {}: A (daemon stopped)",
+                round + 1,
+                opts.rounds
+            ));
+            bench.measure(Phase::A, round, &ops, &both, ms)?;
+            bench.run_workloads(Phase::A, round)?;
+            progress(&format!(
+                "round {} of {}: F (floor: a no-op program on each hook)",
+                round + 1,
+                opts.rounds
+            ));
+            let floor = Floor::attach()?;
+            bench.measure(Phase::Floor, round, &ops, &both, ms)?;
+            bench.run_workloads(Phase::Floor, round)?;
+            drop(floor);
         }
+        let daemon = bench.start(RULES)?;
+        if all {
+            progress(&format!(
+                "round {} of {}: B (enforcing)",
+                round + 1,
+                opts.rounds
+            ));
+            bench.measure(Phase::B, round, &ops, &both, ms)?;
+            bench.run_workloads(Phase::B, round)?;
+            if round + 1 == opts.rounds {
+                progress("flood of denied opens");
+                let outcome = Outcome::of(bench.flood(&daemon));
+                progress(&format!("flood: {}", serde_json::to_string(&outcome)?));
+                flood = Some(outcome);
+                progress("per-program run time (kernel.bpf_stats_enabled)");
+                bpf_stats = Some(Outcome::of(bench.bpf_stats(&daemon)));
+            }
+        }
+        progress(&format!(
+            "round {} of {}: B's daemon, labels at level 2: the depth workers",
+            round + 1,
+            opts.rounds
+        ));
+        bench.measure(Phase::Depth(2), round, &DEPTH_OPS, &Who::ALL, ms)?;
         daemon.stop_cleanly()?;
+        let daemon = bench.launch(bench.paths.depth_policies(), &[])?;
+        progress(&format!(
+            "round {} of {}: D (enforcing, labels at levels 2 and 5)",
+            round + 1,
+            opts.rounds
+        ));
+        bench.measure(Phase::Depth(5), round, &DEPTH_OPS, &Who::ALL, ms)?;
+        daemon.stop_cleanly()?;
+        if !all {
+            continue;
+        }
         let daemon = bench.start_with(RULES, &["--no-dir-cache"])?;
         progress(&format!(
             "round {} of {}: U (enforcing, directory cache off)",
             round + 1,
             opts.rounds
         ));
-        bench.measure(Phase::Uncached, round, &CACHED_OPS, &[true], ms)?;
+        bench.measure(Phase::Uncached, round, &CACHED_OPS, &[Who::Labelled], ms)?;
         bench.run_workloads(Phase::Uncached, round)?;
         if round + 1 == opts.rounds {
             progress("per-program run time, directory cache off");
@@ -689,9 +782,11 @@ pub fn run(opts: &Options) -> Result<()> {
         }
         daemon.stop_cleanly()?;
     }
-    let daemon = bench.start(10000)?;
-    bench.measure(Phase::Scale(10000), 0, &scale_ops, &[true], ms * 2)?;
-    daemon.stop_cleanly()?;
+    if all {
+        let daemon = bench.start(10000)?;
+        bench.measure(Phase::Scale(10000), 0, &scale_ops, &[Who::Labelled], ms * 2)?;
+        daemon.stop_cleanly()?;
+    }
 
     let report = Report::new(
         kernel,
@@ -707,6 +802,7 @@ pub fn run(opts: &Options) -> Result<()> {
             opts.rounds,
             opts.secs,
             opts.reps,
+            opts.only_depth,
             &fs_type(&bench.paths.root),
         ),
     );
@@ -719,5 +815,7 @@ pub fn run(opts: &Options) -> Result<()> {
         .with_context(|| format!("writing {}", opts.out.display()))?;
     let _ = fs::write(opts.out.with_extension("txt"), &text);
     progress(&format!("wrote {}", opts.out.display()));
+    drop(bench);
+    depth::remove_cgroups();
     Ok(())
 }

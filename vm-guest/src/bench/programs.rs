@@ -8,7 +8,7 @@ use agent_common::HOOKS;
 use anyhow::{Context, Result};
 
 use super::{
-    Bench, Op, Phase, STATS_SLICES,
+    Bench, Op, Phase, STATS_SLICES, Who,
     report::{BpfStats, OpPrograms, Program},
     stats::{r1, r2, summary},
 };
@@ -134,8 +134,8 @@ impl Bench {
         set_bpf_stats(true)?;
         let names = prog_names();
         let stats = BpfStats {
-            labelled: self.programs_by_op(true, daemon, &names, self.ops.clone())?,
-            unlabelled: self.programs_by_op(false, daemon, &names, self.ops.clone())?,
+            labelled: self.programs_by_op(Who::Labelled, daemon, &names, self.ops.clone())?,
+            unlabelled: self.programs_by_op(Who::Unlabelled, daemon, &names, self.ops.clone())?,
         };
         set_bpf_stats(false)?;
         Ok(stats)
@@ -148,14 +148,14 @@ impl Bench {
         ops: Vec<Op>,
     ) -> Result<BTreeMap<&'static str, OpPrograms>> {
         set_bpf_stats(true)?;
-        let stats = self.programs_by_op(true, daemon, &prog_names(), ops);
+        let stats = self.programs_by_op(Who::Labelled, daemon, &prog_names(), ops);
         set_bpf_stats(false)?;
         stats
     }
 
     fn programs_by_op(
         &mut self,
-        labelled: bool,
+        who: Who,
         daemon: &Daemon,
         names: &BTreeMap<String, String>,
         ops: Vec<Op>,
@@ -169,7 +169,7 @@ impl Bench {
             for _ in 0..STATS_SLICES {
                 let before = prog_stats(daemon.pid());
                 let cmd = self.command(op, ms);
-                iterations += self.worker(labelled).call(&cmd)?.len() as u64 * op.batch() as u64;
+                iterations += self.worker(who).call(&cmd)?.len() as u64 * op.batch() as u64;
                 let after = prog_stats(daemon.pid());
                 for (name, calls, ns) in stats_delta(&before, &after, names) {
                     seen.entry(name).or_default().push((calls, ns));
@@ -193,7 +193,7 @@ impl Bench {
                 programs.insert(name, program);
             }
             let per_op_ns = total_ns as f64 / iterations.max(1) as f64;
-            let (baseline, _, _) = summary(&self.results.pooled(labelled, op, Phase::A));
+            let (baseline, _, _) = summary(&self.results.pooled(who, op, Phase::A));
             let programs = OpPrograms {
                 iterations,
                 program_ns_per_operation: r1(per_op_ns),

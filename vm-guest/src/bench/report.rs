@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{
-    CACHED_OPS, LeftOut, Op, PASSES, RULES, SCALES,
+    CACHED_OPS, DEPTH_OPS, LeftOut, Op, PASSES, RULES, SCALES, Who,
     stats::{Results, pct, r1, r2},
     workloads::{PATH, Workload},
 };
@@ -43,6 +43,55 @@ pub struct Report {
     pub workloads: BTreeMap<&'static str, WorkloadOutcome>,
     /// Issue 16: the directory cache, on (B) against off (U) in the same boot.
     pub dir_cache: DirCache,
+    /// Issue 18: the label search with label cgroups at level 2 (B's daemon) and at levels 2
+    /// and 5 (D), in the same boot.
+    pub depth: Depth,
+}
+
+/// The label search's cost by depth: the cheap operations DEPTH_OPS, timed by each worker in
+/// B's daemon and in D's.
+#[derive(Serialize)]
+pub struct Depth {
+    pub note: &'static str,
+    /// By operation name.
+    pub operations: BTreeMap<&'static str, DepthEffect>,
+}
+
+/// One operation in the depth runs.
+#[derive(Serialize)]
+pub struct DepthEffect {
+    pub iterations_per_sample: u32,
+    /// In D's slices: the worker bound at level 5 (two lookups, a hit at the second) against
+    /// the labelled one at level 2 (one lookup, a hit), each round's ratio - 1, median over
+    /// rounds.
+    pub level5_bound_vs_labelled_pct: f64,
+    /// In D's slices: the unbound worker at level 5 (two misses) against the one in the root
+    /// cgroup (no lookup), the same way.
+    pub level5_unbound_vs_unlabelled_pct: f64,
+    /// By worker name.
+    pub workers: BTreeMap<&'static str, DepthRuns>,
+}
+
+/// One worker's runs of one operation in B's daemon and in D's. Times in ns rounded to 0.1,
+/// percentages rounded to 0.01.
+#[derive(Serialize)]
+pub struct DepthRuns {
+    /// LABELS lookups of one label search in B's daemon (levels in use: 2).
+    pub b_lookups: u32,
+    pub b_ns: f64,
+    pub b_p25_ns: f64,
+    pub b_p75_ns: f64,
+    pub b_samples: usize,
+    /// In D's (levels in use: 2 and 5).
+    pub d_lookups: u32,
+    pub d_ns: f64,
+    pub d_p25_ns: f64,
+    pub d_p75_ns: f64,
+    pub d_samples: usize,
+    /// D/B - 1 of the pooled medians.
+    pub d_vs_b_pct: f64,
+    pub round_d_vs_b_median_pct: f64,
+    pub round_d_vs_b_pct: Vec<f64>,
 }
 
 /// What the last round measured besides the operations' samples; each `None` when no round
@@ -285,6 +334,8 @@ pub struct Method {
     pub exec_program: &'static str,
     pub file_open: String,
     pub floor: &'static str,
+    /// `--only-depth`: only B's daemon's depth runs and D ran; every other figure is null.
+    pub only_depth: bool,
     pub order: &'static str,
     pub rounds: u32,
     pub rules: &'static str,
@@ -309,34 +360,34 @@ impl Report {
             bpf_stats,
             bpf_stats_uncached,
         } = last;
-        let read = res.compare(true, Op::OpenRead);
-        let write = res.compare(true, Op::OpenWrite);
+        let read = res.compare(Who::Labelled, Op::OpenRead);
+        let write = res.compare(Who::Labelled, Op::OpenWrite);
         // From the rounded medians, as results.json shows them.
         let base = (read.baseline_ns + write.baseline_ns) / 2.0;
         let enf = (read.enforced_ns + write.enforced_ns) / 2.0;
         let skipped = &left_out.ops;
         let labelled = |op: Op| match skipped.get(&op) {
             Some(why) => Outcome::Failed { error: why.clone() },
-            None => Outcome::Done(res.compare(true, op)),
+            None => Outcome::Done(res.compare(Who::Labelled, op)),
         };
         Report {
             kernel,
             rules_per_label: RULES,
-            exec: res.compare(true, Op::Exec),
+            exec: res.compare(Who::Labelled, Op::Exec),
             file_open: FileOpen {
                 baseline_ns: r1(base),
                 enforced_ns: r1(enf),
                 note: "top-level figures are the mean of the read and write medians; read_plain: a read in a directory no rule lies beneath (served by the directory cache)",
                 overhead_pct: r2(pct(base, enf)),
                 read,
-                read_plain: res.compare(true, Op::OpenReadPlain),
+                read_plain: res.compare(Who::Labelled, Op::OpenReadPlain),
                 write,
             },
-            connect: res.compare(true, Op::Connect),
+            connect: res.compare(Who::Labelled, Op::Connect),
             unlabelled: Op::ALL
                 .into_iter()
                 .filter(|op| !skipped.contains_key(op))
-                .map(|op| (op.name(), res.compare(false, op)))
+                .map(|op| (op.name(), res.compare(Who::Unlabelled, op)))
                 .collect(),
             scaling: Scaling {
                 connect: res.scaling(Op::Connect),
@@ -346,13 +397,13 @@ impl Report {
                 note: "labelled, daemon enforcing N deny rules per action; overhead against the pooled A median; 1000 is the main B runs",
             },
             flood,
-            control_getppid: res.compare(true, Op::Control),
+            control_getppid: res.compare(Who::Labelled, Op::Control),
             bpf_stats,
             machine,
             method,
             exec_by_mapping: ExecByMapping {
-                exec_dynamic: res.compare(true, Op::ExecDynamic),
-                mmap_exec: res.compare(true, Op::MapExec),
+                exec_dynamic: res.compare(Who::Labelled, Op::ExecDynamic),
+                mmap_exec: res.compare(Who::Labelled, Op::MapExec),
                 note: "exec_dynamic spawns /usr/bin/true (the loader maps it, ld.so and libc executable: three mmap_file decisions besides bprm_check_security); mmap_exec maps the static exec target PROT_READ|PROT_EXEC and unmaps it",
             },
             other_hooks: OtherHooks {
@@ -387,6 +438,14 @@ impl Report {
                     .map(|op| (op.name(), res.cache_effect(op)))
                     .collect(),
             },
+            depth: Depth {
+                note: "workers: labelled (actgate exec, the label's cgroup at level 2), unlabelled (a cgroup above level 2: the search stops before a lookup), level5_bound (actgate-bench.slice/a/b/c/bound.scope, which D's policy binds to the label: unlabelled in B, labelled in D), level5_unbound (actgate-bench.slice/a/b/c/free.scope, bound by no policy); b: B's daemon after B's runs (1000 rules per action, labels at level 2), d: a daemon whose policy is B's plus cgroups: [bound.scope] (levels 2 and 5); the four workers take turns in the same slices; lookups: LABELS lookups per label search (one bpf_get_current_ancestor_cgroup_id call each); capable_judged is judged only for a labelled worker, so level5_bound's d_vs_b includes the judgement: compare it with labelled in D (level5_bound_vs_labelled_pct)",
+                operations: DEPTH_OPS
+                    .into_iter()
+                    .filter(|op| !skipped.contains_key(op))
+                    .map(|op| (op.name(), res.depth(op)))
+                    .collect(),
+            },
         }
     }
 
@@ -398,7 +457,13 @@ impl Report {
 
 impl Method {
     /// `file_system`: the type of the file system the opened files are on.
-    pub fn new(rounds: u32, seconds_per_run: f64, reps: u32, file_system: &str) -> Method {
+    pub fn new(
+        rounds: u32,
+        seconds_per_run: f64,
+        reps: u32,
+        only_depth: bool,
+        file_system: &str,
+    ) -> Method {
         Method {
             caveat: "the VM runs under QEMU software emulation (TCG): absolute times are far slower than native; only ratios measured within one boot mean anything",
             connect: "socket + SO_LINGER 0 + connect to a 127.0.0.1 listener + close",
@@ -409,7 +474,8 @@ impl Method {
                 "open(O_RDONLY or O_WRONLY) + close of an allowed file on {file_system}"
             ),
             floor: "floor_pct = F/A - 1, the cost of attaching any BPF LSM program; above_floor_pct = B/F - 1, what actgate's own programs add to that",
-            order: "S10, then A F B U per round, then S10000 (A: daemon stopped, F: daemon stopped and a no-op BPF LSM program on each of its hooks, B: enforcing 1000 rules per action, U: as B with the directory cache off, labelled worker and the operations of dir_cache only, S: enforcing N rules)",
+            only_depth,
+            order: "S10, then A F B D U per round, then S10000 (A: daemon stopped, F: daemon stopped and a no-op BPF LSM program on each of its hooks, B: enforcing 1000 rules per action, then, in B's daemon, the depth operations in all four workers, D: as B with a level-5 cgroup bound too, the depth operations in all four workers, U: as B with the directory cache off, labelled worker and the operations of dir_cache only, S: enforcing N rules)",
             rounds,
             rules: "rules per action (exec, files.write, files.read, network.connect, network.unix); files.write denies by default and allows the workspace (/tmp/actgate-bench/work/**), the micro-benchmarks' files (/tmp/actgate-bench/files/**) and /dev/null, padded with deny rules; the other actions allow by default and deny a list (files.read: /etc/shadow, /root/.ssh/** and the flood's target among them); no deny rule matches a benchmarked target",
             seconds_per_run,
@@ -448,8 +514,12 @@ fn json(v: f64) -> String {
     serde_json::Value::from(v).to_string()
 }
 
+/// A median and its quartiles.
+fn span(m: f64, lo: f64, hi: f64) -> String {
+    format!("{} [{} .. {}]", human(m), human(lo), human(hi))
+}
+
 fn row(name: &str, v: &Comparison) -> String {
-    let span = |m: f64, lo: f64, hi: f64| format!("{} [{} .. {}]", human(m), human(lo), human(hi));
     let rounds: Vec<String> = v.round_overhead_pct.iter().map(|x| signed(*x)).collect();
     format!(
         "{:<37} {:>34} {:>34} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
@@ -463,6 +533,45 @@ fn row(name: &str, v: &Comparison) -> String {
         signed(v.vs_unlabelled_enforced_pct.unwrap_or(f64::NAN)),
         rounds.join(" ")
     )
+}
+
+/// The label search by depth: each operation's workers in B's daemon and in D's.
+fn depth_table(d: &Depth, line: &mut impl FnMut(String)) {
+    line(
+        "Label search depth (issue 18): B's daemon (labels at level 2) against D (a level-5 \
+         cgroup bound too: levels 2 and 5), same boot; medians [p25 .. p75] pooled over rounds; \
+         lookups per search B -> D; D/B = median of each round's own D/B - 1:"
+            .into(),
+    );
+    line(format!(
+        "{:<42} {:<16} {:>7} {:>34} {:>34} {:>9}",
+        "operation", "worker", "lookups", "B: level 2", "D: levels 2, 5", "D/B"
+    ));
+    for op in DEPTH_OPS {
+        let Some(e) = d.operations.get(op.name()) else {
+            continue;
+        };
+        for who in Who::ALL {
+            let Some(v) = e.workers.get(who.name()) else {
+                continue;
+            };
+            line(format!(
+                "{:<42} {:<16} {:>7} {:>34} {:>34} {:>9}",
+                op.what(),
+                who.name(),
+                format!("{} -> {}", v.b_lookups, v.d_lookups),
+                span(v.b_ns, v.b_p25_ns, v.b_p75_ns),
+                span(v.d_ns, v.d_p25_ns, v.d_p75_ns),
+                signed(v.round_d_vs_b_median_pct)
+            ));
+        }
+        line(format!(
+            "{:<42} in D's slices: level5_bound vs labelled {}, level5_unbound vs unlabelled {}",
+            "",
+            signed(e.level5_bound_vs_labelled_pct),
+            signed(e.level5_unbound_vs_unlabelled_pct)
+        ));
+    }
 }
 
 /// The table printed at the end and written beside results.json.
@@ -597,6 +706,8 @@ pub fn table(r: &Report) -> String {
         }
     }
     line(String::new());
+    depth_table(&r.depth, &mut line);
+    line(String::new());
     line("Scaling (labelled, enforcing; overhead against the A median):".into());
     line(format!(
         "{:<37} {:>22} {:>22} {:>22}",
@@ -692,12 +803,14 @@ mod tests {
             Phase::Uncached,
             Phase::Scale(10),
             Phase::Scale(10000),
+            Phase::Depth(2),
+            Phase::Depth(5),
         ];
-        for labelled in [true, false] {
+        for who in Who::ALL {
             for op in Op::ALL {
                 for phase in phases {
                     results.runs.push(Run {
-                        labelled,
+                        who,
                         op,
                         phase,
                         round: 0,
@@ -764,7 +877,7 @@ mod tests {
                 bpf_stats_uncached: Some(Outcome::Done(by_op())),
             },
             Machine::probe(),
-            Method::new(1, 0.3, 2, "tmpfs"),
+            Method::new(1, 0.3, 2, false, "tmpfs"),
         )
     }
 
@@ -794,7 +907,8 @@ mod tests {
                 "exec_by_mapping",
                 "other_hooks",
                 "workloads",
-                "dir_cache"
+                "dir_cache",
+                "depth"
             ]
         );
         // serde_json's own map sorts keys: rebuilding the document from it, field by field in
@@ -835,6 +949,28 @@ mod tests {
             assert_eq!(fig["b_samples"], 3);
         }
         assert!(table(&report()).contains("tar_x        left out: tar is not in"));
+    }
+
+    #[test]
+    fn each_depth_operation_has_every_worker_and_its_lookups() {
+        let v = serde_json::to_value(report()).unwrap();
+        for op in DEPTH_OPS {
+            let e = &v["depth"]["operations"][op.name()];
+            assert!(
+                e["level5_bound_vs_labelled_pct"].is_number(),
+                "{}",
+                op.name()
+            );
+            let lookups = |who: Who| {
+                let w = &e["workers"][who.name()];
+                (w["b_lookups"].as_u64(), w["d_lookups"].as_u64())
+            };
+            assert_eq!(lookups(Who::Labelled), (Some(1), Some(1)));
+            assert_eq!(lookups(Who::Unlabelled), (Some(0), Some(0)));
+            assert_eq!(lookups(Who::DeepBound), (Some(1), Some(2)));
+            assert_eq!(lookups(Who::DeepFree), (Some(1), Some(2)));
+        }
+        assert!(table(&report()).contains("level5_unbound    1 -> 2"));
     }
 
     #[test]

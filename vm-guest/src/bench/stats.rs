@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Op, Phase, RULES, Run, SCALES, WorkloadRun,
-    report::{CacheEffect, Comparison, Samples, Scaled, WorkloadFigures},
+    Op, Phase, RULES, Run, SCALES, Who, WorkloadRun,
+    report::{CacheEffect, Comparison, DepthEffect, DepthRuns, Samples, Scaled, WorkloadFigures},
     workloads::Workload,
 };
 
@@ -48,54 +48,55 @@ pub struct Results {
 }
 
 impl Results {
-    pub fn pooled(&self, labelled: bool, op: Op, phase: Phase) -> Vec<f64> {
+    pub fn pooled(&self, who: Who, op: Op, phase: Phase) -> Vec<f64> {
         self.runs
             .iter()
-            .filter(|r| r.labelled == labelled && r.op == op && r.phase == phase)
+            .filter(|r| r.who == who && r.op == op && r.phase == phase)
             .flat_map(|r| r.samples.iter().copied())
             .collect()
     }
 
-    fn run_median(&self, labelled: bool, op: Op, phase: Phase, round: u32) -> Option<f64> {
+    fn run_median(&self, who: Who, op: Op, phase: Phase, round: u32) -> Option<f64> {
         self.runs
             .iter()
-            .find(|r| r.labelled == labelled && r.op == op && r.phase == phase && r.round == round)
+            .find(|r| r.who == who && r.op == op && r.phase == phase && r.round == round)
             .map(|r| summary(&r.samples).0)
     }
 
     fn rounds(&self) -> u32 {
-        self.runs
-            .iter()
-            .filter(|r| r.phase == Phase::B)
-            .map(|r| r.round + 1)
-            .max()
-            .unwrap_or(0)
+        self.runs.iter().map(|r| r.round + 1).max().unwrap_or(0)
+    }
+
+    /// Each round's own `num`/`den` - 1 of `op`'s run medians, in %, over the rounds that
+    /// have both runs.
+    fn round_ratios(&self, op: Op, num: (Who, Phase), den: (Who, Phase)) -> Vec<f64> {
+        (0..self.rounds())
+            .filter_map(|r| {
+                let d = self.run_median(den.0, op, den.1, r)?;
+                let n = self.run_median(num.0, op, num.1, r)?;
+                Some(pct(d, n))
+            })
+            .collect()
     }
 
     /// A against B at RULES rules: pooled medians, quartiles, and each round's own ratio; and
     /// the floor F against both.
-    pub fn compare(&self, labelled: bool, op: Op) -> Comparison {
-        let a = self.pooled(labelled, op, Phase::A);
-        let b = self.pooled(labelled, op, Phase::B);
-        let fl = self.pooled(labelled, op, Phase::Floor);
+    pub fn compare(&self, who: Who, op: Op) -> Comparison {
+        let a = self.pooled(who, op, Phase::A);
+        let b = self.pooled(who, op, Phase::B);
+        let fl = self.pooled(who, op, Phase::Floor);
         let (am, a25, a75) = summary(&a);
         let (bm, b25, b75) = summary(&b);
         let (fm, f25, f75) = summary(&fl);
         // Each round's own B/A ratio, and the labelled worker against the unlabelled one in
         // the same interleaved slices (immune to the host's load changing between runs).
-        let ratios = |num: (bool, Phase), den: (bool, Phase)| -> Vec<f64> {
-            (0..self.rounds())
-                .filter_map(|r| {
-                    let d = self.run_median(den.0, op, den.1, r)?;
-                    let n = self.run_median(num.0, op, num.1, r)?;
-                    Some(pct(d, n))
-                })
-                .collect()
+        let ratios = |num, den| self.round_ratios(op, num, den);
+        let per_round = ratios((who, Phase::B), (who, Phase::A));
+        let above_floor = ratios((who, Phase::B), (who, Phase::Floor));
+        let vs_unlabelled = |phase: Phase| {
+            (who == Who::Labelled)
+                .then(|| r2(summary(&ratios((Who::Labelled, phase), (Who::Unlabelled, phase))).0))
         };
-        let per_round = ratios((labelled, Phase::B), (labelled, Phase::A));
-        let above_floor = ratios((labelled, Phase::B), (labelled, Phase::Floor));
-        let vs_unlabelled =
-            |phase: Phase| labelled.then(|| r2(summary(&ratios((true, phase), (false, phase))).0));
         Comparison {
             above_floor_pct: r2(pct(fm, bm)),
             baseline_ns: r1(am),
@@ -166,8 +167,8 @@ impl Results {
 
     /// The labelled `op` with the directory cache on (B) and off (U).
     pub fn cache_effect(&self, op: Op) -> CacheEffect {
-        let (b, _, _) = summary(&self.pooled(true, op, Phase::B));
-        let (u, u25, u75) = summary(&self.pooled(true, op, Phase::Uncached));
+        let (b, _, _) = summary(&self.pooled(Who::Labelled, op, Phase::B));
+        let (u, u25, u75) = summary(&self.pooled(Who::Labelled, op, Phase::Uncached));
         CacheEffect {
             cached_ns: r1(b),
             cached_vs_uncached_pct: r2(pct(u, b)),
@@ -179,7 +180,7 @@ impl Results {
 
     /// The labelled worker at each rule count of SCALES.
     pub fn scaling(&self, op: Op) -> BTreeMap<usize, Scaled> {
-        let (base, _, _) = summary(&self.pooled(true, op, Phase::A));
+        let (base, _, _) = summary(&self.pooled(Who::Labelled, op, Phase::A));
         SCALES
             .into_iter()
             .map(|n| {
@@ -188,7 +189,7 @@ impl Results {
                 } else {
                     Phase::Scale(n)
                 };
-                let s = self.pooled(true, op, phase);
+                let s = self.pooled(Who::Labelled, op, phase);
                 let (m, p25, p75) = summary(&s);
                 let scaled = Scaled {
                     enforced_ns: r1(m),
@@ -200,6 +201,46 @@ impl Results {
                 (n, scaled)
             })
             .collect()
+    }
+
+    /// `op` in the depth runs: each worker with labels at level 2 (B's daemon) and at levels 2
+    /// and 5 (D); and, within D's slices, each level-5 worker against its level-2 or root
+    /// counterpart.
+    pub fn depth(&self, op: Op) -> DepthEffect {
+        let (b, d) = (Phase::Depth(2), Phase::Depth(5));
+        let in_d = |num: Who, den: Who| r2(summary(&self.round_ratios(op, (num, d), (den, d))).0);
+        let workers = Who::ALL
+            .into_iter()
+            .map(|who| {
+                let sb = self.pooled(who, op, b);
+                let sd = self.pooled(who, op, d);
+                let (bm, b25, b75) = summary(&sb);
+                let (dm, d25, d75) = summary(&sd);
+                let rounds = self.round_ratios(op, (who, d), (who, b));
+                let runs = DepthRuns {
+                    b_lookups: who.lookups(2),
+                    b_ns: r1(bm),
+                    b_p25_ns: r1(b25),
+                    b_p75_ns: r1(b75),
+                    b_samples: sb.len(),
+                    d_lookups: who.lookups(5),
+                    d_ns: r1(dm),
+                    d_p25_ns: r1(d25),
+                    d_p75_ns: r1(d75),
+                    d_samples: sd.len(),
+                    d_vs_b_pct: r2(pct(bm, dm)),
+                    round_d_vs_b_median_pct: r2(summary(&rounds).0),
+                    round_d_vs_b_pct: rounds.iter().map(|x| r2(*x)).collect(),
+                };
+                (who.name(), runs)
+            })
+            .collect();
+        DepthEffect {
+            iterations_per_sample: op.batch(),
+            level5_bound_vs_labelled_pct: in_d(Who::DeepBound, Who::Labelled),
+            level5_unbound_vs_unlabelled_pct: in_d(Who::DeepFree, Who::Unlabelled),
+            workers,
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::{
     io::{self, BufRead, BufReader, Write},
     net::UdpSocket,
     os::fd::AsRawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio},
     thread,
     time::{Duration, Instant},
@@ -541,15 +541,22 @@ fn own_cgroup() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// `vm-guest bench-worker`: prints `ready <cgroup>`, then answers each command line with
-/// `ok <numbers>` or `err <why>`.
-pub fn worker() -> ExitCode {
+/// `vm-guest bench-worker`: moves itself into the cgroup at `cgroup` if given, prints
+/// `ready <cgroup>`, then answers each command line with `ok <numbers>` or `err <why>`.
+pub fn worker(cgroup: Option<&Path>) -> ExitCode {
     // One CPU for the worker and everything it starts: a spawn, its child and the wait then
     // depend on one emulated CPU, not on when the host runs the other.
     if let Some(cpu) = worker_cpu() {
         pin(Some(cpu));
     }
     let mut out = io::stdout();
+    if let Some(dir) = cgroup
+        && let Err(e) = fs::write(dir.join("cgroup.procs"), "0")
+    {
+        // Not a `ready` line: the orchestrator reports it.
+        let _ = writeln!(out, "could not move into {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
     if writeln!(out, "ready {}", own_cgroup())
         .and_then(|()| out.flush())
         .is_err()
