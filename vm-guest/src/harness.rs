@@ -8,6 +8,10 @@ use std::{
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -25,6 +29,10 @@ pub const RAN: &str = "RAN";
 /// which judges four names, over a minute when the host is busy), more while labelled
 /// processes keep the one CPU busy.
 pub const READY_WITHIN: Duration = Duration::from_secs(600);
+
+/// How long putting a suite's policies in force on the shared daemon may take: the scale
+/// tests put 20000 rules or 256 labels in force with one reload.
+pub const RELOADED_WITHIN: Duration = Duration::from_secs(300);
 
 /// Why a test did not pass.
 #[derive(Debug)]
@@ -190,7 +198,23 @@ pub fn verdict_line(out: &Output) -> String {
 
 /// `actgate status --json`, parsed.
 pub fn status_json(ctx: &Ctx) -> Result<serde_json::Value> {
-    let out = Command::new(&ctx.actgate)
+    status_of(&ctx.actgate)
+}
+
+/// The labels `actgate status` lists.
+fn labels_in_force(actgate: &Path) -> Result<Vec<String>> {
+    use serde_json::Value;
+    Ok(status_of(actgate)?
+        .get("labels")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|l| Some(l.get("label")?.as_str()?.to_string()))
+        .collect())
+}
+
+fn status_of(actgate: &Path) -> Result<serde_json::Value> {
+    let out = Command::new(actgate)
         .args(["status", "--json"])
         .stdin(Stdio::null())
         .output()
@@ -345,6 +369,7 @@ pub fn eventually_within(
 
 /// `actgate run --policies POLICIES ARGS…` with its stdout and stderr in LOG; not waited for.
 pub fn spawn_run(actgate: &Path, policies: &Path, args: &[&OsStr], log: &Path) -> Result<Child> {
+    retire_shared()?;
     Command::new(actgate)
         .arg("run")
         .arg("--policies")
@@ -383,6 +408,7 @@ pub fn kill_and_reap(child: &mut Child) {
 /// `actgate unload --force`: no program of an earlier daemon judges any more. The daemon
 /// pins its programs, so they outlive it; every test starts and ends without them.
 pub fn unload(actgate: &Path) -> Result<Output> {
+    retire_shared()?;
     let out = Command::new(actgate)
         .args(["unload", "--force"])
         .stdin(Stdio::null())
@@ -401,11 +427,53 @@ pub fn unload(actgate: &Path) -> Result<Output> {
 /// The real daemon, started as a child; killed if a test forgets to stop it, and its
 /// programs unloaded unless the test keeps them (`keep_enforcement`).
 pub struct Daemon {
-    child: Child,
+    process: Process,
     actgate: PathBuf,
+    /// The directory it reads its policies from: for the shared daemon, not the suite's own.
+    pub policies: PathBuf,
     pub log: PathBuf,
     pub events: PathBuf,
     keep: bool,
+}
+
+enum Process {
+    /// Started for one suite or test, which stops it.
+    Own(Child),
+    /// The shared daemon (see `SHARED`), lent to one suite at a time.
+    Shared(u32),
+}
+
+/// Suites whose policies stay as they start take turns on one daemon: each puts its policy
+/// files in force with a reload, as an operator would, instead of starting a daemon of its
+/// own. Under emulation a start costs a minute of verifier time (6.1, busy host) and the
+/// `unload` after it 10 s more, so this is most of what keeps `cargo xtask test` in CI's time.
+static SHARED: Mutex<Option<Daemon>> = Mutex::new(None);
+
+/// Where the shared daemon reads its policies: the files of the suite it is lent to.
+const SHARED_POLICIES: &str = "shared-policies";
+
+/// Policies the shared daemon enforces beside a suite's own: the marker of `put_in_force`.
+pub const MARKER_POLICIES: usize = 1;
+
+/// What the shared daemon enforces between suites: a label no test uses (a daemon refuses a
+/// directory without a policy).
+const IDLE_POLICY: &str = "name: vmtest-idle\nlabels: [vmtest-idle]\n";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Stops the shared daemon, if one runs (then true), which must exit 0: every other start
+/// (and `unload`) needs the kernel to itself.
+pub fn retire_shared() -> Result<bool> {
+    let shared = lock(&SHARED).take();
+    let Some(daemon) = shared else {
+        return Ok(false);
+    };
+    daemon
+        .stop_cleanly()
+        .context("stopping the daemon the suites before shared")?;
+    Ok(true)
 }
 
 impl Daemon {
@@ -414,6 +482,43 @@ impl Daemon {
     pub fn start(ctx: &Ctx, policies: &Path, extra: &[&str]) -> Result<Daemon> {
         let (events, log) = (ctx.path("events.jsonl"), ctx.path("daemon.log"));
         Daemon::launch(&ctx.actgate, policies, &events, &log, extra, READY_WITHIN)
+    }
+
+    /// The shared daemon (see `SHARED`) enforcing the policy files of `policies` and nothing
+    /// else, with a fresh events file: started if none runs, else given the files and a
+    /// SIGHUP. The suite's policies must not change after this; `stop_cleanly` hands it back.
+    pub fn shared(ctx: &Ctx, policies: &Path) -> Result<Daemon> {
+        let dir = ctx.path(SHARED_POLICIES);
+        let mut slot = lock(&SHARED);
+        let Some(daemon) = slot.as_mut() else {
+            drop(slot);
+            put_files(policies, &dir)?;
+            let daemon = Daemon::start(ctx, &dir, &[])?;
+            let lent = daemon.lent();
+            *lock(&SHARED) = Some(daemon);
+            return Ok(lent);
+        };
+        if let Some(status) = daemon.try_exit()? {
+            bail!(
+                "the shared daemon exited ({status}) since the suite before:\n{}",
+                daemon.log_text()
+            );
+        }
+        let _ = fs::remove_file(&daemon.events);
+        daemon.put_in_force(policies)?;
+        Ok(daemon.lent())
+    }
+
+    /// A handle on this daemon for a suite that borrows it.
+    fn lent(&self) -> Daemon {
+        Daemon {
+            process: Process::Shared(self.pid()),
+            actgate: self.actgate.clone(),
+            policies: self.policies.clone(),
+            log: self.log.clone(),
+            events: self.events.clone(),
+            keep: true,
+        }
     }
 
     /// Starts `actgate run` from a clean kernel (`unload`) writing a fresh EVENTS file and its
@@ -444,7 +549,7 @@ impl Daemon {
         let mut args = vec![OsStr::new("--events"), events.as_os_str()];
         args.extend(extra.iter().map(OsStr::new));
         let child = spawn_run(actgate, policies, &args, log)?;
-        Daemon::until_ready(child, actgate, events, log, ready_within)
+        Daemon::until_ready(child, actgate, policies, events, log, ready_within)
     }
 
     /// Takes `child`, an `actgate run` the caller started with its output in LOG and its
@@ -453,20 +558,22 @@ impl Daemon {
     pub fn until_ready(
         child: Child,
         actgate: &Path,
+        policies: &Path,
         events: &Path,
         log: &Path,
         ready_within: Duration,
     ) -> Result<Daemon> {
         let mut d = Daemon {
-            child,
+            process: Process::Own(child),
             actgate: actgate.to_path_buf(),
+            policies: policies.to_path_buf(),
             log: log.to_path_buf(),
             events: events.to_path_buf(),
             keep: false,
         };
         let deadline = Instant::now() + ready_within;
         loop {
-            if let Some(status) = d.child.try_wait()? {
+            if let Some(status) = d.try_exit()? {
                 bail!("actgate run exited early ({status}):\n{}", d.log_text());
             }
             if matches!(http_get("/readyz"), Ok((200, _))) {
@@ -484,7 +591,62 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.process {
+            Process::Own(child) => child.id(),
+            Process::Shared(pid) => *pid,
+        }
+    }
+
+    /// The daemon's own child process: a shared daemon is only lent, never stopped by a suite.
+    fn child(&mut self) -> Result<&mut Child> {
+        match &mut self.process {
+            Process::Own(child) => Ok(child),
+            Process::Shared(_) => bail!("the shared daemon is only stopped after its last suite"),
+        }
+    }
+
+    /// The exit status if the daemon has exited; for a lent one, an error if it has.
+    fn try_exit(&mut self) -> Result<Option<ExitStatus>> {
+        match &mut self.process {
+            Process::Own(child) => Ok(child.try_wait()?),
+            Process::Shared(pid) => {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    bail!("the shared daemon (pid {pid}) has exited");
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes the shared daemon's directory hold copies of the files of `from` and nothing
+    /// else, and waits until a reload put them in force. The reload count can't tell: the
+    /// daemon also reloads by itself while the files come and go, and a long reload (256
+    /// labels) counts nothing for seconds. So a marker policy with a label of its own goes in
+    /// last: the reload that shows its label in `actgate status` listed the directory after
+    /// every other file was in place. The marker's file is new each time too: a reload that
+    /// listed the directory before could otherwise read the new marker under the old name.
+    /// The SIGHUP also makes the daemon reopen its events file.
+    fn put_in_force(&self, from: &Path) -> Result<()> {
+        static MARKS: AtomicU32 = AtomicU32::new(0);
+        let label = format!("vmtest-mark-{}", MARKS.fetch_add(1, Ordering::Relaxed));
+        put_files(from, &self.policies)?;
+        let new = self.policies.join(".new");
+        write(&new, &format!("name: vmtest-mark\nlabels: [{label}]\n"))?;
+        fs::rename(&new, self.policies.join(format!("zz-{label}.yaml")))?;
+        self.signal(libc::SIGHUP);
+        let deadline = Instant::now() + RELOADED_WITHIN;
+        while !labels_in_force(&self.actgate)?.contains(&label) {
+            if Instant::now() > deadline {
+                bail!(
+                    "the policies of {} were not in force within {} s:\n{}",
+                    from.display(),
+                    RELOADED_WITHIN.as_secs(),
+                    self.log_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
     }
 
     pub fn log_text(&self) -> String {
@@ -505,25 +667,35 @@ impl Daemon {
     pub fn crash(mut self) {
         self.keep_enforcement();
         self.signal(libc::SIGKILL);
-        kill_and_reap(&mut self.child);
+        if let Process::Own(child) = &mut self.process {
+            kill_and_reap(child);
+        }
     }
 
     /// The exit status, once the daemon exits on its own within `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        wait_exit(&mut self.child, timeout)
+        wait_exit(self.child()?, timeout)
     }
 
     /// SIGTERM, then the exit status.
     pub fn stop(mut self) -> Result<ExitStatus> {
+        // A lent daemon isn't the suite's to stop.
+        self.child()?;
         self.signal(libc::SIGTERM);
-        match wait_exit(&mut self.child, Duration::from_secs(60))? {
+        match wait_exit(self.child()?, Duration::from_secs(60))? {
             Some(status) => Ok(status),
             None => bail!("actgate run did not exit within 60 s of SIGTERM"),
         }
     }
 
-    /// SIGTERM, and an error unless it exited 0 (with its log, which says why).
+    /// SIGTERM, and an error unless it exited 0 (with its log, which says why). A lent
+    /// daemon is handed back instead, enforcing no policy, once a reload says it still works.
     pub fn stop_cleanly(self) -> Result<()> {
+        if let Process::Shared(_) = self.process {
+            let idle = self.policies.with_file_name("shared-idle");
+            write(&idle.join("idle.yaml"), IDLE_POLICY)?;
+            return self.put_in_force(&idle);
+        }
         let log = self.log.clone();
         let status = self.stop()?;
         if !status.success() {
@@ -538,7 +710,10 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        kill_and_reap(&mut self.child);
+        let Process::Own(child) = &mut self.process else {
+            return;
+        };
+        kill_and_reap(child);
         if !self.keep
             && let Err(e) = unload(&self.actgate)
         {
@@ -621,6 +796,29 @@ pub fn replace_policies(daemon: &Daemon, dir: &Path, text: &str) -> Result<()> {
     }
     if last.1 != failed {
         bail!("a reload failed:\n{}", daemon.log_text());
+    }
+    Ok(())
+}
+
+/// Makes `to` hold copies of the files of `from` and nothing else. Each file is renamed into
+/// place before the old ones go, so a reload in between (the daemon follows its directory)
+/// sees the old files and the new ones together, never an empty directory, which it refuses.
+fn put_files(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut names = Vec::new();
+    for entry in fs::read_dir(from).with_context(|| format!("listing {}", from.display()))? {
+        let name = entry?.file_name();
+        let new = to.join(".new");
+        fs::copy(from.join(&name), &new)
+            .with_context(|| format!("copying {}", from.join(&name).display()))?;
+        fs::rename(&new, to.join(&name))?;
+        names.push(name);
+    }
+    for entry in fs::read_dir(to)? {
+        let entry = entry?;
+        if !names.contains(&entry.file_name()) {
+            fs::remove_file(entry.path())?;
+        }
     }
     Ok(())
 }

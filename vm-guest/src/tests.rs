@@ -46,7 +46,10 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use self::mounts::Mount;
 use agent_common::kernel_release;
 
-use crate::harness::{Ctx, Daemon, NotPassed, Outcome};
+use crate::harness::{self, Ctx, Daemon, NotPassed, Outcome};
+
+/// The check on the shared daemon (see `harness::Daemon::shared`) after the run.
+const SHARED_STOP: &str = "shared_daemon_stops_with_exit_0";
 
 /// One test. Its name is its function's (see `case!`), so the two can't drift apart.
 pub struct Case<F> {
@@ -333,31 +336,47 @@ pub fn run(
     let mut trials = Vec::new();
     trials.extend(exec::suite().trials(&run));
     trials.extend(exec::without_daemon().trials(&run));
-    trials.extend(users::suite().trials(&run));
     trials.extend(lifetime::suite().trials(&run));
     trials.extend(package::suite().trials(&run));
     trials.extend(orphans::suite().trials(&run));
     trials.extend(binding::suite().trials(&run));
     trials.extend(cascade::suite().trials(&run));
+    // The suites on the shared daemon (`Daemon::shared`), one after another: a suite that
+    // starts a daemon of its own stops the shared one.
+    trials.extend(users::suite().trials(&run));
     trials.extend(escapes::suite().trials(&run));
     trials.extend(mapping::suite().trials(&run));
     trials.extend(files::suite().trials(&run));
     trials.extend(failclosed::suite().trials(&run));
     trials.extend(writes::suite().trials(&run));
     trials.extend(net::connect::suite().trials(&run));
+    trials.extend(sockets::suite().trials(&run));
     trials.extend(net::reload::suite().trials(&run));
     trials.extend(net::scale::suite().trials(&run));
-    trials.extend(sockets::suite().trials(&run));
+    trials.extend(labels::suite().trials(&run));
+    trials.extend(learn::suite().trials(&run));
     trials.extend(dns::without_daemon().trials(&run));
     trials.extend(dns::suite().trials(&run));
-    trials.extend(labels::suite().trials(&run));
     trials.extend(telemetry::suite().trials(&run));
     trials.extend(telemetry::selftest::suite().trials(&run));
-    trials.extend(learn::suite().trials(&run));
     trials.extend(kube::suite().trials(&run));
-    let conclusion = libtest_mimic::run(&run.args, trials);
+    let mut conclusion = libtest_mimic::run(&run.args, trials);
     if run.args.list {
         return ExitCode::SUCCESS;
+    }
+    // After the last suite that borrowed it, the shared daemon must stop as cleanly as every
+    // suite's own.
+    let retired = match harness::retire_shared() {
+        Ok(false) => Ok(()),
+        Ok(true) => {
+            conclusion.num_passed += 1;
+            run.report.record(SHARED_STOP, Ok(())).map(drop)
+        }
+        Err(e) => run.report.record(SHARED_STOP, Err(e.into())).map(drop),
+    };
+    if let Err(failed) = retired {
+        println!("{SHARED_STOP}: FAILED: {failed:?}");
+        conclusion.num_failed += 1;
     }
     let closing = format!(
         "linux-{}: {} passed, {} failed, {} skipped",

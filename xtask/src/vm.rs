@@ -148,9 +148,9 @@ pub fn test(only: Option<&str>) -> Result<()> {
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     // The package isn't built here: after the debug build, `cargo xtask package` (a release
     // build of every dependency and the eBPF object again) took 12 min wall, 8.3 min CPU, on
-    // this machine kind with one build job, against CI's 90-minute budget of which the run
-    // takes about 57. The package's test takes the one `cargo xtask package` made last, and
-    // skips without one.
+    // this machine kind with one build job, against CI's 90-minute budget that the build and
+    // the VMs already fill most of. The package's test takes the one `cargo xtask package`
+    // made last, and skips without one.
     let package = match package::newest_package()? {
         Some((deb, built)) => {
             let age = built.elapsed().unwrap_or_default().as_secs() / 60;

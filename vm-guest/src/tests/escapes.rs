@@ -52,7 +52,7 @@ fn start(ctx: &Ctx) -> Result<Enforcing> {
     );
     harness::write(&p(ctx, "policies/esc.yaml"), &policy)?;
     Ok(Enforcing {
-        daemon: Daemon::start(ctx, &p(ctx, "policies"), &[])?,
+        daemon: Daemon::shared(ctx, &p(ctx, "policies"))?,
         mounts: vec![bpffs],
     })
 }

@@ -121,7 +121,7 @@ fn start(ctx: &Ctx) -> Result<Enforcing> {
     fs::create_dir_all(ctx.path(&format!("{GUEST_TMP}/ws")))?;
     harness::write(&ctx.path("files/policies/files.yaml"), &policy(ctx))?;
     Ok(Enforcing {
-        daemon: Daemon::start(ctx, &ctx.path("files/policies"), &[])?,
+        daemon: Daemon::shared(ctx, &ctx.path("files/policies"))?,
         // The overlay first: it is mounted on the tmpfs.
         mounts: vec![overlay, tmpfs],
     })
@@ -184,7 +184,7 @@ fn create_is_denied(ctx: &Ctx, rel: &str) -> Outcome {
     Ok(())
 }
 
-/// The file tests against one daemon, whose stop is checked last.
+/// The file tests against the shared daemon, whose reload without them is checked last.
 pub fn suite() -> Suite<Enforcing> {
     Suite {
         name: "files",
@@ -229,6 +229,6 @@ pub fn suite() -> Suite<Enforcing> {
             case!(labelled_denied_read_event_names_the_resolved_file, fixture),
         ],
         stop: Enforcing::stop,
-        stop_test: Some("files_daemon_stops_with_exit_0"),
+        stop_test: Some("files_policies_are_withdrawn_by_a_reload"),
     }
 }

@@ -151,7 +151,7 @@ fn start(ctx: &Ctx) -> Result<Fixture> {
         USER.label
     );
     harness::write(&policies(ctx).join(format!("{}.yaml", USER.label)), &prior)?;
-    let daemon = Daemon::start(ctx, &policies(ctx), &[])?;
+    let daemon = Daemon::shared(ctx, &policies(ctx))?;
     Ok(Fixture {
         enforcing: Enforcing {
             daemon,
@@ -405,7 +405,7 @@ fn learn_and_install(ctx: &Ctx, fx: &Fixture, who: &Who) -> Result<String, NotPa
 /// Makes `policy` the file `LABEL.yaml` of the daemon's directory (renamed into place, so no
 /// reload reads half of it), sends SIGHUP, and waits for the label to be enforced by it.
 fn install(ctx: &Ctx, fx: &Fixture, label: &str, policy: &str) -> Outcome {
-    let dir = policies(ctx);
+    let dir = &fx.enforcing.daemon.policies;
     let new = dir.join(format!("{label}.yaml.new"));
     harness::write(&new, policy)?;
     fs::rename(&new, dir.join(format!("{label}.yaml"))).context("installing the policy")?;

@@ -223,8 +223,10 @@ impl Loops {
         };
         for (user, label) in AGENTS {
             let file = ctx.path(&format!("life/out/loop-{user}.txt"));
+            // Paced: two loops flat out would leave the restarting daemon's verifier a third of
+            // the one emulated CPU: unpaced, the restart-and-upgrade test took 412 s on 6.12.
             let script = format!(
-                "while [ ! -e {} ]; do {} try open-write {}; done >{}",
+                "while [ ! -e {} ]; do {} try open-write {}; sleep 0.5; done >{}",
                 stop.display(),
                 ctx.guest.display(),
                 p(ctx, "ws/denied.txt"),

@@ -204,7 +204,7 @@ fn start(ctx: &Ctx) -> Result<Enforcing> {
     harness::write(&ctx.path("mapping/helper.py"), HELPER)?;
     harness::write(&ctx.path("mapping/policies/mapping.yaml"), &policy(ctx))?;
     Ok(Enforcing {
-        daemon: Daemon::start(ctx, &ctx.path("mapping/policies"), &[])?,
+        daemon: Daemon::shared(ctx, &ctx.path("mapping/policies"))?,
         mounts: vec![],
     })
 }

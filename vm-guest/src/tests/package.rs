@@ -219,7 +219,14 @@ fn the_packaged_unit_brings_a_daemon_to_ready_and_stops_it_with_exit_0(
         )
         .spawn()
         .context("starting the unit's ExecStart=")?;
-    let mut daemon = Daemon::until_ready(child, &actgate, &events, &log, harness::READY_WITHIN)?;
+    let mut daemon = Daemon::until_ready(
+        child,
+        &actgate,
+        &pkg.path(POLICIES),
+        &events,
+        &log,
+        harness::READY_WITHIN,
+    )?;
     expect_eq!(http_get("/readyz")?.0, 200, "GET /readyz");
     let packaged = Ctx {
         actgate: actgate.clone(),

@@ -157,7 +157,7 @@ fn start(ctx: &Ctx) -> Result<Servers> {
     );
     harness::write(&p(ctx, "policies/sock.yaml"), &policy)?;
     Ok(Servers {
-        daemon: Daemon::start(ctx, &p(ctx, "policies"), &[])?,
+        daemon: Daemon::shared(ctx, &p(ctx, "policies"))?,
         _streams: streams,
         _dgrams: dgrams,
         run_socket,
@@ -433,6 +433,6 @@ pub fn suite() -> super::Suite<Servers> {
             let _ = fs::remove_file(RUN_SOCKET);
             f.daemon.stop_cleanly()
         },
-        stop_test: Some("sockets_daemon_stops_with_exit_0"),
+        stop_test: Some("sockets_policies_are_withdrawn_by_a_reload"),
     }
 }

@@ -50,7 +50,7 @@ fn start(ctx: &Ctx) -> Result<Enforcing> {
     );
     harness::write(&ctx.path("users/policies/users.yaml"), &policy)?;
     Ok(Enforcing {
-        daemon: Daemon::start(ctx, &ctx.path("users/policies"), &[])?,
+        daemon: Daemon::shared(ctx, &ctx.path("users/policies"))?,
         mounts: vec![],
     })
 }

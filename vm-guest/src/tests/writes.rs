@@ -131,7 +131,7 @@ fn start(ctx: &Ctx) -> Result<Enforcing> {
     }
     harness::write(&ctx.path("writes-policies/writes.yaml"), &policy(ctx))?;
     Ok(Enforcing {
-        daemon: Daemon::start(ctx, &ctx.path("writes-policies"), &[])?,
+        daemon: Daemon::shared(ctx, &ctx.path("writes-policies"))?,
         mounts,
     })
 }

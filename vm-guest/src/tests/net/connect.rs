@@ -79,7 +79,7 @@ fn start(ctx: &Ctx) -> Result<Network> {
     let listeners = Listeners::start(&addrs)?;
     Ok(Network {
         enforcing: Enforcing {
-            daemon: Daemon::start(ctx, &ctx.path("net/policies"), &[])?,
+            daemon: Daemon::shared(ctx, &ctx.path("net/policies"))?,
             mounts: vec![tmpfs],
         },
         listeners,
@@ -313,7 +313,8 @@ fn labelled_denied_connect_is_reported_with_its_destination(ctx: &Ctx, net: &Net
     Ok(())
 }
 
-/// The connect and audit tests against one daemon, whose stop is checked last.
+/// The connect and audit tests against the shared daemon, whose reload without them is
+/// checked last.
 pub fn suite() -> Suite<Network> {
     Suite {
         name: "net",
@@ -362,6 +363,6 @@ pub fn suite() -> Suite<Network> {
             ),
         ],
         stop: |net| net.enforcing.stop(),
-        stop_test: Some("net_daemon_stops_with_exit_0"),
+        stop_test: Some("net_policies_are_withdrawn_by_a_reload"),
     }
 }

@@ -221,13 +221,13 @@ fn start(ctx: &Ctx) -> Result<Reload> {
     let policies = ctx.path("reload/policies");
     harness::write(&policies.join("reload.yaml"), &reload_policy(ctx, false))?;
     let listener = Listeners::start(&[RELOAD_PORT])?;
-    let daemon = Daemon::start(ctx, &policies, &[])?;
+    let daemon = Daemon::shared(ctx, &policies)?;
     let shell = Session::start(ctx, RELOAD)?;
     Ok(Reload {
-        daemon,
         shell,
         _listener: listener,
-        policies,
+        policies: daemon.policies.clone(),
+        daemon,
         target: target.display().to_string(),
         ws: ws.display().to_string(),
         wide: false,

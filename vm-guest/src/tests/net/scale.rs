@@ -61,14 +61,14 @@ fn policy_with_10000_path_and_10000_network_rules_loads_and_enforces(ctx: &Ctx) 
     let addr = |i: usize| format!("{}:{SCALE_PORT}", scale_addr(i));
     let listeners = Listeners::start(&[&addr(middle), &addr(SCALE_RULES)])?;
     let started = Instant::now();
-    let daemon = Daemon::start(ctx, &dir, &[])?;
-    let ready_after = started.elapsed();
+    let daemon = Daemon::shared(ctx, &dir)?;
+    let in_force_after = started.elapsed();
     let outcome = (|| -> Outcome {
         for i in [middle, first, last] {
             expect_eq!(
                 ctx.attempt(Some(SCALE), &["open-read", &scale_path(ctx, i)]),
                 "EPERM",
-                "read of the path of rule {i} of {SCALE_RULES} (ready after {ready_after:?})"
+                "read of the path of rule {i} of {SCALE_RULES} (in force after {in_force_after:?})"
             );
         }
         expect_eq!(
@@ -103,7 +103,7 @@ fn policy_with_10000_path_and_10000_network_rules_loads_and_enforces(ctx: &Ctx) 
     outcome.and(daemon.stop_cleanly().map_err(NotPassed::from))
 }
 
-/// The scale test, on a tmpfs of its own, with a daemon of its own.
+/// The scale test, on a tmpfs of its own, its policy put in force on the shared daemon.
 pub fn suite() -> Suite<Mount> {
     Suite::unchecked(
         "net",
