@@ -1,7 +1,9 @@
 //! Issue 18: cgroups that exist without actgate (a service's, a container's scope), bound to a
 //! label by a policy's `cgroups:` patterns. A process already running in a matching cgroup
 //! when the daemon starts is governed, root or not; so is everything beneath it, at any depth;
-//! a matching cgroup made later is bound within a second; a cgroup no pattern matches any
+//! it can't leave (cgroup.procs, clone3 into another cgroup, renaming or removing cgroups:
+//! EPERM although its policy allows cgroupfs writes); a matching cgroup made later is bound
+//! within a second; a cgroup no pattern matches any
 //! more keeps its processes denied everything; `revoke --kill` ends the bound cgroups'
 //! processes too.
 
@@ -40,7 +42,9 @@ fn cgroup(rel: &str) -> PathBuf {
     Path::new(CGROUP2).join(SLICE).join(rel)
 }
 
-/// The policy: `patterns` bound to `LABEL`, an exec denied, writes only to the workspace.
+/// The policy: `patterns` bound to `LABEL`, an exec denied, writes only to the workspace and
+/// cgroupfs. The policy allows cgroupfs so that what keeps a bound process in its cgroup is
+/// shown to be actgate's own refusal, which no policy lifts.
 fn policy_text(ctx: &Ctx, patterns: &[&str]) -> String {
     let cgroups: Vec<String> = patterns
         .iter()
@@ -56,7 +60,7 @@ exec:
 files:
   write:
     default: deny
-    allow: [{ws}/**]
+    allow: [{ws}/**, {CGROUP2}/**]
 ",
         cgroups = cgroups.join(", "),
         denied = p(ctx, "bin/denied"),
@@ -210,6 +214,53 @@ fn a_bound_process_stays_and_its_sub_cgroups_are_governed(ctx: &Ctx, fx: &mut Bi
     Ok(())
 }
 
+/// No other route out of a bound cgroup, as root and as nobody: clone3(CLONE_INTO_CGROUP)
+/// into an unbound cgroup, renaming its own cgroup to a name no pattern matches, removing a
+/// cgroup beneath its own or making one: each is EPERM, and the cgroup stays bound.
+fn a_bound_process_cannot_clone_rename_or_remove_its_way_out(
+    ctx: &Ctx,
+    fx: &mut Binding,
+) -> Outcome {
+    let empty = cgroup("job-pre.scope/empty");
+    fs::create_dir_all(&empty).context("creating job-pre.scope/empty")?;
+    let guest = ctx.guest.display();
+    for (job, scope) in [
+        (&mut fx.root_job, "job-pre.scope"),
+        (&mut fx.nobody_job, "job-nobody.scope"),
+    ] {
+        let own = cgroup(scope);
+        let probes = [
+            format!("clone-into-cgroup {}", cgroup("other.scope").display()),
+            format!(
+                "rename {} {}",
+                own.display(),
+                cgroup("renamed.scope").display()
+            ),
+            format!("rmdir {}", empty.display()),
+            format!("mkdir {}", own.join("made").display()),
+        ];
+        for probe in &probes {
+            expect_eq!(
+                job.run(&format!("{guest} try {probe}"))?,
+                "EPERM",
+                "`{probe}` from {scope}"
+            );
+        }
+        expect_eq!(
+            (own.is_dir(), empty.is_dir(), own.join("made").exists()),
+            (true, true, false),
+            "{scope}, job-pre.scope/empty and {scope}/made after the refusals"
+        );
+        expect_eq!(
+            // A file of each user's own: root's would refuse nobody's write.
+            verdicts(ctx, job, &format!("stayed-{scope}"))?,
+            GOVERNED,
+            "verdicts in {scope} after the refusals"
+        );
+    }
+    Ok(())
+}
+
 /// A matching cgroup made while the daemon runs is bound within a second, three levels
 /// deeper than the others too. A shell started beforehand in an unbound cgroup is moved into
 /// it right after the mkdir, and the time is measured from the mkdir to its first EPERM. Each
@@ -357,6 +408,10 @@ pub fn suite() -> Suite<Binding> {
             case!(processes_in_a_cgroup_bound_by_pattern_are_governed, fixture),
             case!(
                 a_bound_process_stays_and_its_sub_cgroups_are_governed,
+                fixture
+            ),
+            case!(
+                a_bound_process_cannot_clone_rename_or_remove_its_way_out,
                 fixture
             ),
             case!(
